@@ -1,0 +1,547 @@
+"""The arbiter: the master process that binds, forks and keeps workers right.
+
+Signal handlers only put the signal on a queue and write a byte to a wake
+pipe; the main loop drains the queue, so no handler has to be reentrant and
+every action happens at one well-defined point of the loop. Each turn of the
+loop: handle queued signals, reap exited children, kill workers whose
+heartbeat stopped, then bring every pool to its target size.
+
+Signals (gunicorn's meanings): HUP reloads the configuration and replaces
+workers gracefully (a broken config keeps the old one); TERM stops
+gracefully; INT and QUIT stop fast; TTIN/TTOU add/remove a worker; USR1
+reopens logs everywhere; USR2 execs a new arbiter that inherits the
+listeners; WINCH stops the workers but keeps the arbiter.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import select
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import pluggy
+
+from corral.app import load_app
+from corral.config import Config
+from corral.errors import ConfigError, HaltServer
+from corral.heartbeat import Heartbeat
+from corral.logs import reopen_logs, setup_error_log
+from corral.plugins import load_worker_class, resolve_worker
+from corral.pool import Pool, WorkerHandle
+from corral.sockets import FD_ENV, Listener, bind, inherited_fds, listener_from_fd
+from corral.systemd import sd_notify
+from corral.workers.base import APP_LOAD_ERROR, WORKER_BOOT_ERROR, set_process_title
+
+#: Signals the arbiter queues for its main loop.
+HANDLED_SIGNALS: Final = (
+    signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN,
+    signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
+)
+#: Longest sleep of the main loop; heartbeats are checked at least this often.
+LOOP_INTERVAL: Final = 1.0
+#: After SIGABRT, a worker that has not died after this long gets SIGKILL.
+ABORT_GRACE: Final = 1.0
+#: Environment variable through which a new arbiter learns its parent's pid (USR2).
+PARENT_ENV: Final = "CORRAL_PARENT_PID"
+_SIGNAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") and "_" not in n}
+
+
+class Arbiter:
+    """The master process. :meth:`run` returns the exit status."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        pm: pluggy.PluginManager,
+        *,
+        reload_config: Callable[[], Config] | None = None,
+        plugin_summary: str = "",
+    ) -> None:
+        self.cfg = cfg
+        self.pm = pm
+        self.reload_config = reload_config
+        self.plugin_summary = plugin_summary
+        self.log = setup_error_log(cfg.errorlog, cfg.loglevel)
+        self.pid = os.getpid()
+        self.listeners: list[Listener] = []
+        self.pools: list[Pool] = []
+        self.workers: dict[int, WorkerHandle] = {}
+        self.generation = 0
+        self.worker_age = 0
+        self.sig_queue: collections.deque[int] = collections.deque()
+        self.stopping = False
+        self.winched = False
+        self.reexec_pid = 0
+        self.parent_pid = int(os.environ.pop(PARENT_ENV, "0") or 0)
+        self.pidfile: str | None = None
+        self.ready_notified = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._ready_r, self._ready_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w, self._ready_r):
+            os.set_blocking(fd, False)
+        self.start_cwd = os.getcwd()
+
+    # -- start and run -----------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self.start()
+            while True:
+                self.loop_once()
+        except HaltServer as halt:
+            return self.halt(halt.reason, halt.exit_status)
+        except SystemExit as exc:
+            self.stop(graceful=False)
+            return int(exc.code or 0)
+        except Exception:
+            self.log.exception("Unhandled exception in the arbiter")
+            self.stop(graceful=False)
+            return 1
+
+    def start(self) -> None:
+        self.log.info("Starting corral (pid %s)%s", self.pid, self.plugin_summary)
+        self.install_signals()
+        self.pm.hook.corral_on_starting(server=self)
+        self.bind_listeners()
+        self.write_pidfile()
+        self.pools = self.build_pools(self.cfg)
+        for pool in self.pools:
+            self.log.info("Pool %s: %s x %s worker(s), app %s", pool.name, pool.size,
+                          pool.spec.name, pool.app_uri)
+        set_process_title("master", self.cfg)
+        self.manage_workers()
+        self.pm.hook.corral_when_ready(server=self)
+
+    def bind_listeners(self) -> None:
+        cfg = self.cfg
+        inherited = [listener_from_fd(fd) for fd in inherited_fds()]
+        if inherited:
+            self.log.info("Inherited %s listener(s): %s", len(inherited),
+                          ", ".join(lst.name for lst in inherited))
+            self.listeners = inherited
+            return
+        for address in cfg.bind:
+            try:
+                listener = bind(address, backlog=cfg.backlog, reuse_port=cfg.reuse_port,
+                                unix_mode=cfg.unix_socket_mode, log=self.log)
+            except OSError as exc:
+                raise HaltServer(f"cannot listen on {address}: {exc.strerror or exc}", 1) from None
+            self.listeners.append(listener)
+            self.log.info("Listening at http://%s (pid %s)", listener.name, self.pid)
+
+    def build_pools(self, cfg: Config) -> list[Pool]:
+        spec = resolve_worker(self.pm, cfg.worker_class)
+        size = cfg.workers if isinstance(cfg.workers, int) else _auto_workers()
+        pool = Pool(name="main", spec=spec, size=size, cfg=cfg, app_uri=cfg.wsgi_app,
+                    listeners=list(self.listeners))
+        if cfg.preload_app:
+            try:
+                pool.preloaded_app = load_app(cfg.wsgi_app, None)
+            except Exception:
+                self.log.exception("Failed to preload the application %r", cfg.wsgi_app)
+                raise HaltServer("App failed to load.", APP_LOAD_ERROR) from None
+        return [pool]
+
+    def loop_once(self) -> None:
+        sig = self.sig_queue.popleft() if self.sig_queue else None
+        if sig is not None:
+            self.handle_signal(sig)
+        else:
+            self.sleep()
+        self.reap_workers()
+        self.read_ready()
+        self.murder_workers()
+        if not self.stopping:
+            self.manage_workers()
+        self.check_parent()
+
+    # -- signals -----------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self._queue_signal)
+        signal.signal(signal.SIGCHLD, self._on_sigchld)
+
+    def _queue_signal(self, signum: int, frame: Any) -> None:
+        # Only enqueue and wake: everything else happens in the main loop.
+        if len(self.sig_queue) < 16:
+            self.sig_queue.append(signum)
+        self.wakeup()
+
+    def _on_sigchld(self, signum: int, frame: Any) -> None:
+        self.wakeup()
+
+    def wakeup(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b".")
+
+    def sleep(self) -> None:
+        try:
+            ready, _, _ = select.select([self._wake_r, self._ready_r], [], [], LOOP_INTERVAL)
+        except InterruptedError:
+            return
+        if self._wake_r in ready:
+            with contextlib.suppress(OSError):
+                while os.read(self._wake_r, 64):
+                    pass
+
+    def handle_signal(self, sig: int) -> None:
+        name = _SIGNAMES.get(sig, str(sig))
+        self.log.info("Handling signal: %s", name.lower().removeprefix("sig"))
+        if sig == signal.SIGHUP:
+            self.reload()
+        elif sig == signal.SIGTERM:
+            self.stop(graceful=True)
+            raise HaltServer("", 0)
+        elif sig in (signal.SIGINT, signal.SIGQUIT):
+            self.stop(graceful=False)
+            raise HaltServer("", 0)
+        elif sig == signal.SIGTTIN:
+            self.resize(self.pools[0], +1)
+        elif sig == signal.SIGTTOU:
+            self.resize(self.pools[0], -1)
+        elif sig == signal.SIGUSR1:
+            reopen_logs()
+            self.kill_workers(signal.SIGUSR1)
+        elif sig == signal.SIGUSR2:
+            self.reexec()
+        elif sig == signal.SIGWINCH:
+            if sys.stdin is not None and sys.stdin.isatty():
+                # A terminal resize sends WINCH too; gunicorn also ignores it then.
+                self.log.info("SIGWINCH ignored: corral runs in a terminal")
+                return
+            self.log.info("Stopping all workers gracefully (WINCH); HUP brings them back")
+            self.winched = True
+            for handle in self.workers.values():
+                self.retire(handle)
+
+    def resize(self, pool: Pool, delta: int) -> None:
+        old = pool.size
+        pool.size = max(1, pool.size + delta)
+        if pool.size != old:
+            self.log.info("Pool %s: %s -> %s workers", pool.name, old, pool.size)
+            self.pm.hook.corral_nworkers_changed(server=self, new_value=pool.size, old_value=old)
+
+    # -- workers -----------------------------------------------------------------
+
+    def manage_workers(self) -> None:
+        """Bring every pool to its size: spawn the missing, retire the extra and the old."""
+        for pool in self.pools:
+            target = 0 if self.winched else pool.size
+            current = [h for h in self.workers.values()
+                       if h.pool is pool and h.generation == self.generation and not h.retiring]
+            for _ in range(target - len(current)):
+                self.spawn_worker(pool)
+            if len(current) > target:
+                for handle in sorted(current, key=lambda h: h.age)[: len(current) - target]:
+                    self.retire(handle)
+            # After a reload, old workers go once the new ones are serving.
+            booted = sum(1 for h in current if h.booted)
+            if booted >= target:
+                for handle in list(self.workers.values()):
+                    if handle.pool.name == pool.name and handle.generation < self.generation:
+                        self.retire(handle)
+        known = {id(p) for p in self.pools}
+        for handle in list(self.workers.values()):
+            if id(handle.pool) not in known:
+                self.retire(handle)
+
+    def spawn_worker(self, pool: Pool) -> None:
+        self.worker_age += 1
+        heartbeat = Heartbeat(pool.cfg.worker_tmp_dir)
+        handle = WorkerHandle(pid=0, age=self.worker_age, pool=pool, heartbeat=heartbeat,
+                              generation=self.generation)
+        self.pm.hook.corral_pre_fork(server=self, worker=handle)
+        pid = os.fork()
+        if pid:
+            handle.pid = pid
+            self.workers[pid] = handle
+            return
+        self._run_worker(handle)
+
+    def _run_worker(self, handle: WorkerHandle) -> None:
+        """In the child: become a worker; never returns."""
+        status = 0
+        worker = None
+        try:
+            for sig in HANDLED_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            os.close(self._ready_r)
+            for other in self.workers.values():
+                other.heartbeat.close()
+            pool = handle.pool
+            cls = load_worker_class(pool.spec)
+            worker = cls(age=handle.age, ppid=self.pid, pool=pool, listeners=pool.listeners,
+                         cfg=pool.cfg, log=self.log, heartbeat=handle.heartbeat, pm=self.pm,
+                         app=pool.preloaded_app, ready_fd=self._ready_w, server=self)
+            self.pm.hook.corral_post_fork(server=self, worker=worker)
+            worker.init_process()
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 0
+        except BaseException:
+            self.log.exception("Exception in worker process")
+            status = WORKER_BOOT_ERROR if worker is None or not worker.booted else 1
+        finally:
+            with contextlib.suppress(Exception):
+                for h in logging.getLogger("corral").handlers:
+                    h.flush()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(status)
+
+    def retire(self, handle: WorkerHandle) -> None:
+        if handle.retiring:
+            return
+        handle.retiring = True
+        handle.retired_at = time.monotonic()
+        self.kill_worker(handle.pid, signal.SIGTERM)
+
+    def kill_worker(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill_workers(self, sig: int) -> None:
+        for pid in list(self.workers):
+            self.kill_worker(pid, sig)
+
+    def read_ready(self) -> None:
+        try:
+            data = os.read(self._ready_r, 4096)
+        except BlockingIOError:
+            return
+        for (pid,) in struct.iter_unpack("=i", data[: len(data) - len(data) % 4]):
+            handle = self.workers.get(pid)
+            if handle is not None:
+                handle.booted = True
+                self.log.debug("Worker %s (pool %s) is ready", pid, handle.pool.name)
+        if not self.ready_notified and self.workers and all(h.booted for h in self.workers.values()):
+            self.ready_notified = True
+            self.log.info("Ready: %s worker(s) serving", len(self.workers))
+            sd_notify(f"READY=1\nSTATUS=serving\nMAINPID={self.pid}")
+
+    def reap_workers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.reexec_pid:
+                self.reexec_pid = 0
+                self.log.error("The new arbiter (pid %s) exited with status %s; carrying on",
+                               pid, os.waitstatus_to_exitcode(status))
+                self._restore_pidfile()
+                continue
+            handle = self.workers.pop(pid, None)
+            if handle is None:
+                continue
+            handle.heartbeat.close()
+            code = os.waitstatus_to_exitcode(status)
+            if code == WORKER_BOOT_ERROR:
+                raise HaltServer("Worker failed to boot.", WORKER_BOOT_ERROR)
+            if code == APP_LOAD_ERROR:
+                raise HaltServer("App failed to load.", APP_LOAD_ERROR)
+            if code < 0:
+                signame = _SIGNAMES.get(-code, str(-code))
+                if handle.retiring and -code == signal.SIGTERM:
+                    pass
+                elif -code == signal.SIGKILL and handle.aborted_at is not None:
+                    self.log.error("Worker %s (pool %s) was killed after a timeout", pid,
+                                   handle.pool.name)
+                else:
+                    self.log.error("Worker %s (pool %s) was killed by %s", pid,
+                                   handle.pool.name, signame)
+            elif code != 0:
+                self.log.error("Worker %s (pool %s) exited with status %s", pid, handle.pool.name,
+                               code)
+            elif not handle.retiring:
+                self.log.info("Worker %s (pool %s) exited", pid, handle.pool.name)
+            with contextlib.suppress(Exception):
+                self.pm.hook.corral_child_exit(server=self, worker=handle)
+
+    def murder_workers(self) -> None:
+        """Kill workers whose heartbeat stopped: SIGABRT first, SIGKILL if that fails."""
+        now = time.monotonic()
+        wall = time.time()
+        for handle in list(self.workers.values()):
+            if handle.aborted_at is not None:
+                if now - handle.aborted_at > ABORT_GRACE:
+                    self.kill_worker(handle.pid, signal.SIGKILL)
+                continue
+            if handle.retiring:
+                grace = handle.pool.cfg.graceful_timeout
+                if handle.retired_at is not None and now - handle.retired_at > grace + ABORT_GRACE:
+                    self.log.warning("Worker %s did not stop within graceful_timeout; killing", handle.pid)
+                    self.kill_worker(handle.pid, signal.SIGKILL)
+                continue
+            timeout = handle.pool.cfg.timeout
+            if not timeout:
+                continue
+            try:
+                silent = wall - handle.heartbeat.last_beat()
+            except OSError:
+                continue
+            if silent <= timeout:
+                continue
+            phase = "serving" if handle.booted else "booting"
+            self.log.critical("WORKER TIMEOUT (pid:%s, pool %s, while %s, silent for %.1f s)",
+                              handle.pid, handle.pool.name, phase, silent)
+            with contextlib.suppress(Exception):
+                self.pm.hook.corral_worker_timeout(server=self, worker=handle)
+            handle.aborted_at = now
+            self.kill_worker(handle.pid, signal.SIGABRT)
+
+    # -- reload, upgrade, stop ------------------------------------------------------
+
+    def reload(self) -> None:
+        if self.reload_config is None:
+            return
+        sd_notify("RELOADING=1")
+        try:
+            cfg = self.reload_config()
+            pools = self.build_pools(cfg)
+        except (ConfigError, HaltServer) as exc:
+            msg = exc.reason if isinstance(exc, HaltServer) else str(exc)
+            self.log.error("Reload failed, still running on the previous configuration: %s", msg)
+            sd_notify("READY=1")
+            return
+        self.cfg = cfg
+        setup_error_log(cfg.errorlog, cfg.loglevel)
+        self.log.info("Reloading: replacing workers gracefully")
+        self.pm.hook.corral_on_reload(server=self)
+        old_sizes = {p.name: p.size for p in self.pools}
+        self.generation += 1
+        self.winched = False
+        self.pools = pools
+        for pool in pools:
+            if old_sizes.get(pool.name) != pool.size:
+                self.pm.hook.corral_nworkers_changed(server=self, new_value=pool.size,
+                                                     old_value=old_sizes.get(pool.name))
+        self.manage_workers()
+        sd_notify("READY=1")
+
+    def reexec(self) -> None:
+        """USR2: fork and exec a new arbiter that inherits the listeners."""
+        if self.reexec_pid:
+            self.log.warning("USR2 ignored: an upgrade (pid %s) is already running", self.reexec_pid)
+            return
+        if self.parent_pid:
+            self.log.warning("USR2 ignored: this arbiter is itself an upgrade whose parent is alive")
+            return
+        self.pm.hook.corral_pre_exec(server=self)
+        pid = os.fork()
+        if pid:
+            self.reexec_pid = pid
+            self.log.info("Upgrade: started a new arbiter, pid %s", pid)
+            return
+        try:
+            fds = []
+            for listener in self.listeners:
+                fd = listener.fileno()
+                os.set_inheritable(fd, True)
+                fds.append(str(fd))
+            env = dict(os.environ)
+            env[FD_ENV] = ",".join(fds)
+            env[PARENT_ENV] = str(self.pid)
+            os.chdir(self.start_cwd)
+            argv = [sys.executable, "-m", "corral", *sys.argv[1:]]
+            os.execve(sys.executable, argv, env)
+        except BaseException:
+            self.log.exception("exec of the new arbiter failed")
+        finally:
+            os._exit(1)
+
+    def check_parent(self) -> None:
+        """In an upgraded arbiter: once the old one is gone, take over its pidfile."""
+        if self.parent_pid and os.getppid() != self.parent_pid:
+            self.log.info("The old arbiter (pid %s) has exited; taking over", self.parent_pid)
+            self.parent_pid = 0
+            if self.pidfile and self.cfg.pidfile:
+                with contextlib.suppress(OSError):
+                    os.rename(self.pidfile, self.cfg.pidfile)
+                self.pidfile = self.cfg.pidfile
+            sd_notify(f"MAINPID={self.pid}")
+
+    def write_pidfile(self) -> None:
+        path = self.cfg.pidfile
+        if not path:
+            return
+        if self.parent_pid:
+            path += ".2"  # the old arbiter still owns the real name
+        tmp = f"{path}.{self.pid}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{self.pid}\n")
+        os.rename(tmp, path)
+        self.pidfile = path
+
+    def _restore_pidfile(self) -> None:
+        if self.pidfile:
+            with contextlib.suppress(OSError), open(self.pidfile) as f:
+                if f.read().strip() != str(self.pid):
+                    self.write_pidfile()
+
+    def remove_pidfile(self) -> None:
+        if not self.pidfile:
+            return
+        with contextlib.suppress(OSError), open(self.pidfile) as f:
+            if f.read().strip() == str(self.pid):
+                os.unlink(self.pidfile)
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop accepting at once, then stop the workers (gracefully or not)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        sd_notify("STOPPING=1")
+        # An upgraded arbiter that inherited the sockets still uses them; only
+        # unlink unix sockets when nobody else will.
+        unlink = self.reexec_pid == 0 and self.parent_pid == 0
+        for listener in self.listeners:
+            listener.close(unlink=unlink)
+        for handle in self.workers.values():
+            handle.retiring = True
+        sig = signal.SIGTERM if graceful else signal.SIGQUIT
+        limit = time.monotonic() + (self.cfg.graceful_timeout if graceful else 2.0)
+        self.kill_workers(sig)
+        while self.workers and time.monotonic() < limit:
+            with contextlib.suppress(HaltServer):
+                self.reap_workers()
+            time.sleep(0.05)
+        self.kill_workers(signal.SIGKILL)
+        deadline = time.monotonic() + 2.0
+        while self.workers and time.monotonic() < deadline:
+            with contextlib.suppress(HaltServer):
+                self.reap_workers()
+            time.sleep(0.02)
+
+    def halt(self, reason: str, status: int) -> int:
+        self.stop(graceful=status == 0)
+        if reason:
+            self.log.error("Shutting down: %s", reason)
+        else:
+            self.log.info("Shutting down: master")
+        with contextlib.suppress(Exception):
+            self.pm.hook.corral_on_exit(server=self)
+        self.remove_pidfile()
+        return status
+
+
+def _auto_workers() -> int:
+    from corral.pool import cpu_count
+
+    return cpu_count()
+

@@ -1,0 +1,239 @@
+"""The ``corral`` command: ``corral [OPTIONS] APP_MODULE`` and ``corral plugins``.
+
+Exit statuses: 0 after a clean stop; 1 when the server could not start or
+stopped on an error; 2 for a usage or configuration error (the message names
+the problem and the fix); 3 when a worker could not boot; 4 when the app
+could not be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import pluggy
+
+from corral import __version__
+from corral.config import Config
+from corral.confighooks import ConfigFileHooks
+from corral.errors import AppImportError, ConfigError
+from corral.plugins import LoadedPlugin, make_plugin_manager, resolve_worker, worker_registry
+from corral.settings import SettingsRegistry, default_registry
+
+#: Read when present and no -c is given, as gunicorn reads ./gunicorn.conf.py.
+DEFAULT_CONFIG_FILE = "corral.conf.py"
+#: Extra command-line arguments from the environment (gunicorn: GUNICORN_CMD_ARGS).
+CMD_ARGS_ENV = "CORRAL_CMD_ARGS"
+DISABLE_ENV = "CORRAL_DISABLE_PLUGINS"
+_FLAG_ONLY = ("check_config", "print_config", "disable_plugin")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n(see '{self.prog} --help')\n")
+
+
+def build_argparser(registry: SettingsRegistry) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="corral",
+        usage="corral [OPTIONS] APP_MODULE\n       corral plugins [--json]",
+        description="A pre-fork WSGI HTTP/1.1 server. APP_MODULE is module:callable "
+        "or module:factory().",
+        argument_default=argparse.SUPPRESS,
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=36),
+    )
+    parser.add_argument("app_module", nargs="?", metavar="APP_MODULE",
+                        help="the WSGI application, e.g. myproject.wsgi:application")
+    parser.add_argument("--version", action="version", version=f"corral {__version__}")
+    parser.add_argument("--check-config", dest="check_config", action="store_true",
+                        help="load the configuration and the app, then exit 0 (or 1 on error)")
+    parser.add_argument("--print-config", dest="print_config", action="store_true",
+                        help="print every setting with its value and source, then exit")
+    parser.add_argument("--disable-plugin", dest="disable_plugin", action="append", metavar="NAME",
+                        help=f"do not load this plugin (also ${DISABLE_ENV}, comma separated)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for setting in registry:
+        if not setting.flags:
+            continue
+        title = setting.section if setting.owner == "corral" else f"{setting.owner} plugin"
+        group = groups.get(title)
+        if group is None:
+            group = groups[title] = parser.add_argument_group(title)
+        help_text = f"{setting.help} (default: {setting.default_text})"
+        kwargs: dict[str, Any] = {"dest": setting.name, "help": help_text}
+        if setting.action == "store_true":
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["action"] = setting.action
+            kwargs["metavar"] = setting.metavar or "VALUE"
+        group.add_argument(*setting.flags, **kwargs)
+    return parser
+
+
+def build_config(
+    argv: Sequence[str],
+    registry: SettingsRegistry,
+    parser: argparse.ArgumentParser | None = None,
+) -> tuple[Config, argparse.Namespace]:
+    """Every source, later wins: defaults < config file < $CORRAL_CMD_ARGS < command line."""
+    parser = parser or build_argparser(registry)
+    args = parser.parse_args(list(argv))
+    env_args = parser.parse_args(shlex.split(os.environ.get(CMD_ARGS_ENV, "")))
+    cfg = Config(registry)
+
+    concurrency = os.environ.get("WEB_CONCURRENCY")
+    if concurrency:
+        cfg.set("workers", concurrency, "environment WEB_CONCURRENCY")
+
+    config_path = getattr(args, "config", None) or getattr(env_args, "config", None)
+    if config_path is None and os.path.exists(DEFAULT_CONFIG_FILE):
+        config_path = DEFAULT_CONFIG_FILE
+    if config_path:
+        cfg.load_file(config_path)
+        cfg.set("config", config_path, "command line")
+
+    for source, ns in ((f"${CMD_ARGS_ENV}", env_args), ("command line", args)):
+        for name, value in vars(ns).items():
+            if name in _FLAG_ONLY or name == "app_module":
+                continue
+            cfg.set(name, value, source)
+        if getattr(ns, "app_module", None):
+            cfg.set("wsgi_app", ns.app_module, source)
+
+    port = os.environ.get("PORT")
+    if cfg.sources["bind"] == "default" and port:
+        cfg.set("bind", [f"0.0.0.0:{port}"], "environment PORT")
+    if not cfg.wsgi_app:
+        raise ConfigError("no APP_MODULE given: run 'corral [OPTIONS] module:callable', "
+                          "e.g. 'corral myproject.wsgi:application'")
+    return cfg, args
+
+
+def _plugin_manager(argv: Sequence[str]) -> tuple[pluggy.PluginManager, list[LoadedPlugin], list[str]]:
+    disabled = [d for d in os.environ.get(DISABLE_ENV, "").split(",") if d]
+    for i, arg in enumerate(argv):
+        if arg == "--disable-plugin" and i + 1 < len(argv):
+            disabled.append(argv[i + 1])
+        elif arg.startswith("--disable-plugin="):
+            disabled.append(arg.split("=", 1)[1])
+    return make_plugin_manager(disabled=disabled)
+
+
+def plugins_command(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="corral plugins", description="List installed corral plugins.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(list(argv))
+    pm, loaded, problems = _plugin_manager([])
+    registry = worker_registry(pm)
+    out = []
+    for plugin in loaded:
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin.module) or [])
+        workers = [
+            {"name": s.name, "description": s.description, "path": s.path}
+            for s in registry.values() if _provided_by(pm, plugin.module, s.name)
+        ]
+        out.append({"name": plugin.name, "distribution": plugin.distribution,
+                    "version": plugin.version, "workers": workers, "hooks": hooks})
+    if args.json:
+        print(json.dumps({"plugins": out, "problems": problems}, indent=2))
+        return 0
+    for item in out:
+        print(f"{item['name']} ({item['distribution']} {item['version']})")
+        for w in item["workers"]:
+            print(f"  worker {w['name']}: {w['description']}")
+        print(f"  hooks: {', '.join(item['hooks']) or '-'}")
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 0
+
+
+def _provided_by(pm: pluggy.PluginManager, module: Any, name: str) -> bool:
+    fn = getattr(module, "corral_register_workers", None)
+    return fn is not None and any(s.name == name for s in (fn() or []))
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plugins"]:
+        sys.exit(plugins_command(argv[1:]))
+    sys.exit(serve(argv))
+
+
+def serve(argv: list[str]) -> int:
+    pm, loaded, problems = _plugin_manager(argv)
+    for problem in problems:
+        print(f"corral: {problem}", file=sys.stderr)
+    registry = default_registry()
+    pm.hook.corral_add_settings.call_historic(kwargs={"settings": registry})
+    parser = build_argparser(registry)
+    hooks_plugin: list[ConfigFileHooks] = []
+    start_cwd = os.getcwd()
+
+    def load() -> Config:
+        # On HUP the arbiter may sit in --chdir; relative paths in argv are
+        # relative to where corral was started.
+        os.chdir(start_cwd)
+        cfg, _ = build_config(argv, registry, parser)
+        for old in hooks_plugin:
+            pm.unregister(old)
+        hooks_plugin.clear()
+        if cfg.hooks:
+            plugin = ConfigFileHooks(cfg.hooks, cfg.config or "config file")
+            pm.register(plugin, name="corral.config-file-hooks")
+            hooks_plugin.append(plugin)
+        pm.hook.corral_configure(config=cfg)
+        resolve_worker(pm, cfg.worker_class)
+        if cfg.chdir:
+            try:
+                os.chdir(cfg.chdir)
+            except OSError as exc:
+                raise ConfigError(f"--chdir {cfg.chdir}: {exc.strerror}") from None
+        return cfg
+
+    try:
+        cfg = load()
+        args = parser.parse_args(argv)
+    except ConfigError as exc:
+        print(f"corral: error: {exc}", file=sys.stderr)
+        return 2
+    for warning in cfg.warnings:
+        print(f"corral: warning: {warning}", file=sys.stderr)
+
+    if getattr(args, "print_config", False):
+        for name, value, source in cfg.describe():
+            print(f"{name:28} = {value}  # {source}")
+        return 0
+    if getattr(args, "check_config", False):
+        return _check_config(cfg, pm)
+
+    from corral.arbiter import Arbiter
+
+    summary = ""
+    if loaded:
+        summary = "; plugins: " + ", ".join(f"{p.name} ({p.distribution} {p.version})" for p in loaded)
+    return Arbiter(cfg, pm, reload_config=load, plugin_summary=summary).run()
+
+
+def _check_config(cfg: Config, pm: pluggy.PluginManager) -> int:
+    from corral.app import load_app
+    from corral.plugins import load_worker_class
+
+    try:
+        load_worker_class(resolve_worker(pm, cfg.worker_class))
+        load_app(cfg.wsgi_app)
+    except (ConfigError, AppImportError) as exc:
+        print(f"corral: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    print(f"corral: configuration OK (app {cfg.wsgi_app}, worker class {cfg.worker_class})")
+    return 0

@@ -1,0 +1,44 @@
+"""A worker's heartbeat: a temp file whose mtime the worker refreshes.
+
+The arbiter creates the file before fork (both processes hold the fd),
+unlinks it at once so nothing is left behind, and compares its mtime with
+the clock. A file, rather than a pipe message, costs the arbiter nothing to
+read and survives a worker that is stuck in C code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+
+class Heartbeat:
+    def __init__(self, tmp_dir: str | None) -> None:
+        fd, path = tempfile.mkstemp(prefix="corral-hb-", dir=tmp_dir)
+        os.unlink(path)
+        self.fd = fd
+        self._next = 0.0
+        #: Refresh at most this often: os.utime is a syscall, the check is cheap.
+        self.interval = 0.5
+        self.beat()
+
+    def beat(self) -> None:
+        os.utime(self.fd)
+
+    def notify(self) -> None:
+        """Beat if the last beat is older than ``interval``: call as often as you like."""
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.interval
+            os.utime(self.fd)
+
+    def last_beat(self) -> float:
+        """Wall-clock time of the last beat."""
+        return os.fstat(self.fd).st_mtime
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass

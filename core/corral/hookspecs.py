@@ -1,0 +1,160 @@
+"""Every hook corral calls, with what it is for, where it runs and when.
+
+Plugins implement these with ``@corral.hookimpl``. pluggy passes arguments by
+keyword and an implementation may accept only the ones it needs, so adding a
+parameter to a hook never breaks an existing plugin.
+
+"arbiter" hooks run in the master process; "worker" hooks run in a worker
+process after fork. An exception raised by an arbiter hook is logged and does
+not stop the server, except in ``corral_configure`` where it is a config error.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from corral.arbiter import Arbiter
+    from corral.config import Config
+    from corral.plugins import WorkerSpec
+    from corral.settings import SettingsRegistry
+    from corral.workers.base import Worker
+
+hookspec = pluggy.HookspecMarker("corral")
+
+
+@hookspec
+def corral_register_workers() -> list[WorkerSpec]:
+    """Return the worker classes this plugin provides.
+
+    Runs in any process, whenever corral needs the registry: to validate
+    ``--worker-class``, to list plugins, and in the arbiter before forking.
+    It must not import the worker's concurrency library (gevent, tornado):
+    a :class:`corral.plugins.WorkerSpec` names the class by import path, and
+    the class is imported only in the worker process that runs it.
+
+    :return: a list of WorkerSpec; an empty list is fine.
+    """
+
+
+@hookspec(historic=True)
+def corral_add_settings(settings: SettingsRegistry) -> None:
+    """Declare this plugin's own settings by calling ``settings.add(Setting(...))``.
+
+    Historic: a plugin registered late still gets the call. Runs in any process
+    before command-line and config-file parsing, so the settings appear in
+    ``--help``, in config files and in environment configuration.
+
+    :param settings: the registry of every known setting.
+    """
+
+
+@hookspec
+def corral_configure(config: Config) -> None:
+    """Validate or derive settings after all sources are parsed, before anything starts.
+
+    Runs in the arbiter (and in ``--check-config``). Raise
+    :class:`corral.errors.ConfigError` with a message that names the setting
+    and the fix; corral prints it and exits with status 2 (at startup) or keeps
+    the old configuration (on HUP).
+
+    :param config: the parsed configuration; may be changed in place.
+    """
+
+
+@hookspec
+def corral_on_starting(server: Arbiter) -> None:
+    """Called in the arbiter just before the listeners are bound and the master loop starts."""
+
+
+@hookspec
+def corral_when_ready(server: Arbiter) -> None:
+    """Called in the arbiter once the listeners are bound and the first workers are forked."""
+
+
+@hookspec
+def corral_on_reload(server: Arbiter) -> None:
+    """Called in the arbiter on HUP, after the new configuration is loaded, before workers are replaced."""
+
+
+@hookspec
+def corral_pre_fork(server: Arbiter, worker: Worker) -> None:
+    """Called in the arbiter just before a worker is forked.
+
+    :param worker: the worker object the child will run; its ``pid`` is not set yet.
+    """
+
+
+@hookspec
+def corral_post_fork(server: Arbiter, worker: Worker) -> None:
+    """Called in the worker right after fork, before signals and the app are set up."""
+
+
+@hookspec
+def corral_post_worker_init(worker: Worker) -> None:
+    """Called in the worker after the application is loaded, before it serves."""
+
+
+@hookspec
+def corral_worker_int(worker: Worker) -> None:
+    """Called in the worker when it receives SIGINT or SIGQUIT (fast shutdown)."""
+
+
+@hookspec
+def corral_worker_abort(worker: Worker) -> None:
+    """Called in the worker on SIGABRT, which the arbiter sends when the worker timed out.
+
+    The worker's stacks have already been written to the error log.
+    """
+
+
+@hookspec
+def corral_pre_exec(server: Arbiter) -> None:
+    """Called in the forked child just before a new master is exec'd (USR2 upgrade)."""
+
+
+@hookspec
+def corral_pre_request(worker: Worker, req: Any) -> None:
+    """Called in the worker before the app handles a request.
+
+    Skipped entirely (no call, no argument building) when no plugin implements it.
+
+    :param req: the :class:`corral.http.parser.RequestHead` of the request.
+    """
+
+
+@hookspec
+def corral_post_request(worker: Worker, req: Any, environ: dict[str, Any], resp: Any) -> None:
+    """Called in the worker after the response was written.
+
+    Skipped entirely when no plugin implements it.
+
+    :param resp: the :class:`corral.wsgi.response.Response`, with ``status_code`` and ``sent``.
+    """
+
+
+@hookspec
+def corral_child_exit(server: Arbiter, worker: Worker) -> None:
+    """Called in the arbiter after a worker process has been reaped."""
+
+
+@hookspec
+def corral_worker_exit(server: Arbiter, worker: Worker) -> None:
+    """Called in the worker just before it exits, after it stopped serving."""
+
+
+@hookspec
+def corral_nworkers_changed(server: Arbiter, new_value: int, old_value: int | None) -> None:
+    """Called in the arbiter when a pool's target worker count changes (TTIN, TTOU, reload)."""
+
+
+@hookspec
+def corral_worker_timeout(server: Arbiter, worker: Worker) -> None:
+    """Called in the arbiter when a worker missed its heartbeat, before it is sent SIGABRT."""
+
+
+@hookspec
+def corral_on_exit(server: Arbiter) -> None:
+    """Called in the arbiter just before it exits."""

@@ -1,0 +1,1 @@
+"""The sans-io HTTP/1.1 layer: bytes in, request events or typed errors out."""

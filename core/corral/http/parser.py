@@ -1,0 +1,585 @@
+"""The request parser: a sans-io state machine over one connection's bytes.
+
+Design rules (they decide whether a proxy in front of corral can be
+desynchronised, so they are written down here, above the code they govern):
+
+1. Bytes only. Nothing here calls int(), str.strip(), splitlines() or upper()
+   on input that a regular expression has not validated first: those accept
+   "+5", "1_0", "\\xa0", "\\x85" and fold non-ASCII.
+2. We find the end of every head ourselves (the first CRLF CRLF) and validate
+   the request line ourselves. Only then is the header block handed to llhttp
+   (through httptools), behind a canonical request line, so llhttp's strict
+   C validators check every header name and value. llhttp never sees a byte
+   past the head: httptools cannot tell where a message ended inside a
+   buffer, and pipelining needs exactly that.
+3. Body framing is ours: Content-Length is counted here, and chunked bodies
+   are decoded by the small strict decoder below, for the same reason.
+4. The first error is final. The parser enters the ERROR state, raises the
+   same error on every later call, and never parses another byte: the worker
+   answers with the error's status and closes.
+5. One message at a time. After a message ends, the parser pauses until the
+   worker calls :meth:`RequestParser.start_next` (after it sent the
+   response), so pipelined requests are answered in order and a pipelined
+   request is never parsed while the previous one is being handled.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Final
+
+import httptools
+
+from corral.http import errors as E
+
+# RFC 9110 token characters.
+_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_TOKEN = rb"[" + _TCHAR + rb"]+"
+
+# method SP request-target SP HTTP-version, each part validated strictly:
+# a target is visible ASCII only (clients must percent-encode anything else).
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+# A byte that can never appear in a request line: CTLs (but CR, which ends
+# it), DEL and non-ASCII. Lets a TLS handshake or binary junk be refused at
+# once instead of being buffered until the line limit.
+_BAD_LINE_BYTE = re.compile(rb"[\x00-\x0c\x0e-\x1f\x7f-\xff]")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_ABSOLUTE_FORM = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#@]*)([^#]*)")
+_AUTHORITY = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
+_OWS = b" \t"
+
+# Chunked framing (RFC 9112 section 7.1). Extensions are allowed by the
+# grammar but bounded by MAX_CHUNK_LINE; nothing reads them.
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_EXT = (
+    rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
+)
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})" + _CHUNK_EXT)
+_FIELD_VALUE = rb"(?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
+_TRAILER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*")
+
+#: Longer methods are answered 501: no registered method comes close (the
+#: longest, VERSION-CONTROL, has 15 bytes) and it bounds what we log.
+MAX_METHOD: Final = 64
+#: A chunk-size line with extensions longer than this is refused (400): the
+#: extensions are never used, so there is no reason to buffer much of them.
+MAX_CHUNK_LINE: Final = 4096
+#: What llhttp sees in place of the real request line: a method and a version
+#: it knows, so that any RFC 9110 token method can be served.
+_CANONICAL_LINE: Final = b"GET / HTTP/1.1\r\n"
+#: Fields that must never arrive in a trailer: they change framing or routing.
+_FORBIDDEN_TRAILERS: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+
+@dataclass(slots=True)
+class ParserLimits:
+    """The limits and leniencies of one parser (gunicorn's names and defaults)."""
+
+    limit_request_line: int = 4094
+    limit_request_fields: int = 100
+    limit_request_field_size: int = 8190
+    #: 0 means no limit.
+    limit_request_body: int = 0
+    permit_obsolete_folding: bool = False
+    #: What to do with a header whose name holds "_": "drop", "refuse", "dangerous".
+    header_map: str = "drop"
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A validated request head. Strings are latin-1 decodings of the wire bytes."""
+
+    method: str
+    target: str
+    path: str
+    query: str
+    #: "HTTP/1.0" or "HTTP/1.1" (any other 1.x is answered as 1.1).
+    version: str
+    headers: list[tuple[str, str]]
+    #: From the absolute-form target if there is one, else the Host field.
+    host: str | None
+    #: "http" or "https" when the target was in absolute form.
+    target_scheme: str | None
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    expect_continue: bool
+    #: Names with "_" that were dropped under header_map=drop, for the log.
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def get(self, name: str) -> str | None:
+        """The first field named ``name`` (case-insensitive), or None."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+
+@dataclass(slots=True)
+class EndOfMessage:
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: More bytes are needed: call feed() (or feed(b"") at end of stream).
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+#: The message ended; call start_next() after the response went out.
+PAUSED: Final = _Sentinel("PAUSED")
+#: The peer closed cleanly between two requests.
+CONNECTION_CLOSED: Final = _Sentinel("CONNECTION_CLOSED")
+
+
+class ClientDisconnected(Exception):
+    """The peer closed in the middle of a request head: close without answering."""
+
+
+class IncompleteBody(E.BadRequest):
+    """The peer closed in the middle of a request body."""
+
+
+class _HeadCollector:
+    """httptools callback target: gathers and polices the fields of one head."""
+
+    __slots__ = (
+        "chunked_seen",
+        "connection",
+        "content_length",
+        "content_type",
+        "dropped",
+        "expect",
+        "headers",
+        "hosts",
+        "limits",
+        "te",
+    )
+
+    def __init__(self, limits: ParserLimits) -> None:
+        self.limits = limits
+        self.headers: list[tuple[str, str]] = []
+        self.hosts: list[bytes] = []
+        self.content_length: bytes | None = None
+        self.content_type = 0
+        self.te: list[bytes] = []
+        self.connection: list[bytes] = []
+        self.expect: list[bytes] = []
+        self.dropped: list[str] = []
+        self.chunked_seen = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.limits
+        if len(self.headers) >= limits.limit_request_fields:
+            raise E.HeaderFieldsTooLarge("too many header fields")
+        # llhttp strips leading OWS only; it has validated every byte, so
+        # rstrip on these two ASCII characters is safe.
+        value = value.rstrip(_OWS)
+        if len(name) + len(value) + 2 > limits.limit_request_field_size:
+            raise E.HeaderFieldsTooLarge("header field too large")
+        if b"_" in name:
+            # X_Forwarded_For must never pose as X-Forwarded-For in the environ.
+            if limits.header_map == "drop":
+                self.dropped.append(name.decode("ascii"))
+                return
+            if limits.header_map == "refuse":
+                raise E.BadRequest("header name with '_'")
+        lname = name.lower()
+        if lname == b"host":
+            self.hosts.append(value)
+        elif lname == b"content-length":
+            self.content_length = value
+        elif lname == b"transfer-encoding":
+            self.te.append(value)
+        elif lname == b"content-type":
+            self.content_type += 1
+        elif lname == b"connection":
+            self.connection.append(value)
+        elif lname == b"expect":
+            self.expect.append(value)
+        self.headers.append((name.decode("ascii"), value.decode("latin-1")))
+
+
+_HEAD, _BODY_LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _DONE, _ERROR = range(8)
+
+
+class RequestParser:
+    """Turns the bytes of one connection into request events.
+
+    Usage: ``feed(data)`` whatever arrives (``feed(b"")`` at end of stream),
+    then call ``next_event()`` until it returns ``NEED_DATA`` or ``PAUSED``.
+    Events, in order for each request: one :class:`RequestHead`, zero or more
+    ``bytes`` of body, one :class:`EndOfMessage`. Errors are raised as
+    :class:`corral.http.errors.HTTPError` subclasses (answer, then close) or
+    :class:`ClientDisconnected` (close without answering).
+    """
+
+    def __init__(self, limits: ParserLimits | None = None) -> None:
+        self.limits = limits or ParserLimits()
+        self._buf = bytearray()
+        self._eof = False
+        self._state = _HEAD
+        self._error: Exception | None = None
+        self._scan = 0  # how far the current partial head was checked
+        self._line_end = -1  # end of the request line once seen
+        self._header_lines = 0
+        self._remaining = 0  # body bytes left (length or current chunk)
+        self._body_read = 0
+        self._trailers: list[tuple[str, str]] = []
+        lim = self.limits
+        # The most a complete head may take; past it the answer is 431.
+        self._max_head = (
+            lim.limit_request_line + 2 + lim.limit_request_fields * (lim.limit_request_field_size + 2) + 2
+        )
+
+    # -- input --------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        """Unparsed bytes and whether the peer closed; for tests and draining."""
+        return bytes(self._buf), self._eof
+
+    @property
+    def in_head(self) -> bool:
+        """True while a head has started to arrive but is not complete."""
+        return self._state == _HEAD and bool(self._buf)
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def start_next(self) -> None:
+        """Allow the next pipelined request to be parsed."""
+        if self._state != _DONE:
+            raise RuntimeError(f"start_next() in state {self._state}")
+        self._state = _HEAD
+
+    # -- events -------------------------------------------------------------
+
+    def next_event(self) -> RequestHead | bytes | EndOfMessage | _Sentinel:
+        state = self._state
+        try:
+            if state == _HEAD:
+                return self._next_head()
+            if state == _BODY_LENGTH:
+                return self._next_length_data()
+            if _CHUNK_SIZE <= state <= _TRAILERS:
+                return self._next_chunked()
+            if state == _DONE:
+                return PAUSED
+            assert self._error is not None
+            raise self._error
+        except (E.HTTPError, ClientDisconnected) as exc:
+            self._state = _ERROR
+            self._error = exc
+            raise
+
+    # -- head -----------------------------------------------------------------
+
+    def _next_head(self) -> RequestHead | _Sentinel:
+        buf = self._buf
+        if self._scan == 0:
+            # Leading empty lines before a request line are ignored (RFC 9112 2.2).
+            while buf[:2] == b"\r\n":
+                del buf[:2]
+        end = buf.find(b"\r\n\r\n", max(self._scan - 3, 0))
+        if end < 0:
+            if self._eof:
+                if not buf or buf == b"\r":
+                    return CONNECTION_CLOSED
+                raise ClientDisconnected("connection closed in the middle of a request head")
+            self._check_partial_head()
+            return NEED_DATA
+        line_end = buf.find(b"\r\n")
+        if line_end > self.limits.limit_request_line:
+            raise E.URITooLong("request line too long")
+        head = self._parse_request_line(bytes(buf[:line_end]))
+        block = bytes(buf[line_end + 2 : end + 4])
+        del buf[: end + 4]
+        self._scan = 0
+        self._line_end = -1
+        self._header_lines = 0
+        return self._parse_fields(head, block)
+
+    def _check_partial_head(self) -> None:
+        """Refuse an incomplete head as early as its bytes allow."""
+        buf = self._buf
+        lim = self.limits
+        start = max(self._scan - 1, 0)
+        if self._line_end < 0:
+            bad = _BAD_LINE_BYTE.search(buf, start)
+            if bad is not None:
+                raise E.BadRequest("invalid byte in request line")
+            line_end = buf.find(b"\r\n", start)
+            if line_end < 0:
+                if b"\n" in buf[start:]:
+                    raise E.BadRequest("request line ends in a bare LF")
+                if len(buf) > lim.limit_request_line + 1:
+                    raise E.URITooLong("request line too long")
+                self._scan = len(buf)
+                return
+            if line_end > lim.limit_request_line:
+                raise E.URITooLong("request line too long")
+            # Answer 400/501/505 now rather than after the headers arrive.
+            self._parse_request_line(bytes(buf[:line_end]))
+            self._line_end = line_end
+            start = line_end + 2
+        if _BARE_LF.search(buf, max(start, self._line_end + 1)) is not None:
+            raise E.BadRequest("header line ends in a bare LF")
+        self._header_lines += buf.count(b"\r\n", max(start, self._line_end + 2))
+        if self._header_lines > lim.limit_request_fields:
+            raise E.HeaderFieldsTooLarge("too many header fields")
+        last_line = len(buf) - (buf.rfind(b"\n") + 1)
+        if last_line > lim.limit_request_field_size + 2 or len(buf) > self._max_head:
+            raise E.HeaderFieldsTooLarge("header field too large")
+        self._scan = len(buf)
+
+    def _parse_request_line(self, line: bytes) -> RequestHead:
+        m = _REQUEST_LINE.fullmatch(line)
+        if m is None:
+            raise E.BadRequest("malformed request line")
+        method_b, target_b, major, minor = m.groups()
+        if len(method_b) > MAX_METHOD:
+            raise E.MethodNotImplemented("method too long")
+        if major != b"1":
+            if major == b"0":
+                raise E.BadRequest("HTTP/0.x is not supported")
+            raise E.VersionNotSupported("only HTTP/1.x is served here")
+        version = "HTTP/1.0" if minor == b"0" else "HTTP/1.1"
+        method = method_b.decode("ascii")
+        host: bytes | None = None
+        scheme: str | None = None
+        if target_b[:1] == b"/":
+            if b"#" in target_b:
+                raise E.BadRequest("fragment in request target")
+            if method == "CONNECT":
+                raise E.BadRequest("CONNECT needs an authority-form target")
+            path, _, query = target_b.partition(b"?")
+        elif target_b == b"*":
+            if method != "OPTIONS":
+                raise E.BadRequest("asterisk-form target is only for OPTIONS")
+            path, query = b"*", b""
+        elif method == "CONNECT":
+            if _AUTHORITY.fullmatch(target_b) is None or b":" not in target_b:
+                raise E.BadRequest("malformed CONNECT target")
+            path, query, host = b"", b"", target_b
+        else:
+            am = _ABSOLUTE_FORM.fullmatch(target_b)
+            if am is None:
+                raise E.BadRequest("malformed request target")
+            scheme_b, authority, rest = am.groups()
+            scheme = scheme_b.lower().decode("ascii")
+            if scheme not in ("http", "https") or not authority:
+                raise E.BadRequest("absolute-form target must be an http(s) URI")
+            if _AUTHORITY.fullmatch(authority) is None:
+                raise E.BadRequest("malformed authority in request target")
+            if rest and rest[:1] not in (b"/", b"?"):
+                raise E.BadRequest("malformed request target")
+            path, _, query = rest.partition(b"?")
+            path = path or b"/"
+            host = authority
+        return RequestHead(
+            method=method,
+            target=target_b.decode("ascii"),
+            path=path.decode("ascii"),
+            query=query.decode("ascii"),
+            version=version,
+            headers=[],
+            host=host.decode("ascii") if host is not None else None,
+            target_scheme=scheme,
+            content_length=None,
+            chunked=False,
+            keep_alive=version == "HTTP/1.1",
+            expect_continue=False,
+        )
+
+    def _parse_fields(self, head: RequestHead, block: bytes) -> RequestHead:
+        lim = self.limits
+        if block[:1] in (b" ", b"\t"):
+            raise E.BadRequest("whitespace before the first header field")
+        if lim.permit_obsolete_folding:
+            # The opt-in leniency: an obs-fold becomes one SP (RFC 9112 5.2).
+            block = re.sub(rb"\r\n[ \t]+", b" ", block)
+        collector = _HeadCollector(lim)
+        parser = httptools.HttpRequestParser(collector)
+        try:
+            parser.feed_data(_CANONICAL_LINE + block)
+        except httptools.HttpParserUpgrade:
+            pass  # Upgrade is not served over WSGI: the request is handled as usual.
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, E.HTTPError):
+                raise cause from None
+            raise E.BadRequest("malformed header field") from exc
+        except httptools.HttpParserError as exc:
+            raise E.BadRequest(f"malformed header: {exc}") from None
+        head.headers = collector.headers
+        head.dropped = collector.dropped
+        http11 = head.version == "HTTP/1.1"
+
+        hosts = collector.hosts
+        if len(hosts) > 1:
+            raise E.BadRequest("more than one Host field")
+        if http11 and not hosts:
+            raise E.BadRequest("HTTP/1.1 request without Host")
+        if hosts:
+            if _AUTHORITY.fullmatch(hosts[0]) is None:
+                raise E.BadRequest("malformed Host field")
+            if head.host is None:
+                head.host = hosts[0].decode("ascii")
+        if collector.content_type > 1:
+            raise E.BadRequest("more than one Content-Type field")
+
+        if collector.te:
+            if collector.content_length is not None:
+                raise E.BadRequest("both Content-Length and Transfer-Encoding")
+            if not http11:
+                raise E.BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+            codings = [c.strip(_OWS).lower() for c in b",".join(collector.te).split(b",")]
+            if codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
+                raise E.BadRequest("Transfer-Encoding must end in a single chunked")
+            if len(codings) > 1:
+                raise E.MethodNotImplemented("unsupported transfer coding")
+            head.chunked = True
+        elif collector.content_length is not None:
+            if _CONTENT_LENGTH.fullmatch(collector.content_length) is None:
+                raise E.BadRequest("malformed Content-Length")
+            length = int(collector.content_length)
+            head.content_length = length
+            if lim.limit_request_body and length > lim.limit_request_body:
+                raise E.ContentTooLarge("request body larger than limit_request_body")
+
+        tokens = {t.strip(_OWS).lower() for t in b",".join(collector.connection).split(b",")}
+        if b"close" in tokens:
+            head.keep_alive = False
+        elif not http11:
+            head.keep_alive = b"keep-alive" in tokens
+
+        for value in collector.expect:
+            if value.lower() == b"100-continue":
+                head.expect_continue = http11
+            else:
+                raise E.ExpectationFailed("unsupported expectation")
+
+        if head.chunked:
+            self._state = _CHUNK_SIZE
+            self._body_read = 0
+            self._trailers = []
+        elif head.content_length:
+            self._state = _BODY_LENGTH
+            self._remaining = head.content_length
+        else:
+            self._state = _BODY_LENGTH
+            self._remaining = 0
+        return head
+
+    # -- bodies ---------------------------------------------------------------
+
+    def _take(self, n: int) -> bytes:
+        buf = self._buf
+        if n >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:n])
+            del buf[:n]
+        return data
+
+    def _next_length_data(self) -> bytes | EndOfMessage | _Sentinel:
+        if self._remaining == 0:
+            self._state = _DONE
+            return EndOfMessage()
+        if self._buf:
+            data = self._take(self._remaining)
+            self._remaining -= len(data)
+            return data
+        if self._eof:
+            raise IncompleteBody("connection closed in the middle of the body")
+        return NEED_DATA
+
+    def _next_chunked(self) -> bytes | EndOfMessage | _Sentinel:
+        buf = self._buf
+        while True:
+            state = self._state
+            if state == _CHUNK_DATA:
+                if not buf:
+                    break
+                data = self._take(self._remaining)
+                self._remaining -= len(data)
+                if self._remaining == 0:
+                    self._state = _CHUNK_CRLF
+                return data
+            if state == _CHUNK_CRLF:
+                if len(buf) < 2:
+                    break
+                if buf[:2] != b"\r\n":
+                    raise E.BadRequest("chunk data not followed by CRLF")
+                del buf[:2]
+                self._state = _CHUNK_SIZE
+                continue
+            line_end = buf.find(b"\r\n")
+            if line_end < 0:
+                if b"\n" in buf:
+                    raise E.BadRequest("bare LF in chunked framing")
+                limit = MAX_CHUNK_LINE if state == _CHUNK_SIZE else self.limits.limit_request_field_size
+                if len(buf) > limit:
+                    raise E.BadRequest("chunk-size line too long")
+                break
+            line = bytes(buf[:line_end])
+            del buf[: line_end + 2]
+            if state == _CHUNK_SIZE:
+                if line_end > MAX_CHUNK_LINE:
+                    raise E.BadRequest("chunk-size line too long")
+                m = _CHUNK_LINE.fullmatch(line)
+                if m is None:
+                    raise E.BadRequest("malformed chunk-size line")
+                size = int(m.group(1), 16)
+                self._body_read += size
+                limit = self.limits.limit_request_body
+                if limit and self._body_read > limit:
+                    raise E.ContentTooLarge("request body larger than limit_request_body")
+                if size == 0:
+                    self._state = _TRAILERS
+                else:
+                    self._state = _CHUNK_DATA
+                    self._remaining = size
+                continue
+            # Trailer section: lines until an empty one.
+            if not line:
+                self._state = _DONE
+                return EndOfMessage(self._trailers)
+            self._check_trailer(line)
+        if self._eof:
+            raise IncompleteBody("connection closed in the middle of a chunked body")
+        return NEED_DATA
+
+    def _check_trailer(self, line: bytes) -> None:
+        lim = self.limits
+        if len(line) > lim.limit_request_field_size:
+            raise E.HeaderFieldsTooLarge("trailer field too large")
+        if len(self._trailers) >= lim.limit_request_fields:
+            raise E.HeaderFieldsTooLarge("too many trailer fields")
+        m = _TRAILER_LINE.fullmatch(line)
+        if m is None:
+            raise E.BadRequest("malformed trailer field")
+        name, value = m.groups()
+        if name.lower() in _FORBIDDEN_TRAILERS:
+            raise E.BadRequest("forbidden field in trailers")
+        self._trailers.append((name.decode("ascii"), value.decode("latin-1")))

@@ -1,0 +1,41 @@
+"""The error log: gunicorn's line format, a file or stderr, reopenable on USR1."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+#: gunicorn's error-log line, so existing log parsers keep working.
+ERROR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
+
+
+def setup_error_log(errorlog: str, level: str) -> logging.Logger:
+    """Configure ``corral.error`` (and its children) once per process; idempotent."""
+    logger = logging.getLogger("corral")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    handler: logging.Handler
+    if errorlog == "-":
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.FileHandler(errorlog, delay=False)
+    handler.setFormatter(logging.Formatter(ERROR_FORMAT, DATE_FORMAT))
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    return logging.getLogger("corral.error")
+
+
+def reopen_logs() -> None:
+    """Reopen every file handler of corral's loggers (after logrotate moved the file)."""
+    for handler in logging.getLogger("corral").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                if handler.stream:
+                    handler.stream.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()

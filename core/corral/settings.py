@@ -1,0 +1,301 @@
+"""Every setting, declared once.
+
+One :class:`Setting` drives the command-line flag, the config-file name, the
+environment configuration and the generated reference (docs/settings.md).
+Names and flags are gunicorn's wherever the concept is the same, so an
+existing gunicorn deployment moves with few edits. Plugins add their own
+settings through the ``corral_add_settings`` hook.
+
+Validators take either the string from the command line or environment, or
+a Python value from a config file, and return the typed value or raise
+ValueError with a sentence that says what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.addresses import parse_address
+
+_UINT = re.compile(r"[0-9]+")
+
+
+def _uint(value: Any, *, minimum: int = 0) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and _UINT.fullmatch(value.strip()):
+        n = int(value.strip())
+    else:
+        raise ValueError(f"expected a whole number, got {value!r}")
+    if n < minimum:
+        raise ValueError(f"expected a whole number of at least {minimum}, got {n}")
+    return n
+
+
+def uint(value: Any) -> int:
+    return _uint(value)
+
+
+def positive_int(value: Any) -> int:
+    return _uint(value, minimum=1)
+
+
+def workers_count(value: Any) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return _uint(value, minimum=1)
+
+
+def seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    if isinstance(value, int | float):
+        n = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]+(\.[0-9]+)?", value.strip()):
+        n = float(value.strip())
+    else:
+        raise ValueError(f"expected a number of seconds, got {value!r}")
+    if n < 0:
+        raise ValueError(f"expected a non-negative number of seconds, got {n}")
+    return n
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("1", "true", "yes", "on"):
+            return True
+        if v in ("0", "false", "no", "off"):
+            return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def optional_string(value: Any) -> str | None:
+    if value is None:
+        return None
+    return string(value)
+
+
+def string_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list | tuple):
+        return [string(v) for v in value]
+    raise ValueError(f"expected a list of strings, got {value!r}")
+
+
+def bind_list(value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise ValueError("expected one or more addresses like 127.0.0.1:8000, [::1]:8000 or unix:PATH")
+    out = []
+    for item in items:
+        parse_address(string(item))  # raises ValueError naming the problem
+        out.append(item)
+    return out
+
+
+def octal_mode(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{1,4}", value.strip()):
+        n = int(value.strip().removeprefix("0o") or "0", 8)
+    else:
+        raise ValueError(f"expected an octal mode like 0o600, got {value!r}")
+    if not 0 <= n <= 0o7777:
+        raise ValueError(f"expected a mode between 0 and 0o7777, got {oct(n)}")
+    return n
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in options:
+            return value.strip().lower()
+        raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+
+    check.__name__ = "choice"
+    return check
+
+
+def header_dict(value: Any) -> dict[str, str]:
+    if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return {k.upper(): v for k, v in value.items()}
+    raise ValueError("expected a dict of header name to value, e.g. {'X-FORWARDED-PROTO': 'https'}")
+
+
+@dataclass
+class Setting:
+    """One setting: its name everywhere, its flags, its type and its story."""
+
+    name: str
+    section: str
+    validator: Callable[[Any], Any]
+    default: Any
+    help: str
+    flags: tuple[str, ...] = ()
+    metavar: str | None = None
+    #: "store", "append" (repeatable flag) or "store_true".
+    action: str = "store"
+    #: Which plugin declared it; "corral" for the core.
+    owner: str = "corral"
+    #: Extra documentation for the reference, beyond the one-line help.
+    doc: str = ""
+
+    def convert(self, value: Any) -> Any:
+        return self.validator(value)
+
+    @property
+    def default_text(self) -> str:
+        d = self.default
+        if d is None:
+            return "None"
+        if d == "":
+            return '""'
+        if isinstance(d, list):
+            return ", ".join(d) if d else "[]"
+        if isinstance(d, bool):
+            return "on" if d else "off"
+        if self.validator is octal_mode:
+            return oct(d)
+        return str(d)
+
+
+@dataclass
+class SettingsRegistry:
+    """All known settings by name; the core's plus the plugins'."""
+
+    settings: dict[str, Setting] = field(default_factory=dict)
+
+    def add(self, setting: Setting) -> None:
+        if setting.name in self.settings:
+            raise ValueError(f"setting {setting.name!r} is declared twice")
+        self.settings[setting.name] = setting
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.settings
+
+    def __getitem__(self, name: str) -> Setting:
+        return self.settings[name]
+
+    def __iter__(self) -> Iterable[Setting]:  # type: ignore[override]
+        return iter(self.settings.values())
+
+
+def _default_tmp_dir() -> str | None:
+    # /dev/shm keeps heartbeat writes off disks (and off overlayfs in containers).
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def core_settings() -> list[Setting]:
+    S = Setting
+    return [
+        # -- server socket
+        S("bind", "Server socket", bind_list, ["127.0.0.1:8000"],
+          "Address to listen on: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N. Repeatable.",
+          ("-b", "--bind"), "ADDRESS", "append",
+          doc="With no bind given anywhere and PORT set in the environment, "
+              "corral binds 0.0.0.0:$PORT, as gunicorn does."),
+        S("backlog", "Server socket", positive_int, 2048,
+          "Listen queue length of each listening socket.", ("--backlog",), "INT"),
+        S("reuse_port", "Server socket", boolean, False,
+          "Set SO_REUSEPORT on listening sockets.", ("--reuse-port",), action="store_true"),
+        S("unix_socket_mode", "Server socket", octal_mode, 0o600,
+          "Permissions of unix sockets corral creates.", ("--unix-socket-mode",), "MODE"),
+        # -- worker processes
+        S("workers", "Worker processes", workers_count, 1,
+          "Number of worker processes ('auto': one per CPU available).", ("-w", "--workers"), "INT",
+          doc="Defaults to $WEB_CONCURRENCY when that is set, as with gunicorn."),
+        S("worker_class", "Worker processes", string, "sync",
+          "Worker class: a registered name (see 'corral plugins') or package.module:Class.",
+          ("-k", "--worker-class"), "NAME"),
+        S("threads", "Worker processes", positive_int, 1,
+          "Threads per worker for threaded worker classes.", ("--threads",), "INT"),
+        S("worker_connections", "Worker processes", positive_int, 1000,
+          "Most simultaneous connections per worker (async and threaded classes).",
+          ("--worker-connections",), "INT"),
+        S("timeout", "Worker processes", seconds, 30.0,
+          "Workers silent for longer than this are killed and replaced (0 disables).",
+          ("-t", "--timeout"), "SECONDS"),
+        S("graceful_timeout", "Worker processes", seconds, 30.0,
+          "After a graceful stop signal, workers still running after this are killed.",
+          ("--graceful-timeout",), "SECONDS"),
+        S("keepalive", "Worker processes", seconds, 2.0,
+          "Seconds to wait for the next request on a keep-alive connection.",
+          ("--keep-alive",), "SECONDS"),
+        S("max_requests", "Worker processes", uint, 0,
+          "Restart a worker after this many requests (0 disables).", ("--max-requests",), "INT"),
+        S("max_requests_jitter", "Worker processes", uint, 0,
+          "Add up to this many requests, at random, to max_requests per worker.",
+          ("--max-requests-jitter",), "INT"),
+        S("worker_tmp_dir", "Worker processes", optional_string, _default_tmp_dir(),
+          "Directory for the workers' heartbeat files.", ("--worker-tmp-dir",), "DIR"),
+        # -- application
+        S("wsgi_app", "Application", optional_string, None,
+          "The WSGI app as module:callable or module:factory(); same as APP_MODULE."),
+        S("chdir", "Application", optional_string, None,
+          "Change to this directory before loading the app.", ("--chdir",), "DIR"),
+        S("preload_app", "Application", boolean, False,
+          "Load the app in the arbiter before forking workers.", ("--preload",), action="store_true"),
+        S("script_name", "Application", string, os.environ.get("SCRIPT_NAME", ""),
+          "SCRIPT_NAME the app is mounted at; $SCRIPT_NAME sets the default.", ("--script-name",), "PATH"),
+        # -- HTTP
+        S("limit_request_line", "HTTP", positive_int, 4094,
+          "Longest request line in bytes (414 beyond).", ("--limit-request-line",), "INT"),
+        S("limit_request_fields", "HTTP", positive_int, 100,
+          "Most header fields in a request (431 beyond).", ("--limit-request-fields",), "INT"),
+        S("limit_request_field_size", "HTTP", positive_int, 8190,
+          "Longest header field in bytes (431 beyond).",
+          ("--limit-request-field-size", "--limit-request-field_size"), "INT"),
+        S("limit_request_body", "HTTP", uint, 0,
+          "Largest request body in bytes (413 beyond; 0 means no limit).",
+          ("--limit-request-body",), "INT"),
+        S("header_timeout", "HTTP", seconds, 30.0,
+          "The whole request head must arrive within this many seconds (408 otherwise).",
+          ("--header-timeout",), "SECONDS"),
+        S("permit_obsolete_folding", "HTTP", boolean, False,
+          "Accept obs-fold (continuation lines) in headers instead of answering 400.",
+          ("--permit-obsolete-folding",), action="store_true"),
+        S("header_map", "HTTP", choice("drop", "refuse", "dangerous"), "drop",
+          "Header names with '_': drop them, refuse the request (400) or pass them on.",
+          ("--header-map",), "POLICY"),
+        S("forwarded_allow_ips", "HTTP", string_list, ["127.0.0.1", "::1"],
+          "Peers trusted to set the scheme through secure_scheme_headers ('*' for any).",
+          ("--forwarded-allow-ips",), "ADDRESSES"),
+        S("secure_scheme_headers", "HTTP", header_dict, {
+            "X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
+          "Headers (from trusted peers) that say the request came over https. Config file only."),
+        # -- process
+        S("pidfile", "Process", optional_string, None, "Write the arbiter's pid to this file.",
+          ("-p", "--pid"), "FILE"),
+        S("proc_name", "Process", optional_string, None,
+          "Name in process titles (needs setproctitle).", ("-n", "--name"), "NAME"),
+        S("config", "Process", optional_string, None,
+          "Config file: Python (*.py) or TOML (*.toml). ./corral.conf.py is read when present.",
+          ("-c", "--config"), "FILE"),
+        # -- logging
+        S("loglevel", "Logging", choice("debug", "info", "warning", "error", "critical"), "info",
+          "Error log level.", ("--log-level",), "LEVEL"),
+        S("errorlog", "Logging", string, "-", "Error log file ('-' is stderr).",
+          ("--error-logfile", "--log-file"), "FILE"),
+    ]
+
+
+def default_registry() -> SettingsRegistry:
+    registry = SettingsRegistry()
+    for setting in core_settings():
+        registry.add(setting)
+    return registry

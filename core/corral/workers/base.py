@@ -1,0 +1,262 @@
+"""The base class of every worker: what happens in a worker process after fork.
+
+Lifecycle, in the worker process:
+
+1. The arbiter forks, imports the worker class named by the pool's spec (so
+   gevent or tornado are imported here, never in the arbiter), builds the
+   worker and calls the ``corral_post_fork`` hook.
+2. :meth:`Worker.init_process` installs the worker's signal handlers, beats
+   the heartbeat, calls :meth:`Worker.init_concurrency` (where a gevent
+   worker monkey-patches), loads the application, calls
+   ``corral_post_worker_init``, tells the arbiter it is ready, then calls
+   :meth:`Worker.run`.
+3. ``run`` accepts on the inherited listeners and serves until ``alive``
+   goes false (TERM, max-requests, parent gone), finishes what is in flight
+   within the graceful timeout, and returns. The process exits 0.
+
+Signals: TERM is a graceful stop; INT and QUIT stop at once; ABRT (sent by
+the arbiter when the heartbeat stopped) writes every thread's stack to the
+error log and exits; USR1 reopens log files. HUP and WINCH are the
+arbiter's business and are ignored here.
+
+Exit statuses the arbiter understands: 3 (the worker could not boot) and 4
+(the app could not be loaded) make it stop instead of respawning forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import struct
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from corral.app import load_app
+from corral.http.parser import ParserLimits
+from corral.logs import reopen_logs
+from corral.wsgi.environ import EnvironContext, TrustedPeers
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from corral.config import Config
+    from corral.heartbeat import Heartbeat
+    from corral.pool import Pool
+    from corral.sockets import Listener
+
+#: Exit status: the worker failed before it could serve (gunicorn's value).
+WORKER_BOOT_ERROR: Final = 3
+#: Exit status: the application could not be imported (gunicorn's value).
+APP_LOAD_ERROR: Final = 4
+
+
+class Worker:
+    """Subclass and implement :meth:`run`; see the module docstring for the lifecycle."""
+
+    #: Whether several requests run at once in one process (wsgi.multithread).
+    multithread: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        age: int,
+        ppid: int,
+        pool: Pool,
+        listeners: list[Listener],
+        cfg: Config,
+        log: logging.Logger,
+        heartbeat: Heartbeat,
+        pm: pluggy.PluginManager,
+        app: Callable[..., Any] | None,
+        ready_fd: int,
+        server: Any = None,
+    ) -> None:
+        self.age = age
+        self.ppid = ppid
+        self.pid = os.getpid()
+        self.pool = pool
+        self.listeners = listeners
+        self.cfg = cfg
+        self.log = log
+        self.heartbeat = heartbeat
+        self.pm = pm
+        self.server = server
+        self.wsgi: Callable[..., Any] = app  # type: ignore[assignment]
+        self._ready_fd = ready_fd
+        self.alive = True
+        self.booted = False
+        self.nr = 0
+        self.max_requests = 0
+        if cfg.max_requests:
+            self.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
+        self.limits = ParserLimits(
+            limit_request_line=cfg.limit_request_line,
+            limit_request_fields=cfg.limit_request_fields,
+            limit_request_field_size=cfg.limit_request_field_size,
+            limit_request_body=cfg.limit_request_body,
+            permit_obsolete_folding=cfg.permit_obsolete_folding,
+            header_map=cfg.header_map,
+        )
+        # Request hooks cost nothing when no plugin implements them.
+        self.pre_request = self._hook_or_none("corral_pre_request")
+        self.post_request = self._hook_or_none("corral_post_request")
+        self.access_log: Callable[..., None] | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} pid={self.pid} pool={self.pool.name}>"
+
+    def _hook_or_none(self, name: str) -> Callable[..., Any] | None:
+        hook = getattr(self.pm.hook, name)
+        return hook if hook.get_hookimpls() else None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def init_process(self) -> None:
+        """Everything between fork and serving; returns when the worker should exit."""
+        self.pid = os.getpid()
+        set_process_title(f"worker [{self.pool.name}: {self.pool.spec.name}]", self.cfg)
+        self.install_signals()
+        self.heartbeat.beat()
+        self.init_concurrency()
+        if self.wsgi is None:
+            try:
+                self.wsgi = load_app(self.pool.app_uri, None)
+            except Exception:
+                self.log.exception("Failed to load the application %r", self.pool.app_uri)
+                sys.stderr.flush()
+                os._exit(APP_LOAD_ERROR)
+        self.envs = {id(lst): self.environ_context(lst) for lst in self.listeners}
+        self.pm.hook.corral_post_worker_init(worker=self)
+        self.booted = True
+        self.signal_ready()
+        self.heartbeat.beat()
+        self.run()
+        self.close_listeners()
+        self.pm.hook.corral_worker_exit(server=self.server, worker=self)
+
+    def init_concurrency(self) -> None:
+        """Set up the concurrency library before the app is imported (gevent patches here)."""
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def environ_context(self, listener: Listener) -> EnvironContext:
+        cfg = self.cfg
+        name = listener.name
+        if name.startswith("unix:"):
+            server_name, port = "localhost", "80"
+        else:
+            host, _, port = name.rpartition(":")
+            server_name = host.strip("[]")
+        return EnvironContext(
+            server_name=server_name,
+            server_port=port,
+            url_scheme="http",
+            script_name=cfg.script_name,
+            multithread=self.multithread,
+            multiprocess=True,
+            errors=sys.stderr,
+            trusted=TrustedPeers(cfg.forwarded_allow_ips),
+            secure_scheme_headers=dict(cfg.secure_scheme_headers),
+        )
+
+    def signal_ready(self) -> None:
+        """Tell the arbiter this worker has loaded the app and will accept now."""
+        try:
+            os.write(self._ready_fd, struct.pack("=i", self.pid))
+        except OSError:
+            pass
+
+    def notify(self) -> None:
+        """Beat the heartbeat (cheap: throttled); call it often."""
+        self.heartbeat.notify()
+
+    def request_done(self) -> None:
+        self.nr += 1
+        if self.max_requests and self.nr >= self.max_requests and self.alive:
+            self.log.info("Worker %s reached max_requests (%s); restarting", self.pid, self.max_requests)
+            self.alive = False
+            self.wake()
+
+    def parent_alive(self) -> bool:
+        if os.getppid() != self.ppid:
+            self.log.info("Parent changed; worker %s shutting down", self.pid)
+            return False
+        return True
+
+    def close_listeners(self) -> None:
+        for listener in self.listeners:
+            listener.close(unlink=False)
+
+    # -- signals ---------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self.handle_exit)
+        signal.signal(signal.SIGINT, self.handle_quit)
+        signal.signal(signal.SIGQUIT, self.handle_quit)
+        signal.signal(signal.SIGABRT, self.handle_abort)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGWINCH, signal.SIG_IGN)
+        signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def wake(self) -> None:
+        """End the worker's current wait: Python retries interrupted waits (PEP 475)."""
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass
+
+    def handle_exit(self, signum: int, frame: Any) -> None:
+        self.alive = False
+        self.wake()
+
+    def handle_quit(self, signum: int, frame: Any) -> None:
+        self.alive = False
+        self.pm.hook.corral_worker_int(worker=self)
+        sys.exit(0)
+
+    def handle_usr1(self, signum: int, frame: Any) -> None:
+        reopen_logs()
+
+    def handle_abort(self, signum: int, frame: Any) -> None:
+        self.alive = False
+        self.log.critical(
+            "Worker %s (pool %s) timed out; stacks of its threads:\n%s",
+            self.pid, self.pool.name, format_stacks(),
+        )
+        try:
+            self.pm.hook.corral_worker_abort(worker=self)
+        finally:
+            for handler in logging.getLogger("corral").handlers:
+                handler.flush()
+            os._exit(1)
+
+
+def format_stacks() -> str:
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        stack = "".join(traceback.format_stack(frame))
+        parts.append(f"Thread {names.get(ident, ident)}:\n{stack}")
+    return "\n".join(parts)
+
+
+def set_process_title(role: str, cfg: Config) -> None:
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    name = cfg.proc_name or (cfg.wsgi_app or "corral")
+    setproctitle(f"corral: {role} [{name}]")

@@ -1,0 +1,301 @@
+"""Serving one HTTP/1.1 connection with blocking-style socket calls.
+
+Shared by every worker whose sockets look blocking to the code that uses them:
+sync and gthread (real blocking sockets) and gevent (cooperative ones). The
+worker owns accepting and concurrency; this module owns the request loop on
+one connection: read a head within the header timeout, run the app, write
+the response, drain what the app left unread, and decide whether to keep the
+connection. All protocol decisions are in corral.http and corral.wsgi.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from corral.http import errors as E
+from corral.http.parser import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    ClientDisconnected,
+    EndOfMessage,
+    RequestHead,
+    RequestParser,
+)
+from corral.wsgi.body import Body
+from corral.wsgi.environ import EnvironContext, build_environ
+from corral.wsgi.filewrapper import FileWrapper
+from corral.wsgi.response import (
+    CONTINUE_100,
+    Response,
+    error_response,
+    internal_error_response,
+)
+
+if TYPE_CHECKING:
+    from corral.workers.base import Worker
+
+#: recv size. 64 KiB takes a typical head and a good slice of a body in one call.
+RECV_SIZE: Final = 65536
+#: After a response, at most this much unread request body is read and
+#: dropped to keep the connection; a larger remainder closes it instead.
+DRAIN_MAX_BYTES: Final = 1 << 20
+#: ...and draining may take at most this long.
+DRAIN_MAX_SECONDS: Final = 2.0
+
+
+class _Timeout(Exception):
+    pass
+
+
+class HttpConnection:
+    """One client connection, served until it closes or must close.
+
+    :param keepalive: seconds to wait for the next request; 0 closes after each response.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        sock: socket.socket,
+        peer: Any,
+        env: EnvironContext,
+        keepalive: float,
+    ) -> None:
+        self.worker = worker
+        self.sock = sock
+        self.peer = peer
+        self.env = env
+        self.keepalive = keepalive
+        self.parser = RequestParser(worker.limits)
+        self.header_timeout = worker.cfg.header_timeout
+
+    # -- I/O -----------------------------------------------------------------
+
+    def _recv(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Timeout
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            raise _Timeout from None
+        except (ConnectionError, OSError):
+            data = b""
+        self.parser.feed(data)
+        self.worker.notify()
+
+    def _send(self, data: bytes) -> None:
+        self.sock.settimeout(self.worker.cfg.timeout or None)
+        self.sock.sendall(data)
+
+    def _read_head(self, first: bool) -> RequestHead | None:
+        """The next request head, or None when the connection should just close."""
+        parser = self.parser
+        now = time.monotonic()
+        idle = self.header_timeout if first else self.keepalive
+        deadline = now + idle
+        head_deadline: float | None = None
+        while True:
+            event = parser.next_event()
+            if type(event) is RequestHead:
+                return event
+            if event is CONNECTION_CLOSED:
+                return None
+            assert event is NEED_DATA
+            if head_deadline is None and parser.in_head:
+                # The whole head must arrive within header_timeout of its first byte.
+                head_deadline = time.monotonic() + self.header_timeout
+                deadline = head_deadline
+            try:
+                self._recv(deadline)
+            except _Timeout:
+                if parser.in_head:
+                    raise E.RequestTimeout("request head not received in time") from None
+                return None
+
+    def _receive_body(self) -> bytes:
+        parser = self.parser
+        while True:
+            event = parser.next_event()
+            if type(event) is bytes:
+                return event
+            if event is NEED_DATA:
+                try:
+                    self._recv(time.monotonic() + self.header_timeout)
+                except _Timeout:
+                    raise E.RequestTimeout("request body not received in time") from None
+                continue
+            assert isinstance(event, EndOfMessage)
+            self._body.trailers = event.trailers
+            return b""
+
+    def _drain(self) -> bool:
+        """Read and drop the rest of the request body; False if the connection must close."""
+        parser = self.parser
+        deadline = time.monotonic() + DRAIN_MAX_SECONDS
+        budget = DRAIN_MAX_BYTES
+        while not parser.done:
+            event = parser.next_event()
+            if type(event) is bytes:
+                budget -= len(event)
+                if budget < 0:
+                    return False
+            elif event is NEED_DATA:
+                try:
+                    self._recv(deadline)
+                except _Timeout:
+                    return False
+        return True
+
+    # -- the request loop ----------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve requests until the connection closes; never raises for client errors."""
+        try:
+            self._serve()
+        except (ClientDisconnected, ConnectionError, TimeoutError, _Timeout):
+            pass
+        except OSError:
+            pass
+        finally:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def _serve(self) -> None:
+        worker = self.worker
+        first = True
+        while True:
+            try:
+                head = self._read_head(first)
+            except E.HTTPError as exc:
+                worker.log.info("%s from %s: %s", exc.status, self._peer_str(), exc.detail)
+                self._send(error_response(exc))
+                return
+            if head is None:
+                return
+            first = False
+            keep = self.keepalive > 0 and head.keep_alive and worker.alive
+            if not self._handle(head, keep):
+                return
+            if not worker.alive:
+                return
+            self.parser.start_next()
+
+    def _handle(self, head: RequestHead, keep: bool) -> bool:
+        """Run the app for one request; True if the connection may serve another."""
+        worker = self.worker
+        resp = Response(head, self._send, keep)
+        continue_sent = False
+
+        def send_continue() -> None:
+            nonlocal continue_sent
+            if head.expect_continue and not resp.headers_sent:
+                self._send(CONTINUE_100)
+                continue_sent = True
+
+        if head.has_body:
+            body = Body(self._receive_body, send_continue)
+        else:
+            body = Body(_no_body)
+        self._body = body
+        if head.dropped:
+            worker.log.debug("dropped header fields with '_': %s", ", ".join(head.dropped))
+        result = None
+        environ: dict[str, Any] = {}
+        try:
+            environ = build_environ(head, self.env, body, self.peer)
+            if worker.pre_request is not None:
+                worker.pre_request(worker=worker, req=head)
+            result = worker.wsgi(environ, resp.start_response)
+            if isinstance(result, FileWrapper) and not resp.headers_sent:
+                self._send_file(resp, result)
+            else:
+                if type(result) in (list, tuple) and len(result) == 1 and resp.content_length is None:
+                    resp.length_hint = len(result[0])
+                for data in result:
+                    resp.write(data)
+                resp.finish()
+        except E.HTTPError as exc:
+            # A framing error found while the app read the body.
+            worker.log.info("%s from %s: %s", exc.status, self._peer_str(), exc.detail)
+            if not resp.headers_sent:
+                self._send(error_response(exc))
+            return False
+        except (ClientDisconnected, ConnectionError, _Timeout):
+            return False
+        except Exception:
+            worker.log.exception("Error handling request %s %s", head.method, head.target)
+            if not resp.headers_sent:
+                try:
+                    self._send(internal_error_response(head))
+                except OSError:
+                    pass
+            return False
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    worker.log.exception("Error closing the app's response iterable")
+            worker.request_done()
+        if worker.post_request is not None:
+            try:
+                worker.post_request(worker=worker, req=head, environ=environ, resp=resp)
+            except Exception:
+                worker.log.exception("post_request hook failed")
+        if worker.access_log is not None:
+            worker.access_log(head, environ, resp)
+        if not resp.keep_alive:
+            return False
+        if head.expect_continue and not continue_sent and not body.complete:
+            # The client may still be waiting to send the body; do not guess.
+            return False
+        return self._drain()
+
+    def _send_file(self, resp: Response, wrapper: FileWrapper) -> None:
+        fd = wrapper.fileno()
+        if fd is None:
+            for data in wrapper:
+                resp.write(data)
+            resp.finish()
+            return
+        try:
+            st = os.fstat(fd)
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError:
+            st = None
+            offset = 0
+        size = None
+        if st is not None and (st.st_mode & 0o170000) == 0o100000:
+            size = max(st.st_size - offset, 0)
+        if resp.content_length is None and size is not None:
+            resp.length_hint = size
+        count = resp.content_length if resp.content_length is not None else size
+        if count is None or resp.head.method == "HEAD" or resp.status_code in (204, 304):
+            for data in wrapper:
+                resp.write(data)
+            resp.finish()
+            return
+        if size is not None:
+            count = min(count, size)
+        self._send(resp._make_head())
+        self.sock.settimeout(self.worker.cfg.timeout or None)
+        sent = self.sock.sendfile(wrapper.filelike, offset, count) if count else 0
+        resp.bytes_sent = sent
+        resp.finish()
+
+    def _peer_str(self) -> str:
+        if isinstance(self.peer, tuple):
+            return f"{self.peer[0]}:{self.peer[1]}"
+        return "unix socket"
+
+
+def _no_body() -> bytes:
+    return b""
+

@@ -1,0 +1,172 @@
+"""Building the PEP 3333 environ for one request from a validated head."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from corral import __version__
+from corral.http import errors as E
+from corral.http.parser import RequestHead
+from corral.wsgi.filewrapper import FileWrapper
+
+#: Header-name -> environ-key translations are cached; the cache is bounded
+#: so that a client sending endless novel names cannot grow it without end.
+_KEY_CACHE_MAX = 1024
+_key_cache: dict[str, str] = {}
+
+#: gunicorn's default secure_scheme_headers.
+DEFAULT_SECURE_SCHEME_HEADERS = {
+    "X-FORWARDED-PROTOCOL": "ssl",
+    "X-FORWARDED-PROTO": "https",
+    "X-FORWARDED-SSL": "on",
+}
+
+
+def environ_key(name: str) -> str:
+    key = _key_cache.get(name)
+    if key is None:
+        key = "HTTP_" + name.upper().replace("-", "_")
+        if key == "HTTP_CONTENT_TYPE":
+            key = "CONTENT_TYPE"
+        elif key == "HTTP_CONTENT_LENGTH":
+            key = "CONTENT_LENGTH"
+        if len(_key_cache) < _KEY_CACHE_MAX:
+            _key_cache[name] = key
+    return key
+
+
+class TrustedPeers:
+    """Which peers may set the scheme through proxy headers (forwarded_allow_ips)."""
+
+    def __init__(self, spec: Iterable[str]) -> None:
+        items = [s.strip() for s in spec if s.strip()]
+        self.any = "*" in items
+        self.networks = [ipaddress.ip_network(s, strict=False) for s in items if s != "*"]
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, addr: str) -> bool:
+        if self.any:
+            return True
+        hit = self._cache.get(addr)
+        if hit is None:
+            try:
+                ip = ipaddress.ip_address(addr)
+            except ValueError:
+                hit = False
+            else:
+                hit = any(ip in net for net in self.networks)
+            if len(self._cache) < _KEY_CACHE_MAX:
+                self._cache[addr] = hit
+        return hit
+
+
+@dataclass
+class EnvironContext:
+    """What a worker knows once about every request on one listener."""
+
+    server_name: str
+    server_port: str
+    url_scheme: str = "http"
+    script_name: str = ""
+    multithread: bool = False
+    multiprocess: bool = True
+    errors: Any = None
+    trusted: TrustedPeers = field(default_factory=lambda: TrustedPeers(["127.0.0.1", "::1"]))
+    secure_scheme_headers: dict[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_SECURE_SCHEME_HEADERS)
+    )
+    base: dict[str, Any] = field(init=False)
+    _scheme_keys: list[tuple[str, str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The prepared base dict: one copy per request instead of a dozen stores.
+        self.base = {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": self.url_scheme,
+            "wsgi.errors": self.errors if self.errors is not None else sys.stderr,
+            "wsgi.multithread": self.multithread,
+            "wsgi.multiprocess": self.multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,
+            "SERVER_SOFTWARE": f"corral/{__version__}",
+            "SCRIPT_NAME": self.script_name,
+            "SERVER_NAME": self.server_name,
+            "SERVER_PORT": self.server_port,
+        }
+        self._scheme_keys = [
+            (environ_key(name), value.lower()) for name, value in self.secure_scheme_headers.items()
+        ]
+
+
+def _split_host(host: str, scheme: str) -> tuple[str, str]:
+    if host.startswith("["):
+        end = host.find("]")
+        name, rest = host[: end + 1], host[end + 1 :]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = host.partition(":")
+    return name, port or ("443" if scheme == "https" else "80")
+
+
+def build_environ(
+    head: RequestHead,
+    ctx: EnvironContext,
+    body: Any,
+    peer: tuple[str, int] | str | None,
+) -> dict[str, Any]:
+    """The environ for ``head``. Raises BadRequest for conflicting scheme headers."""
+    environ = ctx.base.copy()
+    environ["REQUEST_METHOD"] = head.method
+    environ["RAW_URI"] = head.target
+    environ["QUERY_STRING"] = head.query
+    environ["SERVER_PROTOCOL"] = head.version
+    environ["wsgi.input"] = body
+
+    path = head.path
+    if "%" in path:
+        path = unquote_to_bytes(path).decode("latin-1")
+    script_name = ctx.script_name
+    if script_name and path.startswith(script_name):
+        path = path[len(script_name) :]
+    environ["PATH_INFO"] = path
+
+    for name, value in head.headers:
+        key = environ_key(name)
+        old = environ.get(key)
+        if old is not None and key.startswith("HTTP_"):
+            value = f"{old}; {value}" if key == "HTTP_COOKIE" else f"{old},{value}"
+        environ[key] = value
+    if head.host is not None:
+        environ["HTTP_HOST"] = head.host
+        if head.host:
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(head.host, ctx.url_scheme)
+
+    if isinstance(peer, tuple):
+        addr = peer[0]
+        environ["REMOTE_ADDR"] = addr
+        environ["REMOTE_PORT"] = str(peer[1])
+        trusted = addr in ctx.trusted
+    else:
+        # A unix-socket peer is a local process allowed by the socket's mode.
+        environ["REMOTE_ADDR"] = ""
+        environ["REMOTE_PORT"] = ""
+        trusted = True
+    if trusted and ctx._scheme_keys:
+        secure: bool | None = None
+        for key, wanted in ctx._scheme_keys:
+            got = environ.get(key)
+            if got is None:
+                continue
+            this = got.lower() == wanted
+            if secure is not None and secure != this:
+                raise E.BadRequest("conflicting secure scheme headers")
+            secure = this
+        if secure is not None:
+            environ["wsgi.url_scheme"] = "https" if secure else "http"
+    return environ

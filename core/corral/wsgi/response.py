@@ -1,0 +1,262 @@
+"""start_response, response validation and serialisation, and error answers.
+
+Rules this module enforces for every worker:
+
+- Status and header fields from the application are validated before a
+  byte is sent: a CR or LF in a value would let the app (or data it echoes)
+  split the response, so it is refused with an error instead.
+- Hop-by-hop fields belong to the server. ``Connection: close`` from the app
+  is honoured (the connection closes after the response); any other
+  hop-by-hop field is refused.
+- HEAD, 1xx, 204 and 304 responses never carry a body; bytes the app yields
+  for them are dropped.
+- Framing: the app's Content-Length if it gave one (never more bytes than
+  that are sent); else a length we know (one-element list, a real file);
+  else chunked for HTTP/1.1; else close-delimited for HTTP/1.0.
+- Headers are sent with the first non-empty body piece, in one send.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any, Final
+
+from corral.http.errors import HTTPError
+from corral.http.parser import RequestHead
+
+_STATUS = re.compile(r"([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_HOP_BY_HOP: Final = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+#: Value of the Server field. No version: it would only help attackers pick exploits.
+SERVER_HEADER: Final = "corral"
+
+_date_cache: list[Any] = [0, ""]
+
+
+def http_date() -> str:
+    """The Date field value, formatted at most once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True)
+    return _date_cache[1]
+
+
+class ResponseError(Exception):
+    """The application broke the WSGI or HTTP rules in its response."""
+
+
+class Response:
+    """The response to one request: the WSGI start_response and write callables.
+
+    :param send: writes bytes to the client (blocking, or cooperative under gevent).
+    :param keep_alive: whether the connection may stay open if framing allows.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_no_body",
+        "_send",
+        "bytes_sent",
+        "content_length",
+        "head",
+        "headers",
+        "headers_sent",
+        "keep_alive",
+        "length_hint",
+        "status",
+        "status_code",
+    )
+
+    def __init__(self, head: RequestHead, send: Callable[[bytes], Any], keep_alive: bool) -> None:
+        self.head = head
+        self._send = send
+        self.keep_alive = keep_alive
+        self.status: str | None = None
+        self.status_code = 0
+        self.headers: list[tuple[str, str]] = []
+        self.headers_sent = False
+        self.content_length: int | None = None
+        self.length_hint: int | None = None
+        self.bytes_sent = 0
+        self._chunked = False
+        self._no_body = False
+
+    # -- WSGI ------------------------------------------------------------------
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: Any = None,
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    # PEP 3333: too late to change the response; re-raise.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise ResponseError("start_response called a second time without exc_info")
+        if not isinstance(status, str) or _STATUS.fullmatch(status) is None:
+            raise ResponseError(f"invalid status {status!r}: want 'NNN Reason'")
+        content_length: int | None = None
+        keep_alive = self.keep_alive
+        checked: list[tuple[str, str]] = []
+        for item in headers:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise ResponseError(f"header {item!r} is not a (name, value) tuple")
+            name, value = item
+            if type(name) is not str or _FIELD_NAME.fullmatch(name) is None:
+                raise ResponseError(f"invalid header name {name!r}")
+            if type(value) is not str or _FIELD_VALUE.fullmatch(value) is None:
+                raise ResponseError(f"invalid value for header {name}: CR, LF and controls are refused")
+            lname = name.lower()
+            if lname in _HOP_BY_HOP:
+                if lname == "connection" and value.strip().lower() == "close":
+                    keep_alive = False
+                    continue
+                raise ResponseError(f"hop-by-hop header {name!r} is the server's to send")
+            if lname == "content-length":
+                if not value.isascii() or not value.isdigit():
+                    raise ResponseError(f"invalid Content-Length {value!r}")
+                content_length = int(value)
+            checked.append((name, value))
+        self.status = status
+        self.status_code = int(status[:3])
+        self.headers = checked
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The write() callable of PEP 3333, also used for each yielded piece."""
+        if self.status is None:
+            raise ResponseError("write() before start_response()")
+        if type(data) is not bytes:
+            if isinstance(data, bytes | bytearray | memoryview):
+                data = bytes(data)
+            else:
+                raise ResponseError(f"the app yielded {type(data).__name__}, not bytes")
+        if not self.headers_sent:
+            if not data:
+                return
+            self._send(self._make_head() + self._frame(data))
+        elif data:
+            out = self._frame(data)
+            if out:
+                self._send(out)
+
+    def finish(self) -> None:
+        """Send what is left: the head if nothing was sent yet, the last chunk."""
+        if not self.headers_sent:
+            if self.status is None:
+                raise ResponseError("the app returned without calling start_response()")
+            if self.content_length is None and self.length_hint is None:
+                self.length_hint = 0
+            self._send(self._make_head())
+        if self._chunked:
+            self._send(b"0\r\n\r\n")
+        elif self.content_length is not None and not self._no_body:
+            if self.bytes_sent < self.content_length:
+                # The client is waiting for bytes that will never come.
+                self.keep_alive = False
+
+    # -- serialisation ---------------------------------------------------------
+
+    def _make_head(self) -> bytes:
+        head = self.head
+        code = self.status_code
+        self._no_body = head.method == "HEAD" or code < 200 or code in _NO_BODY_STATUS
+        lines = [f"HTTP/1.1 {self.status}\r\n"]
+        has_server = has_date = False
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == "content-length" and (code < 200 or code == 204):
+                continue
+            if lname == "server":
+                has_server = True
+            elif lname == "date":
+                has_date = True
+            lines.append(f"{name}: {value}\r\n")
+        if not has_server:
+            lines.append(f"Server: {SERVER_HEADER}\r\n")
+        if not has_date:
+            lines.append(f"Date: {http_date()}\r\n")
+        if self.content_length is None and not (code < 200 or code == 204):
+            if self.length_hint is not None and (not self._no_body or head.method == "HEAD"):
+                if not (self._no_body and code == 304):
+                    self.content_length = self.length_hint
+                    lines.append(f"Content-Length: {self.length_hint}\r\n")
+            elif not self._no_body:
+                if head.version == "HTTP/1.1":
+                    self._chunked = True
+                    lines.append("Transfer-Encoding: chunked\r\n")
+                else:
+                    self.keep_alive = False
+        if not self.keep_alive:
+            lines.append("Connection: close\r\n")
+        elif head.version == "HTTP/1.0":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        self.headers_sent = True
+        return "".join(lines).encode("latin-1")
+
+    def _frame(self, data: bytes) -> bytes:
+        if self._no_body:
+            return b""
+        if self._chunked:
+            self.bytes_sent += len(data)
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        limit = self.content_length
+        if limit is not None:
+            room = limit - self.bytes_sent
+            if len(data) > room:
+                # Never send more than announced: it would desync the client.
+                data = data[:room] if room > 0 else b""
+                self.keep_alive = False
+        self.bytes_sent += len(data)
+        return data
+
+
+def error_response(exc: HTTPError, *, close: bool = True) -> bytes:
+    """The one place a protocol error becomes bytes on the wire.
+
+    The body is the fixed reason phrase: it never echoes client input.
+    """
+    body = f"{exc.status} {exc.reason}\n".encode("ascii")
+    head = (
+        f"HTTP/1.1 {exc.status} {exc.reason}\r\n"
+        f"Server: {SERVER_HEADER}\r\n"
+        f"Date: {http_date()}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        + ("Connection: close\r\n" if close else "")
+        + "\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def internal_error_response(head: RequestHead | None) -> bytes:
+    """The 500 sent when the application raised before sending anything."""
+    body = b"500 Internal Server Error\n"
+    if head is not None and head.method == "HEAD":
+        body = b""
+    return (
+        "HTTP/1.1 500 Internal Server Error\r\n"
+        f"Server: {SERVER_HEADER}\r\n"
+        f"Date: {http_date()}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "Content-Length: 26\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii") + body

@@ -1,0 +1,3 @@
+"""corral's sync worker: one request at a time per process."""
+
+__version__ = "0.1.0"

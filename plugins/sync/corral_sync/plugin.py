@@ -1,0 +1,23 @@
+"""Registers the sync worker class; importing this module imports no worker code."""
+
+from __future__ import annotations
+
+from corral import hookimpl
+from corral.plugins import WorkerSpec
+
+CORRAL_PLUGIN_API = 1
+
+
+@hookimpl
+def corral_register_workers() -> list[WorkerSpec]:
+    return [
+        WorkerSpec(
+            name="sync",
+            path="corral_sync.worker:SyncWorker",
+            description="one request at a time per process; closes each connection",
+            keepalive=False,
+            concurrency="process",
+            monkey_patches=False,
+            preload_safe=True,
+        )
+    ]

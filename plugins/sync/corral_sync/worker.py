@@ -1,0 +1,55 @@
+"""The sync worker: accept, serve one request, close; one connection at a time.
+
+Like gunicorn's sync worker it closes every connection after one response:
+with one request at a time per process, an idle keep-alive client would
+hold the whole worker. Run it behind a buffering proxy (nginx), which
+absorbs slow clients; use gthread or gevent to face clients directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+
+from corral.workers.base import Worker
+from corral.workers.connection import HttpConnection
+
+
+class SyncWorker(Worker):
+    multithread = False
+
+    def run(self) -> None:
+        listeners = {lst.sock: lst for lst in self.listeners}
+        for sock in listeners:
+            sock.setblocking(False)
+        waitables: list[object] = [*listeners, self._wake_r]
+        # Wake at least this often to beat the heartbeat and check the parent.
+        interval = min(1.0, (self.cfg.timeout or 2.0) / 2)
+        while self.alive:
+            self.notify()
+            try:
+                ready, _, _ = select.select(waitables, [], [], interval)
+            except OSError:
+                break
+            for sock in ready:
+                if sock is self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 64)
+                    continue
+                assert isinstance(sock, socket.socket)
+                # Serve every connection already queued before selecting again.
+                while self.alive:
+                    try:
+                        client, peer = sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break  # another worker took it
+                    except OSError:
+                        break
+                    client.setblocking(True)
+                    listener = listeners[sock]
+                    HttpConnection(self, client, peer, self.envs[id(listener)], keepalive=0).serve()
+                    self.notify()
+            if not self.parent_alive():
+                break

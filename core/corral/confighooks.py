@@ -8,7 +8,6 @@ alongside the same hook from every installed plugin.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -17,16 +16,13 @@ from corral.config import SERVER_HOOKS
 
 
 def _wrap(func: Callable[..., Any], argnames: tuple[str, ...]) -> Callable[..., Any]:
-    def impl(**kwargs: Any) -> Any:
-        # gunicorn calls these positionally, in its documented order.
-        return func(*(kwargs[name] for name in argnames))
-
-    # pluggy reads the parameter names to know what to pass.
-    impl.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in argnames]
-    )
-    impl.__name__ = f"corral_{func.__name__}"
-    return hookimpl(impl)
+    # pluggy learns which arguments to pass from the implementation's code
+    # object, so the wrapper needs real parameters with the hook's names.
+    # They come from the SERVER_HOOKS constant, never from user input.
+    params = ", ".join(argnames)
+    namespace: dict[str, Any] = {"func": func}
+    exec(f"def corral_{func.__name__}({params}):\n    return func({params})\n", namespace)
+    return hookimpl(namespace[f"corral_{func.__name__}"])
 
 
 class ConfigFileHooks:

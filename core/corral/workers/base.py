@@ -166,6 +166,7 @@ class Worker:
             errors=sys.stderr,
             trusted=TrustedPeers(cfg.forwarded_allow_ips),
             secure_scheme_headers=dict(cfg.secure_scheme_headers),
+            extra={"corral.pool": self.pool.name, "corral.worker_class": self.pool.spec.name},
         )
 
     def signal_ready(self) -> None:

@@ -80,6 +80,8 @@ class EnvironContext:
     secure_scheme_headers: dict[str, str] = field(
         default_factory=lambda: dict(DEFAULT_SECURE_SCHEME_HEADERS)
     )
+    #: Extra keys every environ of this worker carries (corral.pool, corral.worker_class).
+    extra: dict[str, Any] = field(default_factory=dict)
     base: dict[str, Any] = field(init=False)
     _scheme_keys: list[tuple[str, str]] = field(init=False)
 
@@ -98,6 +100,7 @@ class EnvironContext:
             "SCRIPT_NAME": self.script_name,
             "SERVER_NAME": self.server_name,
             "SERVER_PORT": self.server_port,
+            **self.extra,
         }
         self._scheme_keys = [
             (environ_key(name), value.lower()) for name, value in self.secure_scheme_headers.items()

@@ -1,0 +1,402 @@
+"""The shared worker conformance suite: what every corral worker class must do.
+
+Use it from a plugin's own tests::
+
+    # tests/test_conformance.py
+    import pytest
+    from corral.testing.conformance import *  # noqa: F403
+
+    @pytest.fixture
+    def corral_worker_class() -> str:
+        return "myworker"
+
+Every check runs a real corral process with that worker class and talks to
+it over real sockets. Behaviour that depends on what the class declares in
+its WorkerSpec (keep-alive, threads) is checked against that declaration.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from corral.plugins import WorkerSpec, make_plugin_manager, resolve_worker
+from corral.testing.process import CorralProcess, parse_responses, read_until_close
+
+__all__ = [
+    "MALFORMED_REQUESTS",
+    "test_app_exception_is_500_and_logged",
+    "test_chunked_request_body_with_trailers",
+    "test_connection_close_from_app",
+    "test_environ_is_complete",
+    "test_error_after_start_closes_connection",
+    "test_expect_100_continue",
+    "test_file_wrapper_sends_whole_file",
+    "test_flask_app",
+    "test_head_and_bodyless_statuses",
+    "test_hello",
+    "test_iterable_close_is_called",
+    "test_keepalive_and_pipelining",
+    "test_killed_worker_is_replaced",
+    "test_limit_request_body",
+    "test_malformed_requests",
+    "test_max_requests_recycles_worker",
+    "test_request_body_read_styles",
+    "test_response_header_injection_refused",
+    "test_streaming_response_is_chunked",
+    "test_stuck_worker_is_killed_and_replaced",
+    "test_term_finishes_inflight_request",
+    "test_validator_wrapped_app",
+]
+
+Shared = Callable[[str], CorralProcess]
+
+
+def worker_spec(name: str) -> WorkerSpec:
+    pm, _, _ = make_plugin_manager()
+    return resolve_worker(pm, name)
+
+
+def _get(server: CorralProcess, path: str, **kw: object) -> tuple[int, dict[str, str], bytes]:
+    return server.request("GET", path, **kw)  # type: ignore[arg-type]
+
+
+# -- the basics ---------------------------------------------------------------
+
+
+def test_hello(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    status, headers, body = _get(corral_shared_server(corral_worker_class), "/")
+    assert status == 200
+    assert body == b"Hello, World!"
+    assert headers["server"] == "corral"
+    assert "date" in headers
+
+
+def test_environ_is_complete(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    status, _, body = _get(server, "/environ/../environ?a=1&b=%20", headers={"X-Custom": "v"})
+    # http.client does not normalise the path; the server must not either.
+    assert status == 404
+    status, _, body = _get(server, "/environ?a=1&b=%20", headers={"X-Custom": "v", "Cookie": "a=1"})
+    env = json.loads(body)
+    assert status == 200
+    assert env["REQUEST_METHOD"] == "GET"
+    assert env["PATH_INFO"] == "/environ"
+    assert env["QUERY_STRING"] == "a=1&b=%20"
+    assert env["RAW_URI"] == "/environ?a=1&b=%20"
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["REMOTE_ADDR"] == "127.0.0.1"
+    assert env["REMOTE_PORT"].isdigit()
+    assert env["SERVER_NAME"] == "127.0.0.1"
+    assert env["SERVER_PORT"] == str(server.port)
+    assert env["SCRIPT_NAME"] == ""
+    assert env["HTTP_X_CUSTOM"] == "v"
+    assert env["HTTP_COOKIE"] == "a=1"
+    assert env["wsgi.version"] == [1, 0]
+    assert env["wsgi.url_scheme"] == "http"
+    assert env["wsgi.multiprocess"] is True
+    assert env["wsgi.run_once"] is False
+    assert env["corral.worker_class"] == corral_worker_class
+    spec = worker_spec(corral_worker_class)
+    assert env["wsgi.multithread"] is (spec.concurrency in ("threads", "greenlets", "event-loop"))
+    # Percent-decoding of PATH_INFO is latin-1, as PEP 3333 asks.
+    status, _, body = _get(server, "/%65nviron")
+    assert json.loads(body)["PATH_INFO"] == "/environ"
+
+
+def test_request_body_read_styles(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    payload = b"line one\nline two\n" + bytes(range(256)) * 300
+    status, headers, body = server.request("POST", "/echo", body=payload)
+    assert (status, body) == (200, payload)
+    status, _, body = server.request("POST", "/echo-pieces?size=7", body=payload)
+    assert body == payload
+    status, _, body = server.request("POST", "/echo-lines", body=b"a\nbb\n\nccc")
+    assert json.loads(body) == ["a\n", "bb\n", "\n", "ccc"]
+
+
+def test_chunked_request_body_with_trailers(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    req = (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+           b"5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Sum: 11\r\n\r\n")
+    (status, headers, body), = list(parse_responses(server.raw(req)))
+    assert (status, body) == (200, b"hello world")
+    assert json.loads(headers["x-trailers"]) == [["X-Sum", "11"]]
+
+
+def test_streaming_response_is_chunked(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    data = server.raw(b"GET /stream?n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    (status, headers, body), = list(parse_responses(data))
+    assert headers["transfer-encoding"] == "chunked"
+    assert body == b"chunk 0\nchunk 1\nchunk 2\n"
+    # HTTP/1.0 has no chunked coding: the body is delimited by closing.
+    data = server.raw(b"GET /stream?n=2 HTTP/1.0\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"chunked" not in head.lower() and b"connection: close" in head.lower()
+    assert body == b"chunk 0\nchunk 1\n"
+    status, _, body = _get(server, "/write")
+    assert body == b"written then returned"
+
+
+def test_head_and_bodyless_statuses(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    data = server.raw(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert rest == b"" and b"content-length: 13" in head.lower()
+    for code in (204, 304):
+        data = server.raw(f"GET /status?code={code} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {code} ".encode())
+        assert rest == b"", f"{code} carried a body"
+        assert b"transfer-encoding" not in head.lower()
+
+
+def test_expect_100_continue(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    with server.connect() as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        interim = sock.recv(1024)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        rest = interim[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+        sock.sendall(b"hello")
+        rest += read_until_close(sock)
+    (status, _, body), = list(parse_responses(rest))
+    assert (status, body) == (200, b"hello")
+
+
+def test_file_wrapper_sends_whole_file(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    status, headers, body = _get(server, "/file?size=300000")
+    assert status == 200
+    assert headers["content-length"] == "300000"
+    assert body == bytes(i % 251 for i in range(300000))
+
+
+def test_connection_close_from_app(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    data = server.raw(b"GET /connection-close HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    responses = list(parse_responses(data))
+    assert len(responses) == 1 and responses[0][1]["connection"] == "close"
+
+
+def test_iterable_close_is_called(corral_shared_server: Shared, corral_worker_class: str,
+                                  tmp_path: Path) -> None:
+    marker = tmp_path / "closed"
+    status, _, body = _get(corral_shared_server(corral_worker_class), f"/closing?marker={marker}")
+    assert (status, body) == (200, b"closing")
+    deadline = time.monotonic() + 5
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.read_text() == "closed"
+
+
+def test_keepalive_and_pipelining(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    spec = worker_spec(corral_worker_class)
+    reqs = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /ignore-body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    responses = list(parse_responses(server.raw(reqs)))
+    if spec.keepalive:
+        assert [r[0] for r in responses] == [200, 200, 200, 200]
+        assert [r[2] for r in responses][0::2] == [b"abc", b"ignored"]
+        assert responses[3][2] == b"Hello, World!"
+    else:
+        # A worker without keep-alive answers the first request and closes.
+        assert len(responses) == 1 and responses[0][1]["connection"] == "close"
+        assert responses[0][2] == b"abc"
+
+
+# -- errors ------------------------------------------------------------------
+
+#: (name, raw request, expected status). Each must be answered with that status
+#: and "Connection: close", and then the connection closes.
+MALFORMED_REQUESTS: list[tuple[str, bytes, int]] = [
+    ("nul in value", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+    ("obs-fold", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+    ("no host", b"GET / HTTP/1.1\r\n\r\n", 400),
+    ("two hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    ("duplicate content-length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400),
+    ("content-length and chunked", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("signed content-length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello", 400),
+    ("content-length list", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello", 400),
+    ("unknown coding", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    ("chunked not last", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+    ("chunked on 1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("bad chunk size", b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    ("chunk without crlf", b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n", 400),
+    ("framing trailer", b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nContent-Length: 5\r\n\r\n", 400),
+    ("long request line", b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+    ("too many fields", b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
+    ("huge field", b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 9000 + b"\r\n\r\n", 431),
+    ("http/2.0", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    ("http/0.9", b"GET /\r\n\r\n", 400),
+    ("junk version", b"GET / HTTX/1.1\r\nHost: a\r\n\r\n", 400),
+    ("bad method", b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("long method", b"A" * 100 + b" / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+    ("space before colon", b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+    ("double space", b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("unknown expectation", b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", 417),
+    ("asterisk for GET", b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("bare lf", b"GET / HTTP/1.1\nHost: a\n\n", 400),
+    ("non-ascii target", b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("connect origin-form", b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("tls to plain port", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
+]
+
+
+@pytest.mark.parametrize("name,raw,status", MALFORMED_REQUESTS, ids=[m[0] for m in MALFORMED_REQUESTS])
+def test_malformed_requests(corral_shared_server: Shared, corral_worker_class: str,
+                            name: str, raw: bytes, status: int) -> None:
+    server = corral_shared_server(corral_worker_class)
+    with server.connect() as sock:
+        sock.sendall(raw + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = read_until_close(sock)  # returns only if the server closes
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), data[:200]
+    assert b"\r\nconnection: close" in head.lower()
+    # Exactly one response: nothing after the error was parsed.
+    assert body.count(b"HTTP/1.1") == 0
+
+
+def test_limit_request_body(corral_server: Callable[..., CorralProcess]) -> None:
+    server = corral_server("--limit-request-body", "10")
+    status, _, _ = server.request("POST", "/echo", body=b"x" * 11)
+    assert status == 413
+    status, _, body = server.request("POST", "/echo", body=b"x" * 10)
+    assert (status, body) == (200, b"x" * 10)
+    data = server.raw(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 413 ")
+
+
+def test_app_exception_is_500_and_logged(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    status, headers, _ = _get(server, "/error")
+    assert status == 500 and headers["connection"] == "close"
+    server.wait_for_log("RuntimeError: the test app failed on purpose")
+    assert _get(server, "/")[0] == 200
+
+
+def test_error_after_start_closes_connection(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    data = server.raw(b"GET /error-after-start HTTP/1.1\r\nHost: x\r\n\r\n")
+    # Headers went out; the body is cut short and the connection closed,
+    # so the client can tell (no terminating zero-length chunk).
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert not data.endswith(b"0\r\n\r\n")
+    server.wait_for_log("failed while streaming")
+
+
+def test_response_header_injection_refused(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    server = corral_shared_server(corral_worker_class)
+    status, headers, _ = _get(server, "/bad-header")
+    assert status == 500 and "set-cookie" not in headers
+    status, _, _ = _get(server, "/hop-header")
+    assert status == 500
+
+
+def test_validator_wrapped_app(corral_server: Callable[..., CorralProcess]) -> None:
+    server = corral_server(app="corral.testing.apps:validated_app()")
+    # The validator insists on read(size): use the routes that read that way.
+    for method, path, body in [("GET", "/", None), ("POST", "/echo-pieces?size=100", b"x" * 1000),
+                               ("GET", "/stream?n=2", None), ("GET", "/environ", None),
+                               ("POST", "/echo-lines", b"a\nb\n"), ("GET", "/file?size=1000", None)]:
+        status, _, _ = server.request(method, path, body=body)
+        assert status == 200, (method, path)
+    assert "AssertionError" not in server.log()
+
+
+def test_flask_app(corral_server: Callable[..., CorralProcess], tmp_path: Path) -> None:
+    pytest.importorskip("flask")
+    (tmp_path / "flaskapp.py").write_text(
+        "from flask import Flask, request, jsonify\n"
+        "app = Flask(__name__)\n"
+        "@app.route('/hi/<name>')\n"
+        "def hi(name):\n"
+        "    return jsonify(name=name, q=request.args.get('q'))\n"
+        "@app.post('/upload')\n"
+        "def upload():\n"
+        "    return str(len(request.get_data()))\n"
+    )
+    server = corral_server("--chdir", str(tmp_path), app="flaskapp:app")
+    status, _, body = server.request("GET", "/hi/bob?q=1")
+    assert status == 200 and json.loads(body) == {"name": "bob", "q": "1"}
+    status, _, body = server.request("POST", "/upload", body=b"z" * 100000)
+    assert (status, body) == (200, b"100000")
+    status, _, _ = server.request("GET", "/missing")
+    assert status == 404
+
+
+# -- process management -----------------------------------------------------------
+
+
+def test_killed_worker_is_replaced(corral_server: Callable[..., CorralProcess]) -> None:
+    server = corral_server(workers=2)
+    pids = server.wait_for_workers(2)
+    import os
+
+    os.kill(pids[0], signal.SIGKILL)
+    new = server.wait_for_workers(2, timeout=2.0, exclude=[pids[0]])
+    assert pids[1] in new
+    assert server.request("GET", "/")[0] == 200
+
+
+def test_stuck_worker_is_killed_and_replaced(corral_server: Callable[..., CorralProcess]) -> None:
+    server = corral_server("--timeout", "2", "--graceful-timeout", "1")
+    (pid,) = server.wait_for_workers(1)
+    with server.connect(timeout=10) as sock:
+        sock.sendall(b"GET /spin HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = time.monotonic()
+        read_until_close(sock, timeout=10)
+    server.wait_for_workers(1, timeout=5, exclude=[pid])
+    assert time.monotonic() - start < 2 + 2 + 1.5
+    log = server.wait_for_log("WORKER TIMEOUT")
+    if worker_spec(server.cmd[server.cmd.index("-k") + 1]).concurrency != "event-loop":
+        server.wait_for_log(r"in app\n\s+while True")
+    assert server.request("GET", "/")[0] == 200
+    assert "WORKER TIMEOUT" in log
+
+
+def wait_for_file(path: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.01)
+
+
+def test_term_finishes_inflight_request(corral_server: Callable[..., CorralProcess], tmp_path: Path) -> None:
+    server = corral_server("--graceful-timeout", "10")
+    result: list[object] = []
+    marker = tmp_path / "in-app"
+
+    def client() -> None:
+        result.append(server.request("GET", f"/sleep?t=1&marker={marker}"))
+
+    t = threading.Thread(target=client)
+    t.start()
+    wait_for_file(marker)
+    code = server.stop(signal.SIGTERM)
+    t.join(10)
+    assert code == 0
+    assert result and result[0][0] == 200  # type: ignore[index]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+
+
+def test_max_requests_recycles_worker(corral_server: Callable[..., CorralProcess]) -> None:
+    server = corral_server("--max-requests", "3")
+    (pid,) = server.wait_for_workers(1)
+    pids = {int(server.request("GET", "/pid")[2]) for _ in range(6)}
+    assert pid in pids and len(pids) >= 2

@@ -188,7 +188,13 @@ def serve(argv: list[str]) -> int:
             pm.register(plugin, name="corral.config-file-hooks")
             hooks_plugin.append(plugin)
         pm.hook.corral_configure(config=cfg)
-        resolve_worker(pm, cfg.worker_class)
+        spec = resolve_worker(pm, cfg.worker_class)
+        if cfg.preload_app and not spec.preload_safe:
+            raise ConfigError(
+                f"--preload cannot be used with worker class {spec.name!r}: it sets up its "
+                "concurrency library after fork, and an app imported before that would not "
+                "cooperate with it. Drop --preload (or preload_app in the config file)."
+            )
         if cfg.chdir:
             try:
                 os.chdir(cfg.chdir)

@@ -33,6 +33,11 @@ class Heartbeat:
             self._next = now + self.interval
             os.utime(self.fd)
 
+    def expire(self) -> None:
+        """Make the arbiter see this worker as silent now (a request is stuck in a thread)."""
+        os.utime(self.fd, (0, 0))
+        self._next = float("inf")  # and never beat again
+
     def last_beat(self) -> float:
         """Wall-clock time of the last beat."""
         return os.fstat(self.fd).st_mtime

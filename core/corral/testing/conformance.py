@@ -362,8 +362,8 @@ def test_stuck_worker_is_killed_and_replaced(corral_server: Callable[..., Corral
     server.wait_for_workers(1, timeout=5, exclude=[pid])
     assert time.monotonic() - start < 2 + 2 + 1.5
     log = server.wait_for_log("WORKER TIMEOUT")
-    if worker_spec(server.cmd[server.cmd.index("-k") + 1]).concurrency != "event-loop":
-        server.wait_for_log(r"in app\n\s+while True")
+    # The stuck frame is in the error log, whatever runs the request.
+    server.wait_for_log(r"in app\n\s+while True")
     assert server.request("GET", "/")[0] == 200
     assert "WORKER TIMEOUT" in log
 

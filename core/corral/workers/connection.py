@@ -174,22 +174,31 @@ class HttpConnection:
             try:
                 head = self._read_head(first)
             except E.HTTPError as exc:
-                worker.log.info("%s from %s: %s", exc.status, self._peer_str(), exc.detail)
-                self._send(error_response(exc))
+                self.send_error(exc)
                 return
             if head is None:
                 return
             first = False
-            keep = self.keepalive > 0 and head.keep_alive and worker.alive
-            if not self._handle(head, keep):
+            if not self.handle(head):
                 return
             if not worker.alive:
                 return
             self.parser.start_next()
 
-    def _handle(self, head: RequestHead, keep: bool) -> bool:
-        """Run the app for one request; True if the connection may serve another."""
+    def send_error(self, exc: E.HTTPError) -> None:
+        """Answer a protocol error (the caller then closes the connection)."""
+        self.worker.log.info("%s from %s: %s", exc.status, self._peer_str(), exc.detail)
+        self._send(error_response(exc))
+
+    def handle(self, head: RequestHead) -> bool:
+        """Run the app for one request whose head was read; True if the connection may serve another.
+
+        Reads the body from the socket as the app asks for it, writes the
+        response, then drains any unread body. After True, call
+        ``parser.start_next()`` before reading the next head.
+        """
         worker = self.worker
+        keep = self.keepalive > 0 and head.keep_alive and worker.alive
         resp = Response(head, self._send, keep)
         continue_sent = False
 
@@ -223,9 +232,8 @@ class HttpConnection:
                 resp.finish()
         except E.HTTPError as exc:
             # A framing error found while the app read the body.
-            worker.log.info("%s from %s: %s", exc.status, self._peer_str(), exc.detail)
             if not resp.headers_sent:
-                self._send(error_response(exc))
+                self.send_error(exc)
             return False
         except (ClientDisconnected, ConnectionError, _Timeout):
             return False

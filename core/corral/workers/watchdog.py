@@ -1,0 +1,69 @@
+"""A watchdog for requests that run in threads.
+
+In a process-per-request worker a stuck request stops the heartbeat by
+itself. In a thread pool (gthread, tornado's WSGI pool) the I/O loop keeps
+beating while a request spins in another thread, so nothing would notice.
+The worker's loop calls :meth:`RequestWatchdog.check` where it would beat;
+once a request has run longer than ``timeout``, the watchdog writes that
+thread's stack to the error log and expires the heartbeat, so the arbiter
+aborts the worker (all stacks logged again) and starts a replacement at its
+next check, within about a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corral.heartbeat import Heartbeat
+
+
+class RequestWatchdog:
+    def __init__(self, heartbeat: Heartbeat, timeout: float, log: logging.Logger) -> None:
+        self.heartbeat = heartbeat
+        self.timeout = timeout
+        self.log = log
+        self._running: dict[int, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+        self.tripped = False
+
+    def started(self, what: str) -> None:
+        """Call in the thread that runs the request, before the app is called."""
+        with self._lock:
+            self._running[threading.get_ident()] = (time.monotonic(), what)
+
+    def finished(self) -> None:
+        with self._lock:
+            self._running.pop(threading.get_ident(), None)
+
+    def check(self) -> bool:
+        """Beat if every request is within the timeout; False once one is not."""
+        if self.tripped:
+            return False
+        if self.timeout:
+            now = time.monotonic()
+            with self._lock:
+                stuck = [(ident, start, what) for ident, (start, what) in self._running.items()
+                         if now - start > self.timeout]
+            if stuck:
+                self._trip(stuck, now)
+                return False
+        self.heartbeat.notify()
+        return True
+
+    def _trip(self, stuck: list[tuple[int, float, str]], now: float) -> None:
+        self.tripped = True
+        frames = sys._current_frames()
+        for ident, start, what in stuck:
+            frame = frames.get(ident)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "(gone)\n"
+            self.log.critical(
+                "Request %s has run for %.1f s (timeout %s s) in thread %s; the worker will be "
+                "replaced. Its stack:\n%s", what, now - start, self.timeout, ident, stack,
+            )
+        self.heartbeat.expire()

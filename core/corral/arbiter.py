@@ -355,13 +355,13 @@ class Arbiter:
                 raise HaltServer("Worker failed to boot.", WORKER_BOOT_ERROR)
             if code == APP_LOAD_ERROR:
                 raise HaltServer("App failed to load.", APP_LOAD_ERROR)
-            if code < 0:
+            if handle.aborted_at is not None:
+                self.log.error("Worker %s (pool %s) was stopped after a timeout (status %s)", pid,
+                               handle.pool.name, code)
+            elif code < 0:
                 signame = _SIGNAMES.get(-code, str(-code))
                 if handle.retiring and -code == signal.SIGTERM:
                     pass
-                elif -code == signal.SIGKILL and handle.aborted_at is not None:
-                    self.log.error("Worker %s (pool %s) was killed after a timeout", pid,
-                                   handle.pool.name)
                 else:
                     self.log.error("Worker %s (pool %s) was killed by %s", pid,
                                    handle.pool.name, signame)

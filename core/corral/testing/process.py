@@ -66,7 +66,7 @@ class CorralProcess:
     def start(self, wait_ready: bool = True) -> CorralProcess:
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in kill()
         self.proc = subprocess.Popen(
-            self.cmd, stdout=self._out, stderr=subprocess.STDOUT, cwd=self.workdir,
+            self.cmd, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT, cwd=self.workdir,
             env=self.env, start_new_session=True,
         )
         if wait_ready:

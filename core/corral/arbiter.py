@@ -257,6 +257,10 @@ class Arbiter:
     def spawn_worker(self, pool: Pool) -> None:
         self.worker_age += 1
         heartbeat = Heartbeat(pool.cfg.worker_tmp_dir)
+        uid, gid, _ = pool.cfg.ids
+        if uid is not None or gid is not None:
+            # The worker drops privileges and must still be able to beat.
+            os.fchown(heartbeat.fd, -1 if uid is None else uid, -1 if gid is None else gid)
         handle = WorkerHandle(pid=0, age=self.worker_age, pool=pool, heartbeat=heartbeat,
                               generation=self.generation)
         self.pm.hook.corral_pre_fork(server=self, worker=handle)

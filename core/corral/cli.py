@@ -22,6 +22,7 @@ from corral import __version__
 from corral.config import Config
 from corral.confighooks import ConfigFileHooks
 from corral.errors import AppImportError, ConfigError
+from corral.process import apply_env, daemonize, resolve_ids
 from corral.plugins import LoadedPlugin, make_plugin_manager, resolve_worker, worker_registry
 from corral.settings import SettingsRegistry, default_registry
 
@@ -200,6 +201,8 @@ def serve(argv: list[str]) -> int:
                 os.chdir(cfg.chdir)
             except OSError as exc:
                 raise ConfigError(f"--chdir {cfg.chdir}: {exc.strerror}") from None
+        cfg.ids = resolve_ids(cfg.user, cfg.group)
+        apply_env(cfg.raw_env)
         return cfg
 
     try:
@@ -219,6 +222,11 @@ def serve(argv: list[str]) -> int:
         return _check_config(cfg, pm)
 
     from corral.arbiter import Arbiter
+
+    if cfg.umask is not None:
+        os.umask(cfg.umask)
+    if cfg.daemon:
+        daemonize()
 
     summary = ""
     if loaded:

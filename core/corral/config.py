@@ -73,6 +73,8 @@ class Config:
         #: Server-hook functions from the Python config file, by gunicorn name.
         self.hooks: dict[str, Callable[..., Any]] = {}
         self.warnings: list[str] = []
+        #: (uid, gid, user name) resolved from --user/--group.
+        self.ids: tuple[int | None, int | None, str | None] = (None, None, None)
 
     def __getattr__(self, name: str) -> Any:
         try:

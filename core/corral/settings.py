@@ -121,6 +121,10 @@ def octal_mode(value: Any) -> int:
     return n
 
 
+def optional_octal_mode(value: Any) -> int | None:
+    return None if value is None else octal_mode(value)
+
+
 def choice(*options: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if isinstance(value, str) and value.strip().lower() in options:
@@ -193,6 +197,24 @@ class SettingsRegistry:
 
     def __iter__(self) -> Iterable[Setting]:  # type: ignore[override]
         return iter(self.settings.values())
+
+
+def env_list(value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected KEY=VALUE strings")
+    for item in items:
+        if not isinstance(item, str) or "=" not in item or item.startswith("="):
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+    return list(items)
+
+
+def user_or_id(value: Any) -> int | str | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    if isinstance(value, str) and value:
+        return int(value) if value.isdigit() and value.isascii() else value
+    raise ValueError(f"expected a name or a numeric id, got {value!r}")
 
 
 def _default_tmp_dir() -> str | None:
@@ -283,6 +305,25 @@ def core_settings() -> list[Setting]:
           ("-p", "--pid"), "FILE"),
         S("proc_name", "Process", optional_string, None,
           "Name in process titles (needs setproctitle).", ("-n", "--name"), "NAME"),
+        S("daemon", "Process", boolean, False,
+          "Detach from the terminal and run in the background.", ("-D", "--daemon"),
+          action="store_true"),
+        S("raw_env", "Process", env_list, [],
+          "Set an environment variable (KEY=VALUE) for the app. Repeatable.", ("-e", "--env"),
+          "KEY=VALUE", "append"),
+        S("user", "Process", user_or_id, None,
+          "Run workers as this user (name or uid); the arbiter keeps its own.", ("-u", "--user"), "USER"),
+        S("group", "Process", user_or_id, None,
+          "Run workers as this group (name or gid).", ("-g", "--group"), "GROUP"),
+        S("umask", "Process", optional_octal_mode, None,
+          "umask of the arbiter and the workers; unset keeps the inherited one.",
+          ("-m", "--umask"), "MODE"),
+        S("initgroups", "Process", boolean, False,
+          "Also give workers the supplementary groups of --user.", ("--initgroups",),
+          action="store_true"),
+        S("reload", "Process", boolean, False,
+          "Restart workers when a loaded Python source file changes (development only).",
+          ("--reload",), action="store_true"),
         S("config", "Process", optional_string, None,
           "Config file: Python (*.py) or TOML (*.toml). ./corral.conf.py is read when present.",
           ("-c", "--config"), "FILE"),

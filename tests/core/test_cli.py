@@ -21,7 +21,8 @@ def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
 
 
 def test_unknown_worker_class_lists_installed_and_exits_2() -> None:
-    res = run("-k", "nosuchworker", "corral.testing.apps:app")
+    # With the gevent plugin disabled, the message says where gevent comes from.
+    res = run("-k", "nosuchworker", "corral.testing.apps:app", env={"CORRAL_DISABLE_PLUGINS": "gevent"})
     assert res.returncode == 2
     assert "unknown worker class 'nosuchworker'" in res.stderr
     assert "Installed worker classes: " in res.stderr and "sync" in res.stderr

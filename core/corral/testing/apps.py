@@ -95,6 +95,9 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     if path == "/environ":
         return _text(start_response, json.dumps(_environ_report(environ)).encode(),
                      ctype="application/json")
+    if path == "/osenv":
+        return _text(start_response, json.dumps({k: os.environ.get(k) for k in p["names"].split(",")}).encode(),
+                     ctype="application/json")
     if path == "/pid":
         return _text(start_response, str(os.getpid()).encode())
     if path == "/sleep":

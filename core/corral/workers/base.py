@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from corral.app import load_app
 from corral.http.parser import ParserLimits
 from corral.logs import reopen_logs
+from corral.process import drop_privileges
+from corral.workers.reloader import start_reloader
 from corral.wsgi.environ import EnvironContext, TrustedPeers
 
 if TYPE_CHECKING:
@@ -124,6 +126,8 @@ class Worker:
         self.pid = os.getpid()
         set_process_title(f"worker [{self.pool.name}: {self.pool.spec.name}]", self.cfg)
         self.install_signals()
+        uid, gid, name = self.cfg.ids
+        drop_privileges(uid, gid, name, self.cfg.initgroups)
         self.heartbeat.beat()
         self.init_concurrency()
         if self.wsgi is None:
@@ -134,6 +138,8 @@ class Worker:
                 sys.stderr.flush()
                 os._exit(APP_LOAD_ERROR)
         self.envs = {id(lst): self.environ_context(lst) for lst in self.listeners}
+        if self.cfg.reload:
+            start_reloader(self)
         self.pm.hook.corral_post_worker_init(worker=self)
         self.booted = True
         self.signal_ready()

@@ -33,7 +33,7 @@ from corral.app import load_app
 from corral.config import Config
 from corral.errors import ConfigError, HaltServer
 from corral.heartbeat import Heartbeat
-from corral.logs import reopen_logs, setup_error_log
+from corral.logs import apply_log_config, reopen_logs, setup_error_log
 from corral.plugins import load_worker_class, resolve_worker
 from corral.pool import Pool, WorkerHandle
 from corral.sockets import FD_ENV, Listener, bind, inherited_fds, listener_from_fd
@@ -70,6 +70,7 @@ class Arbiter:
         self.reload_config = reload_config
         self.plugin_summary = plugin_summary
         self.log = setup_error_log(cfg.errorlog, cfg.loglevel)
+        apply_log_config(cfg.logconfig, cfg.logconfig_json, cfg.logconfig_dict)
         self.pid = os.getpid()
         self.listeners: list[Listener] = []
         self.pools: list[Pool] = []
@@ -425,6 +426,7 @@ class Arbiter:
             return
         self.cfg = cfg
         setup_error_log(cfg.errorlog, cfg.loglevel)
+        apply_log_config(cfg.logconfig, cfg.logconfig_json, cfg.logconfig_dict)
         self.log.info("Reloading: replacing workers gracefully")
         self.pm.hook.corral_on_reload(server=self)
         old_sizes = {p.name: p.size for p in self.pools}
@@ -446,7 +448,6 @@ class Arbiter:
         if self.parent_pid:
             self.log.warning("USR2 ignored: this arbiter is itself an upgrade whose parent is alive")
             return
-        self.pm.hook.corral_pre_exec(server=self)
         pid = os.fork()
         if pid:
             self.reexec_pid = pid
@@ -458,12 +459,13 @@ class Arbiter:
                 fd = listener.fileno()
                 os.set_inheritable(fd, True)
                 fds.append(str(fd))
-            env = dict(os.environ)
-            env[FD_ENV] = ",".join(fds)
-            env[PARENT_ENV] = str(self.pid)
+            os.environ[FD_ENV] = ",".join(fds)
+            os.environ[PARENT_ENV] = str(self.pid)
             os.chdir(self.start_cwd)
+            self.pm.hook.corral_pre_exec(server=self)
             argv = [sys.executable, "-m", "corral", *sys.argv[1:]]
-            os.execve(sys.executable, argv, env)
+            # After the hook, so that what it puts in os.environ reaches the new arbiter.
+            os.execve(sys.executable, argv, dict(os.environ))
         except BaseException:
             self.log.exception("exec of the new arbiter failed")
         finally:

@@ -22,8 +22,9 @@ from corral import __version__
 from corral.config import Config
 from corral.confighooks import ConfigFileHooks
 from corral.errors import AppImportError, ConfigError
-from corral.process import apply_env, daemonize, resolve_ids
 from corral.plugins import LoadedPlugin, make_plugin_manager, resolve_worker, worker_registry
+from corral.process import apply_env, daemonize, resolve_ids
+from corral.reference import collect_settings
 from corral.settings import SettingsRegistry, default_registry
 
 #: Read when present and no -c is given, as gunicorn reads ./gunicorn.conf.py.
@@ -66,7 +67,8 @@ def build_argparser(registry: SettingsRegistry) -> argparse.ArgumentParser:
         group = groups.get(title)
         if group is None:
             group = groups[title] = parser.add_argument_group(title)
-        help_text = f"{setting.help} (default: {setting.default_text})"
+        # argparse %-formats help strings: keep literal percent signs literal.
+        help_text = f"{setting.help} (default: {setting.default_text})".replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": setting.name, "help": help_text}
         if setting.action == "store_true":
             kwargs["action"] = "store_true"
@@ -88,6 +90,8 @@ def build_config(
     env_args = parser.parse_args(shlex.split(os.environ.get(CMD_ARGS_ENV, "")))
     cfg = Config(registry)
 
+    if os.environ.get("SCRIPT_NAME"):
+        cfg.set("script_name", os.environ["SCRIPT_NAME"], "environment SCRIPT_NAME")
     concurrency = os.environ.get("WEB_CONCURRENCY")
     if concurrency:
         cfg.set("workers", concurrency, "environment WEB_CONCURRENCY")
@@ -132,15 +136,18 @@ def plugins_command(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     pm, loaded, problems = _plugin_manager([])
     registry = worker_registry(pm)
+    settings = collect_settings(pm, default_registry())
     out = []
     for plugin in loaded:
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin.module) or [])
+        added = sorted(s.name for s in settings if s.owner == plugin.name)
         workers = [
             {"name": s.name, "description": s.description, "path": s.path}
             for s in registry.values() if _provided_by(pm, plugin.module, s.name)
         ]
         out.append({"name": plugin.name, "distribution": plugin.distribution,
-                    "version": plugin.version, "workers": workers, "hooks": hooks})
+                    "version": plugin.version, "workers": workers, "hooks": hooks,
+                    "settings": added})
     if args.json:
         print(json.dumps({"plugins": out, "problems": problems}, indent=2))
         return 0
@@ -149,6 +156,8 @@ def plugins_command(argv: Sequence[str]) -> int:
         for w in item["workers"]:
             print(f"  worker {w['name']}: {w['description']}")
         print(f"  hooks: {', '.join(item['hooks']) or '-'}")
+        if item["settings"]:
+            print(f"  settings: {', '.join(item['settings'])}")
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 0
@@ -170,8 +179,7 @@ def serve(argv: list[str]) -> int:
     pm, loaded, problems = _plugin_manager(argv)
     for problem in problems:
         print(f"corral: {problem}", file=sys.stderr)
-    registry = default_registry()
-    pm.hook.corral_add_settings.call_historic(kwargs={"settings": registry})
+    registry = collect_settings(pm, default_registry())
     parser = build_argparser(registry)
     hooks_plugin: list[ConfigFileHooks] = []
     start_cwd = os.getcwd()
@@ -227,6 +235,18 @@ def serve(argv: list[str]) -> int:
         os.umask(cfg.umask)
     if cfg.daemon:
         daemonize()
+    if cfg.capture_output and cfg.errorlog != "-":
+        # The app's print() and stray tracebacks land in the error log.
+        fd = os.open(cfg.errorlog, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    if cfg.trace_plugins:
+        import logging
+
+        trace_log = logging.getLogger("corral.error")
+        pm.trace.root.setwriter(lambda message: trace_log.info("plugin trace: %s", message.rstrip()))
+        pm.enable_tracing()
 
     summary = ""
     if loaded:

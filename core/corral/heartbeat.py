@@ -12,10 +12,12 @@ import os
 import tempfile
 import time
 
+from corral.settings import default_tmp_dir
+
 
 class Heartbeat:
     def __init__(self, tmp_dir: str | None) -> None:
-        fd, path = tempfile.mkstemp(prefix="corral-hb-", dir=tmp_dir)
+        fd, path = tempfile.mkstemp(prefix="corral-hb-", dir=tmp_dir or default_tmp_dir())
         os.unlink(path)
         self.fd = fd
         self._next = 0.0

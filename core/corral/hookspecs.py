@@ -112,7 +112,10 @@ def corral_worker_abort(worker: Worker) -> None:
 
 @hookspec
 def corral_pre_exec(server: Arbiter) -> None:
-    """Called in the forked child just before a new master is exec'd (USR2 upgrade)."""
+    """Called on USR2 in a child forked from the arbiter, just before it execs the new arbiter.
+
+    The listeners' fds are already marked inheritable and named in CORRAL_FD.
+    """
 
 
 @hookspec

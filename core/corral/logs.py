@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import logging.config
 import sys
+from typing import Any
 
 #: gunicorn's error-log line, so existing log parsers keep working.
 ERROR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
@@ -28,9 +31,21 @@ def setup_error_log(errorlog: str, level: str) -> logging.Logger:
     return logging.getLogger("corral.error")
 
 
+def apply_log_config(ini: str | None, json_path: str | None, config: dict[str, Any] | None) -> None:
+    """Let the operator's logging configuration take over (after the defaults are set)."""
+    if config:
+        logging.config.dictConfig(config)
+    if json_path:
+        with open(json_path) as f:
+            logging.config.dictConfig(json.load(f))
+    if ini:
+        logging.config.fileConfig(ini, disable_existing_loggers=False)
+
+
 def reopen_logs() -> None:
     """Reopen every file handler of corral's loggers (after logrotate moved the file)."""
-    for handler in logging.getLogger("corral").handlers:
+    handlers = logging.getLogger("corral").handlers + logging.getLogger("corral.access").handlers
+    for handler in handlers:
         if isinstance(handler, logging.FileHandler):
             handler.acquire()
             try:

@@ -121,6 +121,20 @@ def octal_mode(value: Any) -> int:
     return n
 
 
+def access_log_format(value: Any) -> str:
+    from corral.accesslog import compile_format
+
+    fmt = string(value)
+    compile_format(fmt)  # raises ValueError naming an unknown atom
+    return fmt
+
+
+def dict_or_none(value: Any) -> dict[str, Any] | None:
+    if value is None or isinstance(value, dict):
+        return value
+    raise ValueError("expected a dict for logging.config.dictConfig")
+
+
 def optional_octal_mode(value: Any) -> int | None:
     return None if value is None else octal_mode(value)
 
@@ -217,7 +231,7 @@ def user_or_id(value: Any) -> int | str | None:
     raise ValueError(f"expected a name or a numeric id, got {value!r}")
 
 
-def _default_tmp_dir() -> str | None:
+def default_tmp_dir() -> str | None:
     # /dev/shm keeps heartbeat writes off disks (and off overlayfs in containers).
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
@@ -263,8 +277,9 @@ def core_settings() -> list[Setting]:
         S("max_requests_jitter", "Worker processes", uint, 0,
           "Add up to this many requests, at random, to max_requests per worker.",
           ("--max-requests-jitter",), "INT"),
-        S("worker_tmp_dir", "Worker processes", optional_string, _default_tmp_dir(),
-          "Directory for the workers' heartbeat files.", ("--worker-tmp-dir",), "DIR"),
+        S("worker_tmp_dir", "Worker processes", optional_string, None,
+          "Directory for the workers' heartbeat files (unset: /dev/shm if writable, else the "
+          "system temp dir).", ("--worker-tmp-dir",), "DIR"),
         # -- application
         S("wsgi_app", "Application", optional_string, None,
           "The WSGI app as module:callable or module:factory(); same as APP_MODULE."),
@@ -272,7 +287,7 @@ def core_settings() -> list[Setting]:
           "Change to this directory before loading the app.", ("--chdir",), "DIR"),
         S("preload_app", "Application", boolean, False,
           "Load the app in the arbiter before forking workers.", ("--preload",), action="store_true"),
-        S("script_name", "Application", string, os.environ.get("SCRIPT_NAME", ""),
+        S("script_name", "Application", string, "",
           "SCRIPT_NAME the app is mounted at; $SCRIPT_NAME sets the default.", ("--script-name",), "PATH"),
         # -- HTTP
         S("limit_request_line", "HTTP", positive_int, 4094,
@@ -332,6 +347,30 @@ def core_settings() -> list[Setting]:
           "Error log level.", ("--log-level",), "LEVEL"),
         S("errorlog", "Logging", string, "-", "Error log file ('-' is stderr).",
           ("--error-logfile", "--log-file"), "FILE"),
+        S("accesslog", "Logging", optional_string, None,
+          "Access log file ('-' is stdout); off when unset, and then it costs nothing.",
+          ("--access-logfile",), "FILE"),
+        S("access_log_format", "Logging", access_log_format,
+          '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+          "Access log line: gunicorn's %(atom)s format, or 'json' for one JSON object per line.",
+          ("--access-logformat",), "FORMAT",
+          doc="Atoms: h remote address, l '-', u user (Basic auth), t time, r request line, "
+              "m method, U path, q query, H protocol, s status, B bytes, b bytes or '-', "
+              "f referer, a user agent, T/M/D/L request time in s/ms/us/decimal s, p pid, "
+              "%({Name}i)s request header, %({Name}o)s response header, %({VAR}e)s environ."),
+        S("logconfig", "Logging", optional_string, None,
+          "A logging config file in the ini format of logging.config.fileConfig.",
+          ("--log-config",), "FILE"),
+        S("logconfig_json", "Logging", optional_string, None,
+          "A JSON file for logging.config.dictConfig.", ("--log-config-json",), "FILE"),
+        S("logconfig_dict", "Logging", dict_or_none, None,
+          "A dict for logging.config.dictConfig. Config file only."),
+        S("capture_output", "Logging", boolean, False,
+          "Send the app's stdout and stderr to the error log file.", ("--capture-output",),
+          action="store_true"),
+        S("trace_plugins", "Logging", boolean, False,
+          "Log every plugin hook call with its arguments and results (for debugging plugins).",
+          ("--trace-plugins",), action="store_true"),
     ]
 
 

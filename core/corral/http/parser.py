@@ -295,10 +295,14 @@ class RequestParser:
 
     def _next_head(self) -> RequestHead | _Sentinel:
         buf = self._buf
-        if self._scan == 0:
+        if self._line_end < 0 and buf[:2] == b"\r\n":
             # Leading empty lines before a request line are ignored (RFC 9112 2.2).
+            # Tested on _line_end, not on _scan == 0: a CR and its LF may come
+            # in two reads, and a request line is never empty, so a head that
+            # starts with CRLF before its request line ended is such a line.
             while buf[:2] == b"\r\n":
                 del buf[:2]
+            self._scan = 0
         end = buf.find(b"\r\n\r\n", max(self._scan - 3, 0))
         if end < 0:
             if self._eof:
@@ -324,10 +328,13 @@ class RequestParser:
         lim = self.limits
         start = max(self._scan - 1, 0)
         if self._line_end < 0:
-            bad = _BAD_LINE_BYTE.search(buf, start)
+            line_end = buf.find(b"\r\n", start)
+            # Search the request line only: the LF of its CRLF, and HTAB or
+            # obs-text in the header fields that may follow in the same read,
+            # are no reason to refuse it (llhttp judges the fields).
+            bad = _BAD_LINE_BYTE.search(buf, start, len(buf) if line_end < 0 else line_end)
             if bad is not None:
                 raise E.BadRequest("invalid byte in request line")
-            line_end = buf.find(b"\r\n", start)
             if line_end < 0:
                 if b"\n" in buf[start:]:
                     raise E.BadRequest("request line ends in a bare LF")
@@ -377,7 +384,9 @@ class RequestParser:
                 raise E.BadRequest("asterisk-form target is only for OPTIONS")
             path, query = b"*", b""
         elif method == "CONNECT":
-            if _AUTHORITY.fullmatch(target_b) is None or b":" not in target_b:
+            # authority-form = uri-host ":" port (RFC 9112 3.2.3); the colons
+            # inside an IPv6 literal are no port, so look after its "]".
+            if _AUTHORITY.fullmatch(target_b) is None or b":" not in target_b.rpartition(b"]")[2]:
                 raise E.BadRequest("malformed CONNECT target")
             path, query, host = b"", b"", target_b
         else:
@@ -414,6 +423,15 @@ class RequestParser:
         lim = self.limits
         if block[:1] in (b" ", b"\t"):
             raise E.BadRequest("whitespace before the first header field")
+        # Field limits count lines as sent, as _check_partial_head does: a
+        # dropped "_" field or an obs-fold line counts, and so does padding
+        # that llhttp and on_header strip. Otherwise the answer would depend
+        # on whether the head arrived in one read or trickled in.
+        lines = block.split(b"\r\n")[:-2]
+        if len(lines) > lim.limit_request_fields:
+            raise E.HeaderFieldsTooLarge("too many header fields")
+        if lines and max(map(len, lines)) > lim.limit_request_field_size:
+            raise E.HeaderFieldsTooLarge("header field too large")
         if lim.permit_obsolete_folding:
             # The opt-in leniency: an obs-fold becomes one SP (RFC 9112 5.2).
             block = re.sub(rb"\r\n[ \t]+", b" ", block)
@@ -538,9 +556,14 @@ class RequestParser:
             if line_end < 0:
                 if b"\n" in buf:
                     raise E.BadRequest("bare LF in chunked framing")
-                limit = MAX_CHUNK_LINE if state == _CHUNK_SIZE else self.limits.limit_request_field_size
-                if len(buf) > limit:
-                    raise E.BadRequest("chunk-size line too long")
+                # "+ 1": the CR of the line's CRLF may be here already, so a
+                # line of exactly the limit is not refused early; and a long
+                # trailer is 431 as it is when it arrives whole (_check_trailer).
+                if state == _CHUNK_SIZE:
+                    if len(buf) > MAX_CHUNK_LINE + 1:
+                        raise E.BadRequest("chunk-size line too long")
+                elif len(buf) > self.limits.limit_request_field_size + 1:
+                    raise E.HeaderFieldsTooLarge("trailer field too large")
                 break
             line = bytes(buf[:line_end])
             del buf[: line_end + 2]

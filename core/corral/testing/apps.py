@@ -96,8 +96,8 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         return _text(start_response, json.dumps(_environ_report(environ)).encode(),
                      ctype="application/json")
     if path == "/osenv":
-        return _text(start_response, json.dumps({k: os.environ.get(k) for k in p["names"].split(",")}).encode(),
-                     ctype="application/json")
+        env = {k: os.environ.get(k) for k in p["names"].split(",")}
+        return _text(start_response, json.dumps(env).encode(), ctype="application/json")
     if path == "/pid":
         return _text(start_response, str(os.getpid()).encode())
     if path == "/sleep":
@@ -135,7 +135,7 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         return [b"body that must not be sent for some statuses"]
     if path == "/file":
         size = int(p.get("size", "100000"))
-        f = tempfile.TemporaryFile()
+        f = tempfile.TemporaryFile()  # noqa: SIM115 - the server closes it via the wrapper
         f.write(bytes(i % 251 for i in range(size)))
         f.seek(0)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])

@@ -114,7 +114,7 @@ def test_environ_is_complete(corral_shared_server: Shared, corral_worker_class: 
 def test_request_body_read_styles(corral_shared_server: Shared, corral_worker_class: str) -> None:
     server = corral_shared_server(corral_worker_class)
     payload = b"line one\nline two\n" + bytes(range(256)) * 300
-    status, headers, body = server.request("POST", "/echo", body=payload)
+    status, _, body = server.request("POST", "/echo", body=payload)
     assert (status, body) == (200, payload)
     status, _, body = server.request("POST", "/echo-pieces?size=7", body=payload)
     assert body == payload
@@ -143,6 +143,7 @@ def test_streaming_response_is_chunked(corral_shared_server: Shared, corral_work
     assert b"chunked" not in head.lower() and b"connection: close" in head.lower()
     assert body == b"chunk 0\nchunk 1\n"
     status, _, body = _get(server, "/write")
+    assert status == 200
     assert body == b"written then returned"
 
 

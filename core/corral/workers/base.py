@@ -36,6 +36,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from corral.accesslog import AccessLog
 from corral.app import load_app
 from corral.http.parser import ParserLimits
 from corral.logs import reopen_logs
@@ -108,6 +109,8 @@ class Worker:
         self.pre_request = self._hook_or_none("corral_pre_request")
         self.post_request = self._hook_or_none("corral_post_request")
         self.access_log: Callable[..., None] | None = None
+        if cfg.accesslog:
+            self.access_log = AccessLog(cfg.accesslog, cfg.access_log_format)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)

@@ -198,6 +198,7 @@ class HttpConnection:
         ``parser.start_next()`` before reading the next head.
         """
         worker = self.worker
+        started = time.monotonic()
         keep = self.keepalive > 0 and head.keep_alive and worker.alive
         resp = Response(head, self._send, keep)
         continue_sent = False
@@ -258,7 +259,7 @@ class HttpConnection:
             except Exception:
                 worker.log.exception("post_request hook failed")
         if worker.access_log is not None:
-            worker.access_log(head, environ, resp)
+            worker.access_log(head, environ, resp, time.monotonic() - started)
         if not resp.keep_alive:
             return False
         if head.expect_continue and not continue_sent and not body.complete:

@@ -1,0 +1,107 @@
+"""The access log: every atom, the JSON form, escaping, reopening on USR1."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.accesslog import DEFAULT_FORMAT, Entry, compile_format
+from corral.http.parser import RequestHead
+from corral.testing import CorralProcess
+
+
+class _Resp:
+    status_code = 201
+    bytes_sent = 1234
+    headers = [("Content-Type", "text/plain"), ("X-Out", "o-value")]
+
+
+def _entry(**headers: str) -> Entry:
+    head = RequestHead(method="POST", target="/p?a=1", path="/p", query="a=1", version="HTTP/1.1",
+                       headers=list(headers.items()), host="h", target_scheme=None,
+                       content_length=None, chunked=False, keep_alive=True, expect_continue=False)
+    environ = {"REMOTE_ADDR": "10.1.2.3", "PATH_INFO": "/p", "MY_VAR": "env-value",
+               "HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"alice:secret").decode()}
+    return Entry(head, environ, _Resp(), took=1.5)
+
+
+@pytest.mark.parametrize("atom,expected", [
+    ("h", "10.1.2.3"), ("l", "-"), ("u", "alice"), ("r", "POST /p?a=1 HTTP/1.1"), ("m", "POST"),
+    ("U", "/p"), ("q", "a=1"), ("H", "HTTP/1.1"), ("s", "201"), ("B", "1234"), ("b", "1234"),
+    ("f", "http://ref/"), ("a", "agent/1.0"), ("T", "1"), ("M", "1500"), ("D", "1500000"),
+    ("L", "1.500000"), ("{X-In}i", "in-value"), ("{x-out}o", "o-value"), ("{MY_VAR}e", "env-value"),
+    ("{Missing}i", "-"),
+])
+def test_each_atom(atom: str, expected: str) -> None:
+    render = compile_format(f"%({atom})s")
+    entry = _entry(Referer="http://ref/", **{"User-Agent": "agent/1.0", "X-In": "in-value"})
+    assert render(entry) == expected
+
+
+def test_time_and_pid_atoms() -> None:
+    out = compile_format("%(t)s %(p)s")(_entry())
+    assert out.startswith("[") and "/" in out and out.split()[-1].startswith("<")
+
+
+def test_unknown_atom_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown access log atom %\(z\)s"):
+        compile_format("%(z)s")
+
+
+def test_text_format_escapes_quotes_and_controls() -> None:
+    line = compile_format(DEFAULT_FORMAT)(_entry(**{"User-Agent": 'evil" 200 "forged\nline\\'}))
+    assert '"evil\\x22 200 \\x22forged\\x0aline\\x5c"' in line
+    assert "\n" not in line
+
+
+def test_json_format_cannot_be_forged() -> None:
+    line = compile_format("json")(_entry(**{"User-Agent": 'a", "status": 999, "x": "\n'}))
+    record = json.loads(line)
+    assert record["status"] == 201
+    assert record["user_agent"] == 'a", "status": 999, "x": "\n'
+    assert "\n" not in line
+    assert set(record) >= {"remote_addr", "time", "request", "method", "path", "bytes", "duration_us"}
+
+
+def test_access_log_written_and_reopened_on_usr1(tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    args = ["--access-logfile", str(access), "--access-logformat", "json"]
+    with CorralProcess("corral.testing.apps:app", args, workdir=tmp_path) as server:
+        server.request("GET", "/?q=1", headers={"User-Agent": 'quote " and \\ backslash'})
+        deadline = time.monotonic() + 10
+        while not access.exists() or not access.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        record = json.loads(access.read_text().splitlines()[0])
+        assert record["path"] == "/" and record["query"] == "q=1" and record["status"] == 200
+        assert record["user_agent"] == 'quote " and \\ backslash'
+        access.rename(tmp_path / "access.log.1")
+        server.send_signal(signal.SIGUSR1)
+        server.wait_for_log("Handling signal: usr1")
+        deadline = time.monotonic() + 10
+        while True:  # the workers reopen when their signal arrives
+            server.request("GET", "/after")
+            if access.exists() and "/after" in access.read_text():
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "/after" not in (tmp_path / "access.log.1").read_text()
+
+
+def test_default_format_line(tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    with CorralProcess("corral.testing.apps:app", ["--access-logfile", str(access)],
+                       workdir=tmp_path) as server:
+        server.request("GET", "/", headers={"User-Agent": "t/1", "Referer": "http://r/"})
+        deadline = time.monotonic() + 10
+        while not access.exists() or not access.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    line = access.read_text().splitlines()[0]
+    assert line.startswith("127.0.0.1 - - [")
+    assert line.endswith('"GET / HTTP/1.1" 200 13 "http://r/" "t/1"')

@@ -72,6 +72,15 @@ def build_argparser(registry: SettingsRegistry) -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {"dest": setting.name, "help": help_text}
         if setting.action == "store_true":
             kwargs["action"] = "store_true"
+        elif setting.const is not None:
+            # A bare flag (gunicorn's form) plus FLAG-version VALUE. An optional
+            # value on one flag would swallow a following APP_MODULE.
+            group.add_argument(*setting.flags, dest=setting.name, action="store_const",
+                               const=setting.const, help=help_text)
+            group.add_argument(f"{setting.flags[-1]}-version", dest=setting.name,
+                               metavar=setting.metavar or "VALUE",
+                               help=f"Set {setting.name} to a given value.")
+            continue
         else:
             kwargs["action"] = setting.action
             kwargs["metavar"] = setting.metavar or "VALUE"

@@ -168,6 +168,8 @@ class Setting:
     metavar: str | None = None
     #: "store", "append" (repeatable flag) or "store_true".
     action: str = "store"
+    #: For a flag whose value is optional: what the bare flag means.
+    const: Any = None
     #: Which plugin declared it; "corral" for the core.
     owner: str = "corral"
     #: Extra documentation for the reference, beyond the one-line help.
@@ -312,6 +314,15 @@ def core_settings() -> list[Setting]:
         S("forwarded_allow_ips", "HTTP", string_list, ["127.0.0.1", "::1"],
           "Peers trusted to set the scheme through secure_scheme_headers ('*' for any).",
           ("--forwarded-allow-ips",), "ADDRESSES"),
+        S("proxy_protocol", "HTTP", choice("off", "v1", "v2", "auto"), "off",
+          "Expect a PROXY protocol header before the first request: --proxy-protocol accepts "
+          "v1 or v2 (auto), --proxy-protocol-version v1|v2|auto picks one.",
+          ("--proxy-protocol",), "VERSION", const="auto",
+          doc="The value itself is given with --proxy-protocol-version v1|v2|auto, or "
+              "proxy_protocol = 'v1' in a config file."),
+        S("proxy_allow_ips", "HTTP", string_list, ["127.0.0.1", "::1"],
+          "Peers allowed to send a PROXY header ('*' for any); others get 403.",
+          ("--proxy-allow-from",), "ADDRESSES"),
         S("secure_scheme_headers", "HTTP", header_dict, {
             "X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
           "Headers (from trusted peers) that say the request came over https. Config file only."),

@@ -32,6 +32,8 @@ from typing import Final
 import httptools
 
 from corral.http import errors as E
+from corral.http import proxy
+from corral.http.proxy import ProxyInfo
 
 # RFC 9110 token characters.
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
@@ -85,6 +87,8 @@ class ParserLimits:
     permit_obsolete_folding: bool = False
     #: What to do with a header whose name holds "_": "drop", "refuse", "dangerous".
     header_map: str = "drop"
+    #: PROXY protocol header before the first request: "off", "v1", "v2", "auto".
+    proxy_protocol: str = "off"
 
 
 @dataclass(slots=True)
@@ -225,8 +229,13 @@ class RequestParser:
     :class:`ClientDisconnected` (close without answering).
     """
 
-    def __init__(self, limits: ParserLimits | None = None) -> None:
+    def __init__(self, limits: ParserLimits | None = None, *, proxy_trusted: bool = True) -> None:
+        """:param proxy_trusted: whether the peer may send a PROXY header (--proxy-allow-from)."""
         self.limits = limits or ParserLimits()
+        #: What the PROXY header said, once read.
+        self.proxy: ProxyInfo | None = None
+        self._proxy_pending = self.limits.proxy_protocol != "off"
+        self._proxy_trusted = proxy_trusted
         self._buf = bytearray()
         self._eof = False
         self._state = _HEAD
@@ -276,6 +285,9 @@ class RequestParser:
     def next_event(self) -> RequestHead | bytes | EndOfMessage | _Sentinel:
         state = self._state
         try:
+            if self._proxy_pending and state == _HEAD:
+                if not self._read_proxy_header():
+                    return NEED_DATA
             if state == _HEAD:
                 return self._next_head()
             if state == _BODY_LENGTH:
@@ -290,6 +302,20 @@ class RequestParser:
             self._state = _ERROR
             self._error = exc
             raise
+
+    def _read_proxy_header(self) -> bool:
+        if not self._proxy_trusted:
+            raise E.Forbidden("PROXY protocol header from a peer not in proxy_allow_from")
+        if not self._buf:
+            # Nothing yet; or a clean close, which _next_head reports.
+            return self._eof
+        parsed = proxy.parse(self._buf, self.limits.proxy_protocol, self._eof)
+        if parsed is None:
+            return False
+        consumed, self.proxy = parsed
+        del self._buf[:consumed]
+        self._proxy_pending = False
+        return True
 
     # -- head -----------------------------------------------------------------
 

@@ -45,6 +45,8 @@ __all__ = [
     "test_iterable_close_is_called",
     "test_keepalive_and_pipelining",
     "test_killed_worker_is_replaced",
+    "test_forwarded_scheme_from_trusted_peers_only",
+    "test_proxy_protocol",
     "test_limit_request_body",
     "test_malformed_requests",
     "test_max_requests_recycles_worker",
@@ -279,6 +281,36 @@ def test_limit_request_body(corral_server: Callable[..., CorralProcess]) -> None
     data = server.raw(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                       b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 413 ")
+
+
+def test_forwarded_scheme_from_trusted_peers_only(corral_server: Callable[..., CorralProcess]) -> None:
+    server = corral_server()  # loopback is trusted by default, as with gunicorn
+    _, _, body = server.request("GET", "/environ", headers={"X-Forwarded-Proto": "https"})
+    assert json.loads(body)["wsgi.url_scheme"] == "https"
+    status, _, _ = server.request("GET", "/environ", headers={"X-Forwarded-Proto": "https",
+                                                              "X-Forwarded-Ssl": "off"})
+    assert status == 400  # conflicting scheme headers
+    other = corral_server("--forwarded-allow-ips", "10.9.8.7")
+    _, _, body = other.request("GET", "/environ", headers={"X-Forwarded-Proto": "https"})
+    assert json.loads(body)["wsgi.url_scheme"] == "http"
+
+
+def test_proxy_protocol(corral_server: Callable[..., CorralProcess]) -> None:
+    import struct
+
+    server = corral_server("--proxy-protocol")
+    req = b"GET /environ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    (status, _, body), = list(parse_responses(server.raw(b"PROXY TCP4 203.0.113.9 10.0.0.1 4567 80\r\n" + req)))
+    env = json.loads(body)
+    assert (status, env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (200, "203.0.113.9", "4567")
+    v2 = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x21" + struct.pack("!H", 36)
+          + bytes.fromhex("20010db8000000000000000000000001") + bytes(16) + struct.pack("!HH", 999, 80))
+    (status, _, body), = list(parse_responses(server.raw(v2 + req)))
+    assert (status, json.loads(body)["REMOTE_ADDR"]) == (200, "2001:db8::1")
+    assert server.raw(b"PROXY TCP4 999.1.1.1 10.0.0.1 1 2\r\n" + req).startswith(b"HTTP/1.1 400 ")
+    assert server.raw(req).startswith(b"HTTP/1.1 400 ")  # the header is required
+    untrusted = corral_server("--proxy-protocol-version", "v1", "--proxy-allow-from", "10.9.8.7")
+    assert untrusted.raw(b"PROXY TCP4 1.2.3.4 10.0.0.1 1 2\r\n" + req).startswith(b"HTTP/1.1 403 ")
 
 
 def test_app_exception_is_500_and_logged(corral_shared_server: Shared, corral_worker_class: str) -> None:

@@ -104,7 +104,9 @@ class Worker:
             limit_request_body=cfg.limit_request_body,
             permit_obsolete_folding=cfg.permit_obsolete_folding,
             header_map=cfg.header_map,
+            proxy_protocol=cfg.proxy_protocol,
         )
+        self.proxy_peers = TrustedPeers(cfg.proxy_allow_ips)
         # Request hooks cost nothing when no plugin implements them.
         self.pre_request = self._hook_or_none("corral_pre_request")
         self.post_request = self._hook_or_none("corral_post_request")

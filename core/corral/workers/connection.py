@@ -69,7 +69,7 @@ class HttpConnection:
         self.peer = peer
         self.env = env
         self.keepalive = keepalive
-        self.parser = RequestParser(worker.limits)
+        self.parser = RequestParser(worker.limits, proxy_trusted=proxy_trusted(worker, peer))
         self.header_timeout = worker.cfg.header_timeout
 
     # -- I/O -----------------------------------------------------------------
@@ -219,7 +219,9 @@ class HttpConnection:
         result = None
         environ: dict[str, Any] = {}
         try:
-            environ = build_environ(head, self.env, body, self.peer)
+            proxied = self.parser.proxy
+            environ = build_environ(head, self.env, body, self.peer,
+                                    client=proxied.source if proxied is not None else None)
             if worker.pre_request is not None:
                 worker.pre_request(worker=worker, req=head)
             result = worker.wsgi(environ, resp.start_response)
@@ -303,6 +305,13 @@ class HttpConnection:
         if isinstance(self.peer, tuple):
             return f"{self.peer[0]}:{self.peer[1]}"
         return "unix socket"
+
+
+def proxy_trusted(worker: Worker, peer: Any) -> bool:
+    """May this peer send a PROXY header? Unix-socket peers are local, hence trusted."""
+    if worker.limits.proxy_protocol == "off":
+        return True
+    return not isinstance(peer, tuple) or peer[0] in worker.proxy_peers
 
 
 def _no_body() -> bytes:

@@ -122,8 +122,13 @@ def build_environ(
     ctx: EnvironContext,
     body: Any,
     peer: tuple[str, int] | str | None,
+    client: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The environ for ``head``. Raises BadRequest for conflicting scheme headers."""
+    """The environ for ``head``. Raises BadRequest for conflicting scheme headers.
+
+    :param peer: the socket's peer; it decides whether proxy headers are trusted.
+    :param client: the client named by a PROXY protocol header, for REMOTE_ADDR.
+    """
     environ = ctx.base.copy()
     environ["REQUEST_METHOD"] = head.method
     environ["RAW_URI"] = head.target
@@ -151,14 +156,14 @@ def build_environ(
             environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(head.host, ctx.url_scheme)
 
     if isinstance(peer, tuple):
-        addr = peer[0]
-        environ["REMOTE_ADDR"] = addr
-        environ["REMOTE_PORT"] = str(peer[1])
-        trusted = addr in ctx.trusted
+        remote = client or peer
+        environ["REMOTE_ADDR"] = remote[0]
+        environ["REMOTE_PORT"] = str(remote[1])
+        trusted = peer[0] in ctx.trusted
     else:
         # A unix-socket peer is a local process allowed by the socket's mode.
-        environ["REMOTE_ADDR"] = ""
-        environ["REMOTE_PORT"] = ""
+        environ["REMOTE_ADDR"] = client[0] if client else ""
+        environ["REMOTE_PORT"] = str(client[1]) if client else ""
         trusted = True
     if trusted and ctx._scheme_keys:
         secure: bool | None = None

@@ -1,0 +1,514 @@
+"""Serving one HTTP/1.1 connection on an asyncio event loop.
+
+The asyncio counterpart of :mod:`corral.workers.connection`, for worker
+classes built on an event loop (tornado's IOLoop runs on asyncio). The
+worker accepts and owns the loop; this module owns one connection's request
+loop: read a head within the header timeout, hand the request to a
+*responder*, keep the connection alive or close it. Parsing, limits and
+error answers are corral's own (corral.http, corral.wsgi), so the wire
+behaviour matches every other worker class.
+
+Three pieces:
+
+- :class:`ConnectionProtocol` turns transport events into buffered input
+  and write flow control. It never parses: bytes wait in it until the
+  current owner of the parser asks for them, which bounds buffering
+  (reading pauses past :data:`READ_HIGH_WATER`) and lets a pool thread own
+  the parser for the length of one request.
+- :class:`AsyncHttpConnection` is the request loop on the loop thread.
+- A responder answers one request. :class:`WsgiThreadResponder` runs a WSGI
+  app in a thread pool through the blocking :class:`HttpConnection` code,
+  whose "socket" is a :class:`ThreadBridge` that forwards to the loop; a
+  worker plugin may bring its own responder (tornado's native apps).
+
+On shutdown the worker calls :meth:`AsyncHttpConnection.close_if_idle` on
+every connection; a connection in the middle of a request finishes it and
+then closes because ``worker.alive`` is false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import threading
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol, cast
+
+from corral.http import errors as E
+from corral.http.parser import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    ClientDisconnected,
+    RequestHead,
+    RequestParser,
+)
+from corral.workers.connection import DRAIN_MAX_BYTES, DRAIN_MAX_SECONDS, HttpConnection
+from corral.wsgi.environ import EnvironContext
+from corral.wsgi.response import error_response
+
+if TYPE_CHECKING:
+    import socket
+
+    from corral.workers.base import Worker
+    from corral.workers.watchdog import RequestWatchdog
+
+#: Unparsed input a connection may hold before it stops reading from the
+#: socket: enough for a large head plus a good slice of body or pipelined
+#: requests, small enough that 1000 connections cannot hold much memory.
+READ_HIGH_WATER: Final = 256 * 1024
+#: Response bytes a pool thread may hand to the loop before it waits for the
+#: socket to take them: a typical response never waits, a large or slow one
+#: is paced by the client instead of piling up in memory.
+THREAD_SEND_HIGH_WATER: Final = 256 * 1024
+#: A closed connection whose client does not read the rest of the response
+#: is dropped after this long without one (when the worker has no --timeout).
+DEFAULT_CLOSE_LINGER: Final = 30.0
+#: A wait with no timeout still needs a deadline for loop.call_at.
+_NO_DEADLINE: Final = 24 * 3600.0
+
+Reader = Callable[[bytes | None], object]
+
+
+def _resolve(fut: asyncio.Future[Any], value: object) -> None:
+    # A task cancelled at shutdown leaves its future cancelled; data that
+    # arrives later must not raise InvalidStateError inside the transport.
+    if not fut.done():
+        fut.set_result(value)
+
+
+class ConnectionProtocol(asyncio.Protocol):
+    """Transport events of one connection: buffered input, write flow control, loss.
+
+    Input waits here until the parser's owner takes it (:meth:`take`) or
+    waits for it (:meth:`wait_data`). Every method runs on the loop thread.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._reading_paused = False
+        self._reader: Reader | None = None
+        self._reader_timer: asyncio.TimerHandle | None = None
+        #: The peer sent EOF or the connection is gone.
+        self.eof = False
+        #: The connection is gone: nothing more can be written.
+        self.closed = False
+        self.write_paused = False
+        self._writable: list[Callable[[bool], object]] = []
+        #: Called once when the connection is lost (a responder's close callback).
+        self.on_lost: Callable[[], object] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is not None:
+            # Someone is waiting: hand the bytes over without buffering.
+            self._reader = None
+            if self._reader_timer is not None:
+                self._reader_timer.cancel()
+            reader(data)
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader(b"")
+        # Keep the transport open: a client may half-close after its request
+        # and still wait for the answer.
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.closed = True
+        self._wake_reader(b"")
+        waiting, self._writable = self._writable, []
+        for callback in waiting:
+            callback(False)
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiting, self._writable = self._writable, []
+        for callback in waiting:
+            callback(True)
+
+    # -- input ---------------------------------------------------------------------
+
+    def take(self) -> bytes | None:
+        """What arrived since the last take: bytes, ``b""`` at end of stream, None if nothing yet."""
+        pending = self._pending
+        if pending:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            self._pending_size = 0
+            if self._reading_paused and not self.closed:
+                self._reading_paused = False
+                self.transport.resume_reading()
+            return data
+        if self.eof:
+            return b""
+        return None
+
+    def wait_data(self, reader: Reader, deadline: float) -> None:
+        """Call ``reader`` once: with input as :meth:`take` gives it, or None at ``deadline`` (loop time)."""
+        data = self.take()
+        if data is not None:
+            reader(data)
+            return
+        self._reader = reader
+        self._reader_timer = self.loop.call_at(deadline, self.stop_waiting)
+
+    def stop_waiting(self) -> None:
+        """End a :meth:`wait_data` now, as if its deadline had passed."""
+        self._wake_reader(None)
+
+    def _wake_reader(self, value: bytes | None) -> None:
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            if self._reader_timer is not None:
+                self._reader_timer.cancel()
+            reader(value)
+
+    # -- output --------------------------------------------------------------------
+
+    def when_writable(self, callback: Callable[[bool], object]) -> None:
+        """Call ``callback(True)`` once the transport takes more output, ``callback(False)`` if it never will."""
+        if self.closed:
+            callback(False)
+        elif not self.write_paused:
+            callback(True)
+        else:
+            self._writable.append(callback)
+
+
+class Responder(Protocol):
+    """Answers one request on an :class:`AsyncHttpConnection` (a WSGI app, a tornado app, ...)."""
+
+    async def handle(self, conn: AsyncHttpConnection, head: RequestHead) -> bool:
+        """Run the request whose head was read and send its response.
+
+        Reads the body through the connection's parser as needed, and before
+        returning True consumes whatever body the app left unread (see
+        :meth:`AsyncHttpConnection.drain`). Returns True if the connection may
+        serve another request. Protocol errors found while reading the body
+        are answered here; the worker counts the request here
+        (``worker.request_done()``).
+        """
+        ...
+
+    def connection_closed(self, conn: AsyncHttpConnection) -> None:
+        """The connection ended; forget any state kept for it."""
+        ...
+
+
+class AsyncHttpConnection:
+    """One client connection on the loop thread, served until it closes or must close.
+
+    :param keepalive: seconds to wait for the next request; 0 closes after each response.
+    """
+
+    __slots__ = (
+        "env",
+        "header_timeout",
+        "idle",
+        "keepalive",
+        "loop",
+        "parser",
+        "peer",
+        "protocol",
+        "responder",
+        "state",
+        "transport",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        worker: Worker,
+        protocol: ConnectionProtocol,
+        peer: Any,
+        env: EnvironContext,
+        keepalive: float,
+        responder: Responder,
+    ) -> None:
+        self.worker = worker
+        self.protocol = protocol
+        self.loop = protocol.loop
+        self.transport = protocol.transport
+        self.peer = peer
+        self.env = env
+        self.keepalive = keepalive
+        self.responder = responder
+        self.parser = RequestParser(worker.limits)
+        self.header_timeout = worker.cfg.header_timeout
+        #: True while waiting for the first byte of a request (safe to close on stop).
+        self.idle = False
+        #: Whatever the responder keeps for this connection.
+        self.state: Any = None
+
+    # -- I/O -------------------------------------------------------------------------
+
+    async def receive(self, deadline: float) -> bool:
+        """Feed the parser what arrives by ``deadline`` (loop time); False if nothing did."""
+        data = self.protocol.take()
+        if data is None:
+            fut: asyncio.Future[bytes | None] = self.loop.create_future()
+            self.protocol.wait_data(functools.partial(_resolve, fut), deadline)
+            data = await fut
+            if data is None:
+                return False
+        self.parser.feed(data)
+        return True
+
+    def send(self, data: bytes) -> None:
+        """Queue bytes for the client; never blocks (see ``protocol.when_writable`` for pacing)."""
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def send_error(self, exc: E.HTTPError) -> None:
+        """Answer a protocol error (the caller then closes the connection)."""
+        self.worker.log.info("%s from %s: %s", exc.status, self.peer_str(), exc.detail)
+        self.send(error_response(exc))
+
+    def close(self) -> None:
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            # close() waits for the buffer to drain; a client that never reads
+            # must not keep the socket (and a connection slot) forever.
+            linger = self.worker.cfg.timeout or DEFAULT_CLOSE_LINGER
+            self.loop.call_later(linger, transport.abort)
+
+    def close_if_idle(self) -> None:
+        """Close now if no request is under way (graceful stop)."""
+        if self.idle:
+            self.protocol.stop_waiting()
+
+    def peer_str(self) -> str:
+        if isinstance(self.peer, tuple):
+            return f"{self.peer[0]}:{self.peer[1]}"
+        return "unix socket"
+
+    async def drain(self) -> bool:
+        """Read and drop the rest of the request body; False if the connection must close."""
+        parser = self.parser
+        deadline = self.loop.time() + DRAIN_MAX_SECONDS
+        budget = DRAIN_MAX_BYTES
+        while not parser.done:
+            event = parser.next_event()
+            if type(event) is bytes:
+                budget -= len(event)
+                if budget < 0:
+                    return False
+            elif event is NEED_DATA and not await self.receive(deadline):
+                return False
+        return True
+
+    # -- the request loop ------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Serve requests until the connection closes; never raises for client errors."""
+        worker = self.worker
+        first = True
+        try:
+            while True:
+                try:
+                    head = await self._read_head(first)
+                except E.HTTPError as exc:
+                    self.send_error(exc)
+                    return
+                except ClientDisconnected:
+                    return
+                if head is None:
+                    return
+                first = False
+                try:
+                    keep = await self.responder.handle(self, head)
+                except (E.HTTPError, ClientDisconnected, ConnectionError):
+                    # A framing error or a disconnect while dropping the unread
+                    # body: the response is out, so just close.
+                    return
+                if not keep or not worker.alive or self.protocol.closed:
+                    return
+                self.parser.start_next()
+        finally:
+            self.idle = False
+            self.close()
+            self.responder.connection_closed(self)
+
+    async def _read_head(self, first: bool) -> RequestHead | None:
+        """The next request head, or None when the connection should just close."""
+        parser = self.parser
+        protocol = self.protocol
+        deadline = self.loop.time() + (self.header_timeout if first else self.keepalive)
+        head_started = False
+        while True:
+            event = parser.next_event()
+            if type(event) is RequestHead:
+                return event
+            if event is CONNECTION_CLOSED:
+                return None
+            data = protocol.take()
+            if data is not None:
+                parser.feed(data)
+                continue
+            if not head_started and parser.in_head:
+                # The whole head must arrive within header_timeout of its first byte.
+                head_started = True
+                deadline = self.loop.time() + self.header_timeout
+            if not head_started and not self.worker.alive:
+                return None  # stopping: no new request on this connection
+            self.idle = not head_started
+            try:
+                got = await self.receive(deadline)
+            finally:
+                self.idle = False
+            if not got:
+                if parser.in_head:
+                    raise E.RequestTimeout("request head not received in time")
+                return None
+
+
+# -- WSGI apps in a thread pool ----------------------------------------------------------
+
+
+class ThreadBridge:
+    """The "socket" an :class:`HttpConnection` uses when it runs in a pool thread.
+
+    Blocking calls from the thread become work on the loop: ``recv`` waits
+    for the connection's protocol to deliver input, ``sendall`` hands bytes
+    to the transport (waiting only once more than
+    :data:`THREAD_SEND_HIGH_WATER` bytes are still unsent, so a slow client
+    paces the app), ``sendfile`` runs ``loop.sendfile``. Timeouts set with
+    ``settimeout`` apply as on a real socket: TimeoutError.
+
+    The loop never touches the parser while a thread runs a request (the
+    connection's coroutine is awaiting the thread), so the thread may use it
+    directly; input stays in the protocol until the thread asks.
+    """
+
+    def __init__(self, conn: AsyncHttpConnection) -> None:
+        self._conn = conn
+        self._loop = conn.loop
+        self._protocol = conn.protocol
+        self._timeout: float | None = None
+        self._cond = threading.Condition(threading.Lock())
+        #: Bytes handed to the loop that the transport has not yet taken.
+        self._unsent = 0
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def recv(self, bufsize: int) -> bytes:
+        timeout = self._timeout if self._timeout is not None else _NO_DEADLINE
+        answer: concurrent.futures.Future[bytes | None] = concurrent.futures.Future()
+        deadline = self._loop.time() + timeout
+        self._loop.call_soon_threadsafe(self._protocol.wait_data, answer.set_result, deadline)
+        # The loop answers by the deadline; the margin only guards against a
+        # loop that has stopped for good.
+        data = answer.result(timeout + 5.0)
+        if data is None:
+            raise TimeoutError("timed out waiting for the client")
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        if self._protocol.closed:
+            raise ConnectionResetError("the client closed the connection")
+        with self._cond:
+            self._unsent += len(data)
+            unsent = self._unsent
+        self._loop.call_soon_threadsafe(self._write, data)
+        if unsent > THREAD_SEND_HIGH_WATER:
+            with self._cond:
+                if not self._cond.wait_for(self._may_send, self._timeout):
+                    raise TimeoutError("timed out waiting for the client to read")
+            if self._protocol.closed:
+                raise ConnectionResetError("the client closed the connection")
+
+    def _may_send(self) -> bool:
+        return self._unsent <= THREAD_SEND_HIGH_WATER or self._protocol.closed
+
+    def _write(self, data: bytes) -> None:  # on the loop
+        self._conn.send(data)
+        self._protocol.when_writable(functools.partial(self._taken, len(data)))
+
+    def _taken(self, size: int, writable: bool) -> None:  # on the loop
+        with self._cond:
+            self._unsent -= size
+            self._cond.notify()
+
+    def sendfile(self, file: IO[bytes], offset: int = 0, count: int | None = None) -> int:
+        # Bytes handed earlier reach the transport first: call_soon_threadsafe
+        # callbacks run in order, and loop.sendfile waits for the buffer to empty.
+        future = asyncio.run_coroutine_threadsafe(self._sendfile(file, offset, count), self._loop)
+        return future.result()
+
+    async def _sendfile(self, file: IO[bytes], offset: int, count: int | None) -> int:
+        transport = self._conn.transport
+        if transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        return await self._loop.sendfile(transport, file, offset, count)
+
+    def close(self) -> None:
+        """The loop owns the real socket; the connection closes it."""
+
+
+class WsgiThreadResponder:
+    """Runs a WSGI app for each request in a bounded thread pool, off the loop.
+
+    One slow request occupies one pool thread, never the loop. In the thread
+    the request goes through the same :meth:`HttpConnection.handle` as in the
+    blocking workers (environ, wsgi.input, start_response, file wrapper,
+    hooks, access log, draining), over a :class:`ThreadBridge`. The watchdog
+    notes each request so that one stuck in its thread past ``--timeout``
+    gets the worker replaced (the loop would otherwise keep beating).
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        executor: concurrent.futures.Executor,
+        watchdog: RequestWatchdog,
+    ) -> None:
+        self.worker = worker
+        self.executor = executor
+        self.watchdog = watchdog
+
+    async def handle(self, conn: AsyncHttpConnection, head: RequestHead) -> bool:
+        return await conn.loop.run_in_executor(self.executor, self._handle_in_thread, conn, head)
+
+    def _handle_in_thread(self, conn: AsyncHttpConnection, head: RequestHead) -> bool:
+        blocking: HttpConnection | None = conn.state
+        if blocking is None:
+            bridge = cast("socket.socket", ThreadBridge(conn))
+            blocking = HttpConnection(conn.worker, bridge, conn.peer, conn.env, conn.keepalive)
+            blocking.parser = conn.parser
+            conn.state = blocking
+        self.watchdog.started(f"{head.method} {head.target}")
+        try:
+            return blocking.handle(head)
+        finally:
+            self.watchdog.finished()
+
+    def connection_closed(self, conn: AsyncHttpConnection) -> None:
+        conn.state = None
+

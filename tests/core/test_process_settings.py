@@ -108,3 +108,19 @@ def test_print_config_shows_process_settings() -> None:
     assert res.returncode == 0
     assert "raw_env" in res.stdout and "['A=1']" in res.stdout
     assert json.dumps(18) in res.stdout  # umask 0o22 == 18
+
+
+def test_process_titles_name_role_pool_and_class(tmp_path: Path) -> None:
+    pytest.importorskip("setproctitle")
+    with CorralProcess(APP, ["-n", "shop"], workdir=tmp_path) as server:
+        (pid,) = server.wait_for_workers(1)
+        deadline = time.monotonic() + 10
+        while True:
+            master = Path(f"/proc/{server.pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+            worker = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+            if master.startswith(b"corral:") and worker.startswith(b"corral:"):
+                break
+            assert time.monotonic() < deadline, (master, worker)
+            time.sleep(0.02)
+        assert master == b"corral: master [shop]"
+        assert worker == b"corral: worker [main: sync] [shop]"

@@ -72,7 +72,10 @@ class Arbiter:
         self.log = setup_error_log(cfg.errorlog, cfg.loglevel)
         apply_log_config(cfg.logconfig, cfg.logconfig_json, cfg.logconfig_dict)
         self.pid = os.getpid()
-        self.listeners: list[Listener] = []
+        #: Bound listeners by configured address; pools share them.
+        self.listeners: dict[str, Listener] = {}
+        self.inherited: list[Listener] | None = None
+        self.adopted_all = False
         self.pools: list[Pool] = []
         self.workers: dict[int, WorkerHandle] = {}
         self.generation = 0
@@ -111,45 +114,81 @@ class Arbiter:
         self.log.info("Starting corral (pid %s)%s", self.pid, self.plugin_summary)
         self.install_signals()
         self.pm.hook.corral_on_starting(server=self)
-        self.bind_listeners()
+        pools = self.build_pools(self.cfg)
+        self.bind_listeners(pools)
+        self.pools = pools
         self.write_pidfile()
-        self.pools = self.build_pools(self.cfg)
         for pool in self.pools:
-            self.log.info("Pool %s: %s x %s worker(s), app %s", pool.name, pool.size,
-                          pool.spec.name, pool.app_uri)
+            self.log.info("Pool %s: %s x %s worker(s), app %s, at %s", pool.name, pool.size,
+                          pool.spec.name, pool.app_uri, ", ".join(lst.name for lst in pool.listeners))
         set_process_title("master", self.cfg)
         self.manage_workers()
         self.pm.hook.corral_when_ready(server=self)
 
-    def bind_listeners(self) -> None:
-        cfg = self.cfg
-        inherited = [listener_from_fd(fd) for fd in inherited_fds()]
-        if inherited:
-            self.log.info("Inherited %s listener(s): %s", len(inherited),
-                          ", ".join(lst.name for lst in inherited))
-            self.listeners = inherited
+    def bind_listeners(self, pools: list[Pool]) -> None:
+        """Give every pool its listeners, binding each address once (pools may share one).
+
+        Sockets inherited from a parent arbiter (USR2) or from systemd are used
+        first: with a single pool they are all of its listeners; with several,
+        each configured address takes the inherited socket bound to it.
+        """
+        if self.inherited is None:
+            self.inherited = [listener_from_fd(fd) for fd in inherited_fds()]
+            if self.inherited:
+                self.log.info("Inherited %s listener(s): %s", len(self.inherited),
+                              ", ".join(lst.name for lst in self.inherited))
+        if len(pools) == 1 and (self.adopted_all or (self.inherited and not self.listeners)):
+            # One pool takes every inherited socket, on this and later reloads.
+            if not self.adopted_all:
+                for listener in self.inherited or []:
+                    self.listeners[listener.name] = listener
+                self.adopted_all = True
+            pools[0].listeners = list(self.listeners.values())
             return
-        for address in cfg.bind:
-            try:
-                listener = bind(address, backlog=cfg.backlog, reuse_port=cfg.reuse_port,
-                                unix_mode=cfg.unix_socket_mode, log=self.log)
-            except OSError as exc:
-                raise HaltServer(f"cannot listen on {address}: {exc.strerror or exc}", 1) from None
-            self.listeners.append(listener)
-            self.log.info("Listening at http://%s (pid %s)", listener.name, self.pid)
+        for pool in pools:
+            pool.listeners = [self.listener_for(address, pool.cfg) for address in pool.addresses]
+        used = {id(lst) for pool in pools for lst in pool.listeners}
+        for address, listener in list(self.listeners.items()):
+            if id(listener) not in used:
+                # Old workers keep their own copy until they have drained.
+                self.log.info("No pool listens at %s any more; closing it", listener.name)
+                listener.close()
+                del self.listeners[address]
+
+    def listener_for(self, address: str, cfg: Config) -> Listener:
+        listener = self.listeners.get(address)
+        if listener is not None:
+            return listener
+        for candidate in list(self.inherited or []):
+            if candidate.name == address or candidate.name == _canonical(address):
+                self.inherited.remove(candidate)  # type: ignore[union-attr]
+                self.listeners[address] = candidate
+                return candidate
+        try:
+            listener = bind(address, backlog=cfg.backlog, reuse_port=cfg.reuse_port,
+                            unix_mode=cfg.unix_socket_mode, log=self.log)
+        except OSError as exc:
+            raise HaltServer(f"cannot listen on {address}: {exc.strerror or exc}", 1) from None
+        self.listeners[address] = listener
+        self.log.info("Listening at http://%s (pid %s)", listener.name, self.pid)
+        return listener
 
     def build_pools(self, cfg: Config) -> list[Pool]:
-        spec = resolve_worker(self.pm, cfg.worker_class)
-        size = cfg.workers if isinstance(cfg.workers, int) else _auto_workers()
-        pool = Pool(name="main", spec=spec, size=size, cfg=cfg, app_uri=cfg.wsgi_app,
-                    listeners=list(self.listeners))
-        if cfg.preload_app:
-            try:
-                pool.preloaded_app = load_app(cfg.wsgi_app, None)
-            except Exception:
-                self.log.exception("Failed to preload the application %r", cfg.wsgi_app)
-                raise HaltServer("App failed to load.", APP_LOAD_ERROR) from None
-        return [pool]
+        pools = []
+        for name, pcfg in cfg.pool_configs():
+            spec = resolve_worker(self.pm, pcfg.worker_class)
+            size = pcfg.workers if isinstance(pcfg.workers, int) else _auto_workers()
+            pool = Pool(name=name, spec=spec, size=size, cfg=pcfg, app_uri=pcfg.wsgi_app,
+                        addresses=list(pcfg.bind))
+            if pcfg.preload_app:
+                try:
+                    pool.preloaded_app = load_app(pcfg.wsgi_app, None)
+                except Exception:
+                    self.log.exception("Failed to preload the application %r (pool %s)",
+                                       pcfg.wsgi_app, name)
+                    raise HaltServer("App failed to load.", APP_LOAD_ERROR) from None
+            pools.append(pool)
+        return pools
 
     def loop_once(self) -> None:
         sig = self.sig_queue.popleft() if self.sig_queue else None
@@ -205,10 +244,10 @@ class Arbiter:
         elif sig in (signal.SIGINT, signal.SIGQUIT):
             self.stop(graceful=False)
             raise HaltServer("", 0)
-        elif sig == signal.SIGTTIN:
-            self.resize(self.pools[0], +1)
-        elif sig == signal.SIGTTOU:
-            self.resize(self.pools[0], -1)
+        elif sig in (signal.SIGTTIN, signal.SIGTTOU):
+            pool = self.scale_target()
+            if pool is not None:
+                self.resize(pool, +1 if sig == signal.SIGTTIN else -1)
         elif sig == signal.SIGUSR1:
             reopen_logs()
             self.kill_workers(signal.SIGUSR1)
@@ -223,6 +262,32 @@ class Arbiter:
             self.winched = True
             for handle in self.workers.values():
                 self.retire(handle)
+
+    def scale_target(self) -> Pool | None:
+        """The pool TTIN/TTOU act on: the one named in the scale file, else the first.
+
+        ``corral scale PID POOL`` writes the pool's name to scale_file(PID)
+        before signalling. The file is trusted only if it belongs to the
+        arbiter's own user (anyone may write in the temp dir).
+        """
+        path = scale_file(self.pid)
+        name = None
+        try:
+            st = os.stat(path)
+            if st.st_uid == os.geteuid():
+                with open(path) as f:
+                    name = f.read().strip()
+            os.unlink(path)
+        except OSError:
+            pass
+        if name:
+            for pool in self.pools:
+                if pool.name == name:
+                    return pool
+            self.log.warning("TTIN/TTOU: no pool named %r; pools: %s", name,
+                             ", ".join(p.name for p in self.pools))
+            return None
+        return self.pools[0]
 
     def resize(self, pool: Pool, delta: int) -> None:
         old = pool.size
@@ -250,10 +315,10 @@ class Arbiter:
                 for handle in list(self.workers.values()):
                     if handle.pool.name == pool.name and handle.generation < self.generation:
                         self.retire(handle)
-        known = {id(p) for p in self.pools}
+        names = {p.name for p in self.pools}
         for handle in list(self.workers.values()):
-            if id(handle.pool) not in known:
-                self.retire(handle)
+            if handle.pool.name not in names:
+                self.retire(handle)  # the pool was removed by a reload
 
     def spawn_worker(self, pool: Pool) -> None:
         self.worker_age += 1
@@ -419,6 +484,7 @@ class Arbiter:
         try:
             cfg = self.reload_config()
             pools = self.build_pools(cfg)
+            self.bind_listeners(pools)
         except (ConfigError, HaltServer) as exc:
             msg = exc.reason if isinstance(exc, HaltServer) else str(exc)
             self.log.error("Reload failed, still running on the previous configuration: %s", msg)
@@ -455,7 +521,7 @@ class Arbiter:
             return
         try:
             fds = []
-            for listener in self.listeners:
+            for listener in self.listeners.values():
                 fd = listener.fileno()
                 os.set_inheritable(fd, True)
                 fds.append(str(fd))
@@ -516,7 +582,7 @@ class Arbiter:
         # An upgraded arbiter that inherited the sockets still uses them; only
         # unlink unix sockets when nobody else will.
         unlink = self.reexec_pid == 0 and self.parent_pid == 0
-        for listener in self.listeners:
+        for listener in self.listeners.values():
             listener.close(unlink=unlink)
         for handle in self.workers.values():
             handle.retiring = True
@@ -544,6 +610,30 @@ class Arbiter:
             self.pm.hook.corral_on_exit(server=self)
         self.remove_pidfile()
         return status
+
+
+def scale_file(pid: int) -> str:
+    """Where ``corral scale`` names the pool for the next TTIN/TTOU of arbiter ``pid``."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"corral-{pid}.scale")
+
+
+def _canonical(address: str) -> str:
+    """The name a socket bound to ``address`` reports, e.g. "localhost:80" -> "127.0.0.1:80"."""
+    from corral.addresses import parse_address
+
+    try:
+        addr = parse_address(address)
+        if addr.kind != "tcp":
+            return str(addr)
+        import socket
+
+        info = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        host = info[4][0]
+        return f"[{host}]:{addr.port}" if ":" in host else f"{host}:{addr.port}"
+    except (OSError, ValueError):
+        return address
 
 
 def _auto_workers() -> int:

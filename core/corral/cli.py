@@ -123,7 +123,8 @@ def build_config(
     port = os.environ.get("PORT")
     if cfg.sources["bind"] == "default" and port:
         cfg.set("bind", [f"0.0.0.0:{port}"], "environment PORT")
-    if not cfg.wsgi_app:
+    pools = cfg.pools or {}
+    if not cfg.wsgi_app and (not pools or not all(p.get("wsgi_app") for p in pools.values())):
         raise ConfigError("no APP_MODULE given: run 'corral [OPTIONS] module:callable', "
                           "e.g. 'corral myproject.wsgi:application'")
     return cfg, args
@@ -172,6 +173,42 @@ def plugins_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def scale_command(argv: Sequence[str]) -> int:
+    """``corral scale PID|PIDFILE POOL [+N|-N]``: TTIN/TTOU aimed at one pool."""
+    import signal
+    import time
+
+    from corral.arbiter import scale_file
+
+    parser = _Parser(prog="corral scale", description="Add or remove workers of one pool.")
+    parser.add_argument("arbiter", help="the arbiter's pid, or its pid file")
+    parser.add_argument("pool", help="the pool's name")
+    parser.add_argument("delta", nargs="?", default="+1", help="+N or -N workers (default +1)")
+    args = parser.parse_args(list(argv))
+    try:
+        pid = int(args.arbiter) if args.arbiter.isdigit() else int(open(args.arbiter).read().strip())
+        delta = int(args.delta)
+    except (OSError, ValueError) as exc:
+        print(f"corral scale: {exc}", file=sys.stderr)
+        return 2
+    sig = signal.SIGTTIN if delta > 0 else signal.SIGTTOU
+    path = scale_file(pid)
+    for _ in range(abs(delta)):
+        with open(path, "w") as f:
+            f.write(args.pool)
+        os.kill(pid, sig)
+        # The arbiter removes the file when it has read it; one signal at a
+        # time, since Unix merges a signal sent while the same one is pending.
+        deadline = time.monotonic() + 5
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if os.path.exists(path):
+            os.unlink(path)
+            print("corral scale: the arbiter did not answer", file=sys.stderr)
+            return 1
+    return 0
+
+
 def _provided_by(pm: pluggy.PluginManager, module: Any, name: str) -> bool:
     fn = getattr(module, "corral_register_workers", None)
     return fn is not None and any(s.name == name for s in (fn() or []))
@@ -181,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["plugins"]:
         sys.exit(plugins_command(argv[1:]))
+    if argv[:1] == ["scale"]:
+        sys.exit(scale_command(argv[1:]))
     sys.exit(serve(argv))
 
 
@@ -206,13 +245,17 @@ def serve(argv: list[str]) -> int:
             pm.register(plugin, name="corral.config-file-hooks")
             hooks_plugin.append(plugin)
         pm.hook.corral_configure(config=cfg)
-        spec = resolve_worker(pm, cfg.worker_class)
-        if cfg.preload_app and not spec.preload_safe:
-            raise ConfigError(
-                f"--preload cannot be used with worker class {spec.name!r}: it sets up its "
-                "concurrency library after fork, and an app imported before that would not "
-                "cooperate with it. Drop --preload (or preload_app in the config file)."
-            )
+        for name, pcfg in cfg.pool_configs():
+            spec = resolve_worker(pm, pcfg.worker_class)
+            if pcfg.preload_app and not spec.preload_safe:
+                where = "" if name == "main" else f" (pool {name})"
+                raise ConfigError(
+                    f"--preload cannot be used with worker class {spec.name!r}{where}: it sets up "
+                    "its concurrency library after fork, and an app imported before that would "
+                    "not cooperate with it. Drop preload_app for it; other pools may keep it."
+                )
+            if not pcfg.wsgi_app:
+                raise ConfigError(f"pool {name} has no app: give APP_MODULE or its wsgi_app")
         if cfg.chdir:
             try:
                 os.chdir(cfg.chdir)

@@ -93,6 +93,30 @@ class Config:
             raise ConfigError(f"{source}: setting {name}{flag}: {exc}") from None
         self.sources[name] = source
 
+    def derive(self, overrides: dict[str, Any], source: str) -> Config:
+        """A copy with ``overrides`` applied (a pool's own settings)."""
+        from corral.pool import POOL_KEYS
+
+        child = Config(self.registry)
+        child.values = dict(self.values)
+        child.sources = dict(self.sources)
+        child.hooks = self.hooks
+        child.ids = self.ids
+        for name, value in overrides.items():
+            key = name.replace("-", "_")
+            if key in self.registry and key not in POOL_KEYS:
+                raise ConfigError(f"{source}: setting {key!r} applies to the whole deployment "
+                                  "and cannot be set per pool")
+            child.set(key, value, source)
+        return child
+
+    def pool_configs(self) -> list[tuple[str, Config]]:
+        """(name, config) of every pool; one pool "main" when none is declared."""
+        if not self.values.get("pools"):
+            return [("main", self)]
+        return [(name, self.derive(overrides, f"pool {name}"))
+                for name, overrides in self.values["pools"].items()]
+
     # -- config files ----------------------------------------------------------
 
     def load_file(self, path: str) -> None:
@@ -140,6 +164,9 @@ class Config:
         source = f"config file {path}"
         for name, value in data.items():
             key = name.replace("-", "_")
+            if key == "pools" and isinstance(value, dict):
+                value = {n: {k.replace("-", "_"): v for k, v in o.items()} if isinstance(o, dict) else o
+                         for n, o in value.items()}
             if key in self.registry:
                 self.set(key, value, source)
             else:

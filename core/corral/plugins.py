@@ -28,7 +28,7 @@ GROUP = "corral"
 #: Where the usual worker classes come from, for the "unknown worker" message.
 KNOWN_DISTRIBUTIONS = {
     "sync": "corral-sync (installed with corral)",
-    "gthread": "pip install corral[gthread]",
+    "gthread": "corral-gthread (installed with corral)",
     "gevent": "pip install corral[gevent]",
     "tornado": "pip install corral[tornado]",
 }

@@ -215,6 +215,12 @@ class SettingsRegistry:
         return iter(self.settings.values())
 
 
+def _pools(value: Any) -> dict[str, dict[str, Any]]:
+    from corral.pool import pools_setting
+
+    return pools_setting(value)
+
+
 def env_list(value: Any) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
@@ -260,6 +266,14 @@ def core_settings() -> list[Setting]:
         S("worker_class", "Worker processes", string, "sync",
           "Worker class: a registered name (see 'corral plugins') or package.module:Class.",
           ("-k", "--worker-class"), "NAME"),
+        S("pools", "Worker processes", _pools, {},
+          "Add a pool: NAME:CLASS:COUNT[@BIND,...]. Repeatable; see docs/pools.md.",
+          ("--pool",), "POOL", "append",
+          doc="In a config file: pools = {'web': {'worker_class': 'gthread', 'workers': 4, "
+              "'bind': ['127.0.0.1:8001'], 'threads': 8}, ...}. A pool may override the "
+              "per-worker settings (worker class and count, threads, connections, timeouts, "
+              "keep-alive, max requests, limits, binds, app, preloading). No pools: one pool "
+              "'main' from the top-level settings."),
         S("threads", "Worker processes", positive_int, 1,
           "Threads per worker for threaded worker classes.", ("--threads",), "INT"),
         S("worker_connections", "Worker processes", positive_int, 1000,

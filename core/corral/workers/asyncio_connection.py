@@ -43,7 +43,12 @@ from corral.http.parser import (
     RequestHead,
     RequestParser,
 )
-from corral.workers.connection import DRAIN_MAX_BYTES, DRAIN_MAX_SECONDS, HttpConnection
+from corral.workers.connection import (
+    DRAIN_MAX_BYTES,
+    DRAIN_MAX_SECONDS,
+    HttpConnection,
+    proxy_trusted,
+)
 from corral.wsgi.environ import EnvironContext
 from corral.wsgi.response import error_response
 
@@ -189,7 +194,7 @@ class ConnectionProtocol(asyncio.Protocol):
     # -- output --------------------------------------------------------------------
 
     def when_writable(self, callback: Callable[[bool], object]) -> None:
-        """Call ``callback(True)`` once the transport takes more output, ``callback(False)`` if it never will."""
+        """``callback(True)`` once the transport takes more output; ``callback(False)`` if it never will."""
         if self.closed:
             callback(False)
         elif not self.write_paused:
@@ -256,7 +261,7 @@ class AsyncHttpConnection:
         self.env = env
         self.keepalive = keepalive
         self.responder = responder
-        self.parser = RequestParser(worker.limits)
+        self.parser = RequestParser(worker.limits, proxy_trusted=proxy_trusted(worker, peer))
         self.header_timeout = worker.cfg.header_timeout
         #: True while waiting for the first byte of a request (safe to close on stop).
         self.idle = False

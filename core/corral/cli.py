@@ -14,6 +14,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pluggy
@@ -186,7 +187,8 @@ def scale_command(argv: Sequence[str]) -> int:
     parser.add_argument("delta", nargs="?", default="+1", help="+N or -N workers (default +1)")
     args = parser.parse_args(list(argv))
     try:
-        pid = int(args.arbiter) if args.arbiter.isdigit() else int(open(args.arbiter).read().strip())
+        text = args.arbiter if args.arbiter.isdigit() else Path(args.arbiter).read_text()
+        pid = int(text.strip())
         delta = int(args.delta)
     except (OSError, ValueError) as exc:
         print(f"corral scale: {exc}", file=sys.stderr)

@@ -149,6 +149,29 @@ def choice(*options: str) -> Callable[[Any], str]:
     return check
 
 
+#: --cert-reqs by name; the numbers are ssl.CERT_NONE/OPTIONAL/REQUIRED, as gunicorn takes them.
+CERT_REQS = {"none": 0, "optional": 1, "required": 2}
+
+
+def cert_reqs(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1, 2):
+        return int(value)  # also ssl.CERT_REQUIRED and friends from a config file
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in CERT_REQS:
+            return CERT_REQS[v]
+        if v in ("0", "1", "2"):
+            return int(v)
+    raise ValueError(f"expected none, optional or required (or 0, 1, 2), got {value!r}")
+
+
+def tls_version(value: Any) -> str:
+    v = value.strip().lower().removeprefix("tlsv") if isinstance(value, str) else None
+    if v in ("1.2", "1.3"):
+        return v
+    raise ValueError(f"expected 1.2 or 1.3 (TLSv1.2, TLSv1.3), got {value!r}")
+
+
 def header_dict(value: Any) -> dict[str, str]:
     if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         return {k.upper(): v for k, v in value.items()}
@@ -340,6 +363,34 @@ def core_settings() -> list[Setting]:
         S("secure_scheme_headers", "HTTP", header_dict, {
             "X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
           "Headers (from trusted peers) that say the request came over https. Config file only."),
+        # -- TLS
+        S("certfile", "TLS", optional_string, None,
+          "Serve HTTPS with this PEM certificate (chain); TLS is on when it is set.",
+          ("--certfile",), "FILE",
+          doc="TLS applies to every listener. It is terminated in the worker: the handshake "
+              "runs in the connection's own greenlet (gevent) or, for sync, under "
+              "--ssl-handshake-timeout. Supported by the sync and gevent worker classes; "
+              "others refuse to start. See docs/deploy.md."),
+        S("keyfile", "TLS", optional_string, None,
+          "PEM private key of --certfile (unset: the key is in the certfile).",
+          ("--keyfile",), "FILE"),
+        S("ca_certs", "TLS", optional_string, None,
+          "PEM bundle of CAs that client certificates are verified against.",
+          ("--ca-certs",), "FILE"),
+        S("cert_reqs", "TLS", cert_reqs, 0,
+          "Client certificates: none (0), optional (1) or required (2); 1 and 2 need --ca-certs.",
+          ("--cert-reqs",), "POLICY"),
+        S("ciphers", "TLS", optional_string, None,
+          "OpenSSL cipher list for TLS 1.2 (unset: Python's secure defaults).",
+          ("--ciphers",), "CIPHERS"),
+        S("ssl_minimum_version", "TLS", tls_version, "1.2",
+          "Oldest TLS version accepted: 1.2 or 1.3.", ("--ssl-minimum-version",), "VERSION"),
+        S("ssl_handshake_timeout", "TLS", seconds, 10.0,
+          "A TLS handshake not finished within this many seconds closes the connection.",
+          ("--ssl-handshake-timeout",), "SECONDS",
+          doc="A sync worker serves one connection at a time, so a client that connects and "
+              "sends nothing holds it this long (as a silent plain-HTTP client holds it for "
+              "--header-timeout); async classes are not held at all."),
         # -- process
         S("pidfile", "Process", optional_string, None, "Write the arbiter's pid to this file.",
           ("-p", "--pid"), "FILE"),

@@ -1,0 +1,188 @@
+"""Several worker pools under one arbiter, against real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.plugins import make_plugin_manager, worker_registry
+from corral.testing import CorralProcess
+from corral.testing.load import LoadGenerator
+
+APP = "corral.testing.apps:app"
+INSTALLED = set(worker_registry(make_plugin_manager()[0]))
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _environ(port: int) -> dict[str, object]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/environ")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def _title(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+@pytest.mark.skipif(not {"gthread", "gevent"} <= INSTALLED, reason="needs the gthread and gevent plugins")
+def test_three_classes_on_three_ports(tmp_path: Path) -> None:
+    a, b, c = _free_ports(3)
+    conf = tmp_path / "pools.py"
+    conf.write_text(
+        "pools = {\n"
+        f"    'plain': {{'worker_class': 'sync', 'workers': 2, 'bind': ['127.0.0.1:{a}']}},\n"
+        f"    'threads': {{'worker_class': 'gthread', 'workers': 1, 'threads': 4, 'bind': ['127.0.0.1:{b}']}},\n"
+        f"    'green': {{'worker_class': 'gevent', 'workers': 1, 'bind': ['127.0.0.1:{c}']}},\n"
+        "}\n"
+    )
+    with CorralProcess(APP, ["-c", str(conf)], workdir=tmp_path, workers=None, bind=()) as server:
+        for port, cls, patched in ((a, "sync", False), (b, "gthread", False), (c, "gevent", True)):
+            for _ in range(4):
+                env = _environ(port)
+                assert env["corral.worker_class"] == cls
+                assert env["socket_patched"] is patched
+                assert env["gevent_imported"] is patched  # other pools never import gevent
+        pids = server.wait_for_workers(4)
+        by_pool = {pid: _title(pid) for pid in pids}
+        sync_pids = [pid for pid, title in by_pool.items() if "[plain: sync]" in title]
+        assert len(sync_pids) == 2, by_pool
+        victim = sync_pids[0]
+        os.kill(victim, signal.SIGKILL)
+        new = server.wait_for_workers(4, exclude=[victim])
+        replacement = set(new) - set(pids)
+        assert len(replacement) == 1
+        # The replacement joined the pool that lost a worker; the others are untouched.
+        (newcomer,) = replacement
+        deadline = time.monotonic() + 10
+        while not _title(newcomer).startswith("corral: worker"):
+            assert time.monotonic() < deadline, _title(newcomer)
+            time.sleep(0.02)
+        assert "[plain: sync]" in _title(newcomer)
+        assert set(pids) - {victim} <= set(new)
+        assert _environ(a)["corral.worker_class"] == "sync"
+
+
+def test_two_apps_on_two_ports(tmp_path: Path) -> None:
+    (tmp_path / "other.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'other app on ' + environ['corral.pool'].encode()]\n"
+    )
+    a, b = _free_ports(2)
+    conf = tmp_path / "apps.toml"
+    conf.write_text(f"[pools.first]\nworker-class = 'sync'\nbind = ['127.0.0.1:{a}']\n"
+                    f"[pools.second]\nworker-class = 'sync'\nbind = ['127.0.0.1:{b}']\nwsgi-app = 'other:app'\n")
+    with CorralProcess(APP, ["--chdir", str(tmp_path), "-c", str(conf)], workdir=tmp_path,
+                       bind=()) as server:
+        server.wait_for_workers(2)
+        import http.client
+
+        def get(port: int) -> bytes:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/")
+            return conn.getresponse().read()
+
+        assert get(a) == b"Hello, World!"
+        assert get(b) == b"other app on second"
+
+
+def test_pool_flag_and_print_config(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "corral", "--print-config", "--pool", "web:sync:3@127.0.0.1:8001",
+                          "--pool", "api:sync:2", APP], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "'web': {'worker_class': 'sync', 'workers': '3', 'bind': ['127.0.0.1:8001']}" in res.stdout
+    for bad, needle in [("web:sync", "use NAME:CLASS:COUNT"), ("9x:sync:1", "pool names are"),
+                        ("web:sync:many", "pool web: setting workers (--workers): expected a whole number")]:
+        res = subprocess.run([sys.executable, "-m", "corral", "--pool", bad, APP], capture_output=True,
+                             text=True, timeout=30)
+        assert res.returncode == 2 and needle in res.stderr, res.stderr
+    conf = tmp_path / "c.py"
+    conf.write_text("pools = {'web': {'daemon': True}}\n")
+    res = subprocess.run([sys.executable, "-m", "corral", "-c", str(conf), APP], capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 2 and "'daemon' applies to the whole deployment" in res.stderr
+
+
+def test_shared_listener_and_scale_one_pool(tmp_path: Path) -> None:
+    # Two pools on the same (deployment) listener: the kernel spreads connections.
+    args = ["--pool", "one:sync:1", "--pool", "two:sync:1", "-p", str(tmp_path / "c.pid")]
+    with CorralProcess(APP, args, workdir=tmp_path, workers=None) as server:
+        server.wait_for_workers(2)
+        pools = {json.loads(server.request("GET", "/environ")[2])["corral.pool"] for _ in range(40)}
+        assert pools == {"one", "two"}
+        res = subprocess.run([sys.executable, "-m", "corral", "scale", str(tmp_path / "c.pid"), "two", "+2"],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        pids = server.wait_for_workers(4)
+        assert sum("[two: sync]" in _title(pid) for pid in pids) == 3
+        server.wait_for_log("Pool two: 2 -> 3 workers")
+
+
+@pytest.mark.skipif("gthread" not in INSTALLED, reason="needs the gthread plugin")
+def test_hup_resizes_and_changes_class_under_load(tmp_path: Path) -> None:
+    a, b = _free_ports(2)
+    conf = tmp_path / "pools.py"
+    conf.write_text(f"pools = {{'web': {{'worker_class': 'sync', 'workers': 1, 'bind': ['127.0.0.1:{a}']}},"
+                    f" 'api': {{'worker_class': 'sync', 'workers': 1, 'bind': ['127.0.0.1:{b}']}}}}\n")
+    with CorralProcess(APP, ["-c", str(conf)], workdir=tmp_path, workers=None, bind=()) as server:
+        old = server.wait_for_workers(2)
+        with LoadGenerator("127.0.0.1", a, path="/environ", concurrency=2, keepalive=False) as la, \
+                LoadGenerator("127.0.0.1", b, path="/environ", concurrency=2, keepalive=False) as lb:
+            la.wait_for_requests(10)
+            lb.wait_for_requests(10)
+            conf.write_text(f"pools = {{'web': {{'worker_class': 'gthread', 'workers': 2, 'bind': ['127.0.0.1:{a}']}},"
+                            f" 'api': {{'worker_class': 'sync', 'workers': 2, 'bind': ['127.0.0.1:{b}']}}}}\n")
+            server.send_signal(signal.SIGHUP)
+            server.wait_for_workers(4, exclude=old)
+            la.mark()
+            la.wait_for_requests(20)
+            lb.wait_for_requests(20)
+            ra, rb = la.stop(), lb.stop()
+        assert ra.failures == [] and rb.failures == []
+        assert {json.loads(body)["corral.worker_class"] for body in ra.bodies_after_mark} == {"gthread"}
+
+
+@pytest.mark.skipif(not {"gthread", "gevent"} <= INSTALLED, reason="needs the gthread and gevent plugins")
+def test_documented_example_config_runs(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    base = _free_ports(1)[0]
+    while True:  # three consecutive free ports
+        try:
+            probes = []
+            for port in (base, base + 1, base + 2):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                probes.append(s)
+            break
+        except OSError:
+            base = _free_ports(1)[0]
+        finally:
+            for s in probes:
+                s.close()
+    with CorralProcess("", ["-c", str(root / "examples/pools/corral.conf.py")], workdir=tmp_path,
+                       workers=None, bind=(), env={"EXAMPLE_BASE_PORT": str(base)}) as server:
+        server.wait_for_workers(4)
+        assert [_environ(base + i)["corral.worker_class"] for i in range(3)] == ["sync", "gthread", "gevent"]

@@ -7,7 +7,8 @@ Lifecycle, in the worker process:
    worker and calls the ``corral_post_fork`` hook.
 2. :meth:`Worker.init_process` installs the worker's signal handlers, beats
    the heartbeat, calls :meth:`Worker.init_concurrency` (where a gevent
-   worker monkey-patches), loads the application, calls
+   worker monkey-patches), builds its TLS context if TLS is on (the
+   ``corral_ssl_context`` hook), loads the application, calls
    ``corral_post_worker_init``, tells the arbiter it is ready, then calls
    :meth:`Worker.run`.
 3. ``run`` accepts on the inherited listeners and serves until ``alive``
@@ -42,9 +43,12 @@ from corral.http.parser import ParserLimits
 from corral.logs import reopen_logs
 from corral.process import drop_privileges
 from corral.workers.reloader import start_reloader
+from corral.workers.tls import worker_ssl_context
 from corral.wsgi.environ import EnvironContext, TrustedPeers
 
 if TYPE_CHECKING:
+    import ssl
+
     import pluggy
 
     from corral.config import Config
@@ -111,6 +115,8 @@ class Worker:
         self.pre_request = self._hook_or_none("corral_pre_request")
         self.post_request = self._hook_or_none("corral_post_request")
         self.access_log: Callable[..., None] | None = None
+        #: Built in init_process (after fork and init_concurrency) when TLS is on.
+        self.ssl_context: ssl.SSLContext | None = None
         if cfg.accesslog:
             self.access_log = AccessLog(cfg.accesslog, cfg.access_log_format)
         self._wake_r, self._wake_w = os.pipe()
@@ -135,6 +141,7 @@ class Worker:
         drop_privileges(uid, gid, name, self.cfg.initgroups)
         self.heartbeat.beat()
         self.init_concurrency()
+        self.ssl_context = worker_ssl_context(self.cfg, self.pm)
         if self.wsgi is None:
             try:
                 self.wsgi = load_app(self.pool.app_uri, None)
@@ -170,7 +177,7 @@ class Worker:
         return EnvironContext(
             server_name=server_name,
             server_port=port,
-            url_scheme="http",
+            url_scheme="http" if self.ssl_context is None else "https",
             script_name=cfg.script_name,
             multithread=self.multithread,
             multiprocess=True,
@@ -197,6 +204,10 @@ class Worker:
             self.log.info("Worker %s reached max_requests (%s); restarting", self.pid, self.max_requests)
             self.alive = False
             self.wake()
+
+    def is_alive(self) -> bool:
+        """Still serving (not stopping); used when a response head is made."""
+        return self.alive
 
     def parent_alive(self) -> bool:
         if os.getppid() != self.ppid:

@@ -11,9 +11,11 @@ connection. All protocol decisions are in corral.http and corral.wsgi.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Final
+from ssl import SSLWantReadError, SSLWantWriteError
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from corral.http import errors as E
 from corral.http.parser import (
@@ -24,6 +26,7 @@ from corral.http.parser import (
     RequestHead,
     RequestParser,
 )
+from corral.workers.tls import start_tls
 from corral.wsgi.body import Body
 from corral.wsgi.environ import EnvironContext, build_environ
 from corral.wsgi.filewrapper import FileWrapper
@@ -74,23 +77,64 @@ class HttpConnection:
 
     # -- I/O -----------------------------------------------------------------
 
+    #: True for sockets whose timeouts cost no system call (gevent's): then
+    #: the socket's own timeout is used. For OS sockets CPython polls before
+    #: every recv and send that has a timeout, so corral keeps them
+    #: non-blocking, tries the call first, and polls only when it would block:
+    #: one system call per recv or send in the common case instead of two.
+    cooperative: ClassVar[bool] = False
+
     def _recv(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _Timeout
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except TimeoutError:
-            raise _Timeout from None
-        except (ConnectionError, OSError):
-            data = b""
+        sock = self.sock
+        if self.cooperative:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Timeout
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except TimeoutError:
+                raise _Timeout from None
+            except OSError:
+                data = b""
+        else:
+            if sock.gettimeout() != 0.0:
+                sock.setblocking(False)
+            while True:
+                try:
+                    data = sock.recv(RECV_SIZE)
+                    break
+                except (BlockingIOError, InterruptedError, SSLWantReadError):
+                    _wait(sock, select.POLLIN, deadline)
+                except SSLWantWriteError:
+                    _wait(sock, select.POLLOUT, deadline)
+                except OSError:
+                    data = b""
+                    break
         self.parser.feed(data)
         self.worker.notify()
 
     def _send(self, data: bytes) -> None:
-        self.sock.settimeout(self.worker.cfg.timeout or None)
-        self.sock.sendall(data)
+        sock = self.sock
+        timeout = self.worker.cfg.timeout
+        if self.cooperative:
+            sock.settimeout(timeout or None)
+            sock.sendall(data)
+            return
+        if sock.gettimeout() != 0.0:
+            sock.setblocking(False)
+        deadline = time.monotonic() + timeout if timeout else float("inf")
+        view = memoryview(data)
+        while view:
+            try:
+                sent = sock.send(view)
+            except (BlockingIOError, InterruptedError, SSLWantWriteError):
+                _wait(sock, select.POLLOUT, deadline)
+                continue
+            except SSLWantReadError:
+                _wait(sock, select.POLLIN, deadline)
+                continue
+            view = view[sent:]
 
     def _read_head(self, first: bool) -> RequestHead | None:
         """The next request head, or None when the connection should just close."""
@@ -156,7 +200,10 @@ class HttpConnection:
     def serve(self) -> None:
         """Serve requests until the connection closes; never raises for client errors."""
         try:
-            self._serve()
+            # TLS: handshake here, in this connection's own thread or greenlet.
+            ctx = self.worker.ssl_context
+            if ctx is None or start_tls(self, ctx):
+                self._serve()
         except (ClientDisconnected, ConnectionError, TimeoutError, _Timeout):
             pass
         except OSError:
@@ -201,6 +248,7 @@ class HttpConnection:
         started = time.monotonic()
         keep = self.keepalive > 0 and head.keep_alive and worker.alive
         resp = Response(head, self._send, keep)
+        resp.alive_check = worker.is_alive
         continue_sent = False
 
         def send_continue() -> None:
@@ -296,6 +344,7 @@ class HttpConnection:
         if size is not None:
             count = min(count, size)
         self._send(resp._make_head())
+        # socket.sendfile refuses non-blocking sockets; it polls by itself.
         self.sock.settimeout(self.worker.cfg.timeout or None)
         sent = self.sock.sendfile(wrapper.filelike, offset, count) if count else 0
         resp.bytes_sent = sent
@@ -305,6 +354,17 @@ class HttpConnection:
         if isinstance(self.peer, tuple):
             return f"{self.peer[0]}:{self.peer[1]}"
         return "unix socket"
+
+
+def _wait(sock: socket.socket, events: int, deadline: float) -> None:
+    """Poll one socket until ``events`` or the deadline (_Timeout)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _Timeout
+    poller = select.poll()
+    poller.register(sock, events)
+    if not poller.poll(remaining * 1000 if remaining != float("inf") else None):
+        raise _Timeout
 
 
 def proxy_trusted(worker: Worker, peer: Any) -> bool:

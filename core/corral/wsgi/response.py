@@ -64,6 +64,7 @@ class Response:
 
     __slots__ = (
         "_chunked",
+        "alive_check",
         "_no_body",
         "_send",
         "bytes_sent",
@@ -90,6 +91,10 @@ class Response:
         self.bytes_sent = 0
         self._chunked = False
         self._no_body = False
+        #: Asked when the head is made: False (the worker is stopping) turns
+        #: keep-alive off, so the client learns from "Connection: close" rather
+        #: than from a closed connection it tries to reuse.
+        self.alive_check: Callable[[], bool] | None = None
 
     # -- WSGI ------------------------------------------------------------------
 
@@ -175,6 +180,8 @@ class Response:
     # -- serialisation ---------------------------------------------------------
 
     def _make_head(self) -> bytes:
+        if self.keep_alive and self.alive_check is not None and not self.alive_check():
+            self.keep_alive = False
         head = self.head
         code = self.status_code
         self._no_body = head.method == "HEAD" or code < 200 or code in _NO_BODY_STATUS

@@ -19,5 +19,7 @@ def corral_register_workers() -> list[WorkerSpec]:
             concurrency="process",
             monkey_patches=False,
             preload_safe=True,
+            # Serves through HttpConnection.serve(), which handshakes per connection.
+            tls=True,
         )
     ]

@@ -47,7 +47,6 @@ class SyncWorker(Worker):
                         break  # another worker took it
                     except OSError:
                         break
-                    client.setblocking(True)
                     listener = listeners[sock]
                     HttpConnection(self, client, peer, self.envs[id(listener)], keepalive=0).serve()
                     self.notify()

@@ -1,0 +1,253 @@
+"""The gevent worker: many connections per process, each served in a greenlet.
+
+Only gevent worker processes import this module (the arbiter imports the
+worker class after fork, in the child), so gevent never enters the arbiter.
+
+How a worker runs, in its own process:
+
+1. :meth:`GeventWorker.init_concurrency` monkey-patches the standard library
+   (socket, ssl, time.sleep, select, threading, queue, subprocess, signal,
+   os.fork...) before the application is imported, so that the app's own
+   blocking calls, and those of pure-Python drivers, yield to other greenlets.
+2. :meth:`GeventWorker.run` turns the inherited listening sockets into
+   gevent sockets and starts one accept greenlet per listener, a heartbeat
+   greenlet, and then waits on the worker's wake pipe.
+3. Each accepted connection is served by corral's shared
+   :class:`~corral.workers.connection.HttpConnection` in a greenlet of a
+   :class:`gevent.pool.Pool` of ``--worker-connections`` greenlets. When the
+   pool is full the accept greenlets stop accepting; new connections wait in
+   the kernel's listen queue (``--backlog``), where another worker may take
+   them.
+
+Stopping (TERM, max-requests, the parent gone): the accept greenlets are
+killed and the listeners closed at once; connections that are idle between
+requests are closed; in-flight requests get ``graceful_timeout`` seconds to
+finish (their responses carry ``Connection: close``); whatever is left is
+killed and the process exits.
+
+The heartbeat comes from its own greenlet, so it keeps beating while
+requests wait on I/O. A greenlet that never yields (a CPU loop, a C call
+that blocks) stops every greenlet, the heartbeat included; the arbiter then
+sees a silent worker after ``--timeout`` and sends SIGABRT, whose handler
+(installed by the Worker base with plain ``signal.signal``) runs in that
+very greenlet and logs its stack. A request that waits cooperatively for a
+long time (``time.sleep(1000)``) is not stuck in that sense and is not
+killed, as with any async worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from socket import AF_INET, AF_INET6, IPPROTO_TCP, TCP_NODELAY
+from typing import TYPE_CHECKING, Any, Final
+
+import gevent
+import gevent.socket
+from gevent import monkey
+from gevent.pool import Pool
+
+from corral.workers.base import Worker
+from corral.workers.connection import HttpConnection
+
+if TYPE_CHECKING:
+    import socket
+
+    from greenlet import greenlet as RawGreenlet
+
+    from corral.http.parser import RequestHead
+    from corral.sockets import Listener
+    from corral.wsgi.environ import EnvironContext
+
+#: accept() errors that mean "out of a resource", not "this listener is
+#: broken". The connection stays queued in the kernel, so retrying at once
+#: would spin; the accept greenlet backs off instead (ACCEPT_BACKOFF).
+_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: How long to wait before retrying such an accept: long enough not to burn
+#: CPU, short enough that a closing connection's slot is used at once.
+ACCEPT_BACKOFF: Final = 0.1
+#: accept() errors about one connection that died in the queue (or a
+#: firewall refusing it): skip it and accept the next.
+_TRANSIENT_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+#: After this many accepts in a row the accept greenlet yields, so that a
+#: burst of connections cannot starve the greenlets already serving (gevent's
+#: accept returns without switching while the kernel queue is not empty).
+ACCEPT_BURST: Final = 64
+#: The heartbeat greenlet beats at most this far apart (and a quarter of
+#: --timeout when that is shorter), so a worker that is merely busy is never
+#: mistaken for a stuck one.
+HEARTBEAT_INTERVAL: Final = 0.5
+#: The main greenlet re-checks ``alive`` this often even without a wake-up,
+#: in case something cleared it without writing to the wake pipe.
+STOP_POLL: Final = 1.0
+#: When the graceful timeout is over, greenlets still running get this long
+#: to unwind after being killed before the process exits anyway.
+KILL_GRACE: Final = 1.0
+
+
+class _Connection(HttpConnection):
+    """HttpConnection that tells when it is waiting for the next request.
+
+    A graceful stop closes connections that sit idle between requests at
+    once (they would otherwise keep the worker up to --keep-alive seconds)
+    but lets those whose next request has begun to arrive finish it.
+    """
+
+    waiting = False
+    #: gevent sockets wait on the hub: their timeouts cost no system call.
+    cooperative = True
+    #: The greenlet serving this connection, to kill it when it is idle at stop.
+    greenlet: RawGreenlet | None = None
+
+    def _read_head(self, first: bool) -> RequestHead | None:
+        self.waiting = True
+        try:
+            return super()._read_head(first)
+        finally:
+            self.waiting = False
+
+    @property
+    def idle(self) -> bool:
+        return self.waiting and not self.parser.in_head
+
+
+class GeventWorker(Worker):
+    """Serves up to ``--worker-connections`` connections at once in greenlets."""
+
+    # Requests of one process run concurrently in greenlets: PEP 3333 asks
+    # for wsgi.multithread to be true, since thread-locals and shared state
+    # see the same interleaving as with threads.
+    multithread = True
+
+    def init_concurrency(self) -> None:
+        # Patching here, after fork and before the app is imported, keeps
+        # the arbiter (and every pool of another class) unpatched; that is
+        # why --preload is refused for this class (preload_safe=False): a
+        # preloaded app would hold references to the unpatched modules.
+        # The signal handlers the base installed before this stay plain
+        # Python handlers; gevent's loop runs them between callbacks.
+        if not monkey.patch_all():
+            # A gevent plugin subscribed to the patch events vetoed it.
+            self.log.warning("gevent's monkey-patching was cancelled; blocking calls will block")
+        self._pool = Pool(self.cfg.worker_connections)
+        self._connections: set[_Connection] = set()
+
+    # -- serving -----------------------------------------------------------------
+
+    def run(self) -> None:
+        accepters = []
+        for listener in self.listeners:
+            sock = self._cooperative(listener)
+            accepters.append(gevent.spawn(self._accept_loop, sock, listener.name, self.envs[id(listener)]))
+        heartbeat = gevent.spawn(self._heartbeat_loop)
+        try:
+            self._wait_for_stop()
+            gevent.killall(accepters)
+            self.close_listeners()
+            self._drain()
+        finally:
+            heartbeat.kill()
+
+    def _cooperative(self, listener: Listener) -> socket.socket:
+        """Replace the listener's socket, made before patching, by a gevent socket on the same fd.
+
+        ``detach`` hands the fd over, so exactly one object owns and closes it.
+        """
+        sock = gevent.socket.socket(fileno=listener.sock.detach())
+        listener.sock = sock
+        return sock
+
+    def _accept_loop(self, sock: socket.socket, name: str, env: EnvironContext) -> None:
+        # Responses may go out in several sends (a streamed body, the final
+        # chunk); with Nagle on, a keep-alive client's delayed ACK would hold
+        # each later piece back by up to 40 ms.
+        nodelay = sock.family in (AF_INET, AF_INET6)
+        pool = self._pool
+        spawn = pool.spawn
+        serve = self._serve
+        burst = 0
+        starved = False  # out of fds (or memory): logged once per episode, not 10 times a second
+        while self.alive:
+            if pool.full():
+                # Leave further connections in the kernel queue until a
+                # slot frees up; another worker may take them meanwhile.
+                pool.wait_available()
+                burst = 0
+            try:
+                client, peer = sock.accept()
+            except OSError as exc:
+                if exc.errno in _TRANSIENT_ERRNOS:
+                    continue
+                if exc.errno in _RESOURCE_ERRNOS:
+                    if not starved:
+                        starved = True
+                        self.log.error("Worker %s cannot accept on %s: %s (%d connections open); "
+                                       "retrying", self.pid, name, exc.strerror, len(pool))
+                    gevent.sleep(ACCEPT_BACKOFF)
+                    continue
+                if self.alive:
+                    self.log.exception("Worker %s stops accepting on %s", self.pid, name)
+                return
+            if starved:
+                starved = False
+                self.log.info("Worker %s accepts on %s again", self.pid, name)
+            if nodelay:
+                with contextlib.suppress(OSError):  # the client may be gone already
+                    client.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
+            spawn(serve, client, peer, env)
+            burst += 1
+            if burst >= ACCEPT_BURST:
+                burst = 0
+                gevent.sleep(0)
+
+    def _serve(self, client: socket.socket, peer: Any, env: EnvironContext) -> None:
+        conn = _Connection(self, client, peer, env, self.cfg.keepalive)
+        conn.greenlet = gevent.getcurrent()
+        connections = self._connections
+        connections.add(conn)
+        try:
+            conn.serve()
+        except Exception:
+            # serve() handles client and app errors itself; anything else is
+            # a bug that belongs in the error log, not on gevent's stderr.
+            self.log.exception("Error serving a connection from %s", conn._peer_str())
+        finally:
+            connections.discard(conn)
+            conn.greenlet = None
+
+    # -- heartbeat and stopping -------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        timeout = self.cfg.timeout
+        interval = min(HEARTBEAT_INTERVAL, timeout / 4) if timeout else HEARTBEAT_INTERVAL
+        while True:
+            self.heartbeat.beat()
+            if self.alive and not self.parent_alive():
+                self.alive = False
+                self.wake()
+            gevent.sleep(interval)
+
+    def _wait_for_stop(self) -> None:
+        """Block this greenlet until ``alive`` goes false (signal handlers write the wake pipe)."""
+        while self.alive:
+            with contextlib.suppress(TimeoutError):
+                gevent.socket.wait_read(self._wake_r, timeout=STOP_POLL)
+            with contextlib.suppress(OSError):
+                while os.read(self._wake_r, 64):
+                    pass
+
+    def _drain(self) -> None:
+        """Close idle connections, give in-flight requests graceful_timeout, kill the rest."""
+        pool = self._pool
+        for conn in list(self._connections):
+            # A connection whose greenlet waits for the first byte of its next
+            # request is killed in that recv; serve()'s finally closes it.
+            if conn.idle and conn.greenlet is not None:
+                gevent.kill(conn.greenlet)
+        if not pool.join(timeout=self.cfg.graceful_timeout):
+            self.log.warning(
+                "Worker %s: %d connection(s) still busy after graceful_timeout (%s s); closing them",
+                self.pid, len(pool), self.cfg.graceful_timeout,
+            )
+            pool.kill(timeout=KILL_GRACE)

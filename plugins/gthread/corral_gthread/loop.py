@@ -1,0 +1,368 @@
+"""The I/O loop of a gthread worker.
+
+One loop per worker process, in its main thread (signal handlers run there,
+so TERM and ABRT interrupt its wait). It accepts, reads request heads, and
+enforces the idle timeouts; a connection reaches a pool thread only once its
+whole head has arrived, so slow and idle clients cost a file descriptor and
+about a kilobyte, never a thread.
+
+Only this thread touches the selector, the deadlines and the connection
+count. Pool threads hand connections back through a deque and write to the
+worker's wake pipe when the loop may be asleep.
+
+Timeouts, as the sync worker's HttpConnection applies them:
+
+- a new connection must start its first head within ``header_timeout``,
+  else it is closed without a word;
+- a head, once its first byte arrived, must be complete within
+  ``header_timeout``, else it is answered 408 (from a pool thread) and closed;
+- between requests a keep-alive connection may stay idle for ``keepalive``
+  seconds, then it is closed without a word.
+
+Stopping (``worker.alive`` false: TERM, HUP, max-requests, the parent
+gone): the listeners are closed at once and idle connections are closed;
+requests in flight, and heads that have begun to arrive, are served (their
+connections then close); the loop returns once every connection is closed
+or ``graceful_timeout`` has passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import selectors
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from corral.http import errors as E
+from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
+from corral_gthread.connection import PooledConnection
+
+if TYPE_CHECKING:
+    from corral.workers.watchdog import RequestWatchdog
+    from corral.wsgi.environ import EnvironContext
+    from corral_gthread.worker import ThreadWorker
+
+#: The loop runs the watchdog (which beats the heartbeat), checks the parent
+#: and re-checks ``alive`` at least this often. Well under the heartbeat's
+#: own 0.5 s throttle, so a busy loop never looks silent, and cheap enough
+#: (a clock read and a dict scan of at most --threads entries).
+CHECK_INTERVAL: Final = 0.25
+#: accept() failed for lack of a resource (file descriptors, memory): the
+#: connection stays queued and the listener readable, so retrying at once
+#: would spin. Stop accepting for this long.
+ACCEPT_BACKOFF: Final = 0.1
+_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: A deadline queue is not compacted below this length: compacting a short
+#: queue would cost more than the stale entries do.
+COMPACT_MIN: Final = 1024
+
+
+class Deadlines:
+    """Connections that wait with one fixed delay, in deadline order.
+
+    Every deadline is ``now + delay`` for the same delay, so appending keeps
+    the queue sorted and the loop needs neither a heap nor a scan. A
+    connection that moves on (served, closed, given a new deadline) leaves a
+    stale entry behind, recognised by ``conn.deadline`` no longer matching:
+    it is dropped when it reaches the front, or earlier by a compaction once
+    the queue has doubled, so that a long ``--keep-alive`` under load does
+    not pile up one entry per request.
+    """
+
+    __slots__ = ("_compact_at", "_queue", "delay")
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._queue: deque[tuple[float, PooledConnection]] = deque()
+        self._compact_at = COMPACT_MIN
+
+    def add(self, conn: PooledConnection, now: float) -> None:
+        conn.deadline = deadline = now + self.delay
+        queue = self._queue
+        queue.append((deadline, conn))
+        if len(queue) > self._compact_at:
+            # Amortised O(1): the next compaction waits until the queue doubles again.
+            live = [entry for entry in queue if entry[1].deadline == entry[0]]
+            self._queue = deque(live)
+            self._compact_at = max(2 * len(live), COMPACT_MIN)
+
+    def next(self) -> float:
+        """The earliest deadline (maybe stale: the loop then wakes for nothing), or infinity."""
+        return self._queue[0][0] if self._queue else math.inf
+
+    def expired(self, now: float) -> list[PooledConnection]:
+        queue = self._queue
+        out = []
+        while queue and queue[0][0] <= now:
+            deadline, conn = queue.popleft()
+            if conn.deadline == deadline:
+                out.append(conn)
+        return out
+
+
+class IOLoop:
+    """Accepts, waits for heads, submits connections to the pool; see the module docstring.
+
+    :param submit: queues a connection for a pool thread (never blocks).
+    :param watchdog: checked instead of beating the heartbeat directly, so a
+        request stuck in a thread is noticed although the loop is fine.
+    """
+
+    def __init__(
+        self,
+        worker: ThreadWorker,
+        submit: Callable[[PooledConnection], None],
+        watchdog: RequestWatchdog,
+    ) -> None:
+        cfg = worker.cfg
+        self.worker = worker
+        self.submit = submit
+        self.watchdog = watchdog
+        self.keepalive: float = cfg.keepalive
+        self.max_connections: int = cfg.worker_connections
+        self.graceful_timeout: float = cfg.graceful_timeout
+        self.selector = selectors.DefaultSelector()
+        self.header_deadlines = Deadlines(cfg.header_timeout)
+        self.idle_deadlines = Deadlines(cfg.keepalive)
+        #: Connections handed back by pool threads (appended there, popped here).
+        self.returned: deque[PooledConnection] = deque()
+        #: True while the loop may be blocked in select(); see give_back().
+        self.sleeping = False
+        #: Open connections, wherever they are: the --worker-connections count.
+        self.connections = 0
+        self.accepting = False
+        self.accept_backoff_until = 0.0
+        self.stopping = False
+        #: Each listening socket with what its connections need: (environ context, TCP_NODELAY?).
+        self.listeners: dict[socket.socket, tuple[EnvironContext, bool]] = {}
+        for listener in worker.listeners:
+            # Shared with the arbiter and the other workers (one open file
+            # description): the sync worker sets the same.
+            listener.sock.setblocking(False)
+            nodelay = listener.sock.family in (socket.AF_INET, socket.AF_INET6)
+            self.listeners[listener.sock] = (worker.envs[id(listener)], nodelay)
+        self.selector.register(worker._wake_r, selectors.EVENT_READ, None)
+
+    # -- called from pool threads ----------------------------------------------
+
+    def give_back(self, conn: PooledConnection) -> None:
+        """Return a connection from a pool thread: to wait for its next request, or closed."""
+        self.returned.append(conn)
+        # The loop sets `sleeping` before it looks at `returned` for the last
+        # time and selects; so either it sees this connection, or we see
+        # `sleeping` and wake it. A spare wake-up costs one empty iteration.
+        if self.sleeping:
+            self.worker.wake()
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until the worker stops, then drain; returns when the worker may exit."""
+        worker = self.worker
+        self.resume_accepting()
+        next_check = 0.0
+        while worker.alive:
+            next_check = self.run_once(next_check)
+        self.stop()
+        deadline = time.monotonic() + self.graceful_timeout
+        while self.connections and time.monotonic() < deadline:
+            next_check = self.run_once(next_check, deadline)
+        if self.connections:
+            worker.log.warning("Worker %s: %s connection(s) still busy after graceful_timeout; exiting",
+                               worker.pid, self.connections)
+
+    def run_once(self, next_check: float, until: float = math.inf) -> float:
+        """One wait and what it brought; returns when the next check is due."""
+        now = time.monotonic()
+        wake_at = min(next_check, self.header_deadlines.next(), self.idle_deadlines.next(), until)
+        if self.accept_backoff_until:
+            wake_at = min(wake_at, self.accept_backoff_until)
+        self.sleeping = True
+        timeout = 0.0 if self.returned else max(wake_at - now, 0.0)
+        events = self.selector.select(timeout)
+        self.sleeping = False
+        conn_type = PooledConnection
+        for key, _ in events:
+            data = key.data
+            if type(data) is conn_type:
+                self.on_readable(data, registered=True)
+            elif data is None:
+                with contextlib.suppress(OSError):
+                    os.read(key.fd, 4096)
+            else:
+                self.accept(key.fileobj, data)  # type: ignore[arg-type]
+        self.take_back()
+        now = time.monotonic()
+        for conn in self.header_deadlines.expired(now):
+            self.timed_out(conn)
+        for conn in self.idle_deadlines.expired(now):
+            self.timed_out(conn)
+        if self.accept_backoff_until and now >= self.accept_backoff_until:
+            self.accept_backoff_until = 0.0
+            self.resume_accepting()
+        if now >= next_check:
+            next_check = now + CHECK_INTERVAL
+            self.watchdog.check()
+            if self.worker.alive and not self.worker.parent_alive():
+                self.worker.alive = False
+        return next_check
+
+    # -- accepting ---------------------------------------------------------------
+
+    def resume_accepting(self) -> None:
+        if self.accepting or self.stopping or self.accept_backoff_until:
+            return
+        if self.connections >= self.max_connections:
+            return
+        for sock, data in self.listeners.items():
+            self.selector.register(sock, selectors.EVENT_READ, data)
+        self.accepting = True
+
+    def pause_accepting(self) -> None:
+        # Unregistered, the listeners' queued connections wait in the kernel
+        # backlog, where another worker (or this one, later) takes them.
+        if not self.accepting:
+            return
+        for sock in self.listeners:
+            self.selector.unregister(sock)
+        self.accepting = False
+
+    def accept(self, listener: socket.socket, data: tuple[EnvironContext, bool]) -> None:
+        # One accept per readiness event: with several workers on one
+        # listener, a greedy worker would take connections others could serve.
+        try:
+            sock, peer = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker took it, or it died in the queue
+        except OSError as exc:
+            if exc.errno in _RESOURCE_ERRNOS:
+                self.worker.log.error("accept() failed: %s; pausing for %s s", exc, ACCEPT_BACKOFF)
+                self.pause_accepting()
+                self.accept_backoff_until = time.monotonic() + ACCEPT_BACKOFF
+                return
+            raise
+        env, nodelay = data
+        sock.setblocking(False)
+        if nodelay:
+            # Responses go out in a few writes (a streamed body, its last
+            # chunk); with Nagle each small write after the first could wait
+            # for the client's delayed ACK on a keep-alive connection.
+            with contextlib.suppress(OSError):  # the peer may have reset it already
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = PooledConnection(self.worker, sock, peer, env, self.keepalive)
+        self.connections += 1
+        if self.connections >= self.max_connections:
+            self.pause_accepting()
+        # Clients usually send the request with (or right after) the
+        # handshake: try now rather than after another trip through select().
+        self.on_readable(conn, registered=False)
+
+    # -- connections -------------------------------------------------------------
+
+    def on_readable(self, conn: PooledConnection, registered: bool) -> None:
+        try:
+            event = conn.read_head()
+        except E.HTTPError as exc:
+            conn.error = exc
+            self.to_thread(conn, registered)
+            return
+        except ClientDisconnected:
+            self.close(conn, registered)
+            return
+        if event is NEED_DATA:
+            if not registered:
+                self.wait(conn, fresh=True)
+            elif not conn.head_started and conn.parser.in_head:
+                # The whole head must arrive within header_timeout of its first byte.
+                conn.head_started = True
+                self.header_deadlines.add(conn, time.monotonic())
+        elif type(event) is RequestHead:
+            conn.head = event
+            self.to_thread(conn, registered)
+        else:  # CONNECTION_CLOSED
+            self.close(conn, registered)
+
+    def wait(self, conn: PooledConnection, fresh: bool) -> None:
+        """Watch a connection the loop now owns until its next head is complete.
+
+        :param fresh: just accepted (its first head is due within
+            header_timeout) rather than back from a request (keep-alive).
+        """
+        now = time.monotonic()
+        if conn.parser.in_head:
+            # Part of the next head is here already (it came with the last
+            # request, or with the handshake): its header_timeout runs.
+            conn.head_started = True
+            self.header_deadlines.add(conn, now)
+        elif fresh:
+            self.header_deadlines.add(conn, now)
+        else:
+            self.idle_deadlines.add(conn, now)
+        self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def to_thread(self, conn: PooledConnection, registered: bool) -> None:
+        if registered:
+            # Before the thread can run: it reads the socket itself now.
+            self.selector.unregister(conn.sock)
+        conn.deadline = -1.0
+        conn.head_started = False
+        self.submit(conn)
+
+    def close(self, conn: PooledConnection, registered: bool) -> None:
+        if registered:
+            self.selector.unregister(conn.sock)
+        conn.deadline = -1.0  # its queued deadlines are stale now
+        conn.close()
+        self.connections -= 1
+        self.resume_accepting()
+
+    def timed_out(self, conn: PooledConnection) -> None:
+        """A deadline passed: 408 for a head in progress, else close without a word."""
+        if conn.parser.in_head:
+            conn.error = E.RequestTimeout("request head not received in time")
+            self.to_thread(conn, registered=True)
+        else:
+            self.close(conn, registered=True)
+
+    def take_back(self) -> None:
+        """Connections pool threads returned: watch them again, or count them closed."""
+        returned = self.returned
+        while returned:
+            conn = returned.popleft()
+            if not conn.open:
+                self.connections -= 1
+            elif self.stopping:
+                conn.close()
+                self.connections -= 1
+            else:
+                self.wait(conn, fresh=False)
+        self.resume_accepting()
+
+    # -- stopping ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Close the listeners and the idle connections; in-flight requests go on.
+
+        A head that has begun to arrive counts as in flight: it may still
+        complete (within header_timeout) and is then served, with
+        ``Connection: close``.
+        """
+        self.stopping = True
+        self.pause_accepting()
+        self.worker.close_listeners()
+        for key in list(self.selector.get_map().values()):
+            conn = key.data
+            if type(conn) is not PooledConnection:
+                continue
+            # Bytes may have arrived since the last select(): a request the
+            # client already sent is served rather than dropped.
+            self.on_readable(conn, registered=True)
+            if conn.waiting and not conn.parser.in_head:
+                self.close(conn, registered=True)
+        self.take_back()

@@ -1,0 +1,294 @@
+"""The gthread worker: what a loop plus a thread pool must do beyond the conformance suite.
+
+The tests run a real corral with ``-k gthread`` (the module overrides the
+conformance conftest's parametrised worker class) over real sockets; only
+the configuration rule for ``sync`` with threads is checked in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import signal
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from corral.testing import CorralProcess
+from corral.testing.conformance import wait_for_file
+from corral.testing.process import read_until_close
+
+Server = Callable[..., CorralProcess]
+GET = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+
+pytest.importorskip("corral_gthread")
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def corral_worker_class() -> str:
+    return "gthread"
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One Content-Length framed response from a keep-alive connection."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"closed before a response head: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError("closed in the middle of a response body")
+        body += chunk
+    assert len(body) == length, "more bytes than one response"
+    return int(lines[0].split()[1]), headers, body
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """True if the server closes within ``timeout`` without sending anything."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def timed_get(server: CorralProcess, path: str = "/") -> float:
+    start = time.perf_counter()
+    status, _, _ = server.request("GET", path)
+    assert status == 200
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def idle_keepalive_connections(server: CorralProcess, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connections that each completed one request and now sit idle."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = server.connect()
+            sock.sendall(GET % b"/")
+            socks.append(sock)
+        for sock in socks:
+            assert read_response(sock)[2] == b"Hello, World!"
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@contextlib.contextmanager
+def open_files_limit(wanted: int) -> Iterator[None]:
+    """Raise the soft RLIMIT_NOFILE (inherited by the server we start) for the block."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(max(soft, wanted), hard)
+    if target < wanted:
+        pytest.skip(f"needs {wanted} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- idle and slow clients hold no thread ------------------------------------------
+
+
+def test_idle_keepalive_connections_do_not_delay_a_fresh_request(corral_server: Server) -> None:
+    with open_files_limit(2048):
+        server = corral_server("--threads", "4", "--keep-alive", "60")
+        timed_get(server)  # warm up: imports, first accept
+        with idle_keepalive_connections(server, 500) as idle:
+            latencies = [timed_get(server) for _ in range(15)]
+            # The idle connections are still served afterwards.
+            idle[0].sendall(GET % b"/")
+            assert read_response(idle[0])[0] == 200
+    assert statistics.median(latencies) < 0.05, latencies
+
+
+def test_slowloris_holds_no_thread_and_gets_408(corral_server: Server) -> None:
+    server = corral_server("--threads", "1", "--header-timeout", "2")
+    started = threading.Event()
+    answer: list[bytes] = []
+
+    def slowloris() -> None:
+        with server.connect() as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            sock.settimeout(0.2)
+            for i in range(30):  # one header byte every 0.2 s, until the server gives up
+                try:
+                    sock.sendall(b"X-Slow: a\r\n"[i % 11 : i % 11 + 1])
+                    if i == 3:
+                        started.set()
+                    if sock.recv(65536, socket.MSG_PEEK):
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+            answer.append(read_until_close(sock, timeout=5))
+
+    t = threading.Thread(target=slowloris)
+    t.start()
+    try:
+        assert started.wait(5)
+        # The only thread is free: the slowloris is still in the loop.
+        assert timed_get(server) < 0.5
+        assert timed_get(server) < 0.5
+    finally:
+        t.join(10)
+    assert answer and answer[0].startswith(b"HTTP/1.1 408 "), answer
+
+
+def test_idle_timeouts_close_without_a_word(corral_server: Server) -> None:
+    server = corral_server("--keep-alive", "0.5", "--header-timeout", "1")
+    with server.connect() as after_request, server.connect() as silent:
+        after_request.sendall(GET % b"/")
+        assert read_response(after_request)[0] == 200
+        start = time.monotonic()
+        assert closed_by_server(after_request, timeout=5)
+        assert 0.4 < time.monotonic() - start < 3
+        # A connection that never sends a byte: no 408, just closed.
+        assert closed_by_server(silent, timeout=5)
+
+
+def test_pipelined_head_split_across_reads(corral_server: Server) -> None:
+    server = corral_server("--threads", "2")
+    with server.connect() as sock:
+        # The second head starts in the same read as the first request; its
+        # thread hands the connection back to the loop to wait for the rest.
+        sock.sendall(GET % b"/pid" + b"GET /environ HT")
+        status, _, pid = read_response(sock)
+        assert status == 200
+        sock.sendall(b"TP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = read_response(sock)
+        env = json.loads(body)
+        assert (status, str(env["pid"])) == (200, pid.decode())
+        assert env["wsgi.multithread"] is True
+
+
+# -- concurrency and limits -------------------------------------------------------
+
+
+def test_threads_run_requests_concurrently(corral_server: Server) -> None:
+    server = corral_server("--threads", "8")
+    timed_get(server)
+    with ThreadPoolExecutor(8) as pool:
+        start = time.monotonic()
+        results = list(pool.map(lambda _: server.request("GET", "/sleep?t=0.5"), range(8)))
+        elapsed = time.monotonic() - start
+    assert [r[0] for r in results] == [200] * 8
+    assert len({r[2] for r in results}) == 1  # one worker served them all
+    assert elapsed < 1.5
+
+
+def test_worker_connections_cap_stops_accepting(corral_server: Server) -> None:
+    server = corral_server("--worker-connections", "2", "--keep-alive", "30")
+    with idle_keepalive_connections(server, 2) as (first, _second), server.connect() as third:
+        # The kernel completes the handshake, but the worker does not accept.
+        third.sendall(GET % b"/")
+        third.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            third.recv(1)
+        first.close()
+        assert read_response(third)[0] == 200
+
+
+def test_sync_with_threads_runs_gthread(tmp_path: Path) -> None:
+    with CorralProcess("corral.testing.apps:app", ["--threads", "4"], workdir=tmp_path,
+                       worker_class="sync") as server:
+        status, _, body = server.request("GET", "/environ")
+        env = json.loads(body)
+        assert status == 200
+        assert env["corral.worker_class"] == "gthread"
+        assert env["wsgi.multithread"] is True
+        assert "running 'gthread' instead, as gunicorn does" in server.log()
+
+
+def test_sync_with_threads_switches_per_pool() -> None:
+    from corral.config import Config
+    from corral.settings import default_registry
+    from corral_gthread.plugin import corral_configure
+
+    cfg = Config(default_registry())
+    cfg.set("threads", 4, "test")
+    cfg.set("pools", {
+        "inherits": {},                                              # top-level sync, threads 4
+        "own": {"worker-class": "sync", "threads": 2},               # TOML spelling
+        "single": {"worker_class": "sync", "threads": 1},            # stays sync
+        "other": {"worker_class": "gevent"},                         # not ours to change
+    }, "test")
+    corral_configure(config=cfg)
+    classes = {name: pcfg.worker_class for name, pcfg in cfg.pool_configs()}
+    assert classes == {"inherits": "gthread", "own": "gthread", "single": "sync", "other": "gevent"}
+    assert cfg.worker_class == "gthread"
+    # One warning for the top level (which "inherits" follows), one for "own".
+    assert len(cfg.warnings) == 2 and "pool own: --threads 2" in cfg.warnings[1]
+
+
+def test_heartbeat_beats_while_every_thread_is_busy(corral_server: Server) -> None:
+    server = corral_server("--threads", "1", "--timeout", "1.5")
+    (pid,) = server.wait_for_workers(1)
+    with server.connect() as sock:
+        # The only thread stays busy for 3 s, each request within the timeout.
+        sock.sendall((GET % b"/sleep?t=1") * 3)
+        for _ in range(3):
+            assert read_response(sock)[2] == f"slept {pid}".encode()
+    assert server.worker_pids() == [pid]
+    assert "WORKER TIMEOUT" not in server.log()
+
+
+# -- stopping ------------------------------------------------------------------
+
+
+def test_term_closes_idle_connections_and_finishes_inflight(corral_server: Server, tmp_path: Path) -> None:
+    server = corral_server("--graceful-timeout", "20", "--keep-alive", "30")
+    marker = tmp_path / "in-app"
+    with idle_keepalive_connections(server, 11) as idle, server.connect() as busy:
+        busy.sendall(GET % f"/sleep?t=1&marker={marker}".encode())
+        wait_for_file(marker)
+        # A head that has begun to arrive counts as in flight too.
+        *idle, started = idle
+        started.sendall(b"GET /pid HTTP/1.1\r\nHo")
+        start = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert all(closed_by_server(sock, timeout=5) for sock in idle)
+        started.sendall(b"st: x\r\n\r\n")
+        status, headers, _ = read_response(started)
+        assert (status, headers["connection"]) == (200, "close")
+        status, _, body = read_response(busy)
+        assert (status, body[:5]) == (200, b"slept")
+        # Its head went out before the stop (no "Connection: close"), but
+        # the connection is not kept.
+        assert closed_by_server(busy, timeout=5)
+        assert server.wait_exit(10) == 0
+    assert time.monotonic() - start < 5  # the sleep's rest, not graceful_timeout
+
+
+def test_hup_retires_worker_with_idle_connections(corral_server: Server) -> None:
+    server = corral_server("--graceful-timeout", "20", "--keep-alive", "30")
+    (old,) = server.wait_for_workers(1)
+    with idle_keepalive_connections(server, 5) as idle:
+        start = time.monotonic()
+        server.send_signal(signal.SIGHUP)
+        assert all(closed_by_server(sock, timeout=10) for sock in idle)
+        server.wait_for_workers(1, timeout=10, exclude=[old])
+        assert time.monotonic() - start < 5
+    assert server.request("GET", "/")[0] == 200

@@ -64,9 +64,9 @@ class Response:
 
     __slots__ = (
         "_chunked",
-        "alive_check",
         "_no_body",
         "_send",
+        "alive_check",
         "bytes_sent",
         "content_length",
         "head",

@@ -7,6 +7,7 @@ spinning, failing, streaming and sending files.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -140,6 +141,11 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         f.seek(0)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](f, 8192)
+    if path == "/file-like":
+        # No file descriptor behind it: the server must iterate, not sendfile.
+        size = int(p.get("size", "100000"))
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](io.BytesIO(bytes(i % 251 for i in range(size))), 4096)
     if path == "/bad-header":
         start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: x=1")])
         return [b"never"]

@@ -1,18 +1,29 @@
 """The shared worker conformance suite: what every corral worker class must do.
 
-Use it from a plugin's own tests::
+A worker plugin, corral's own or a third party's, is done when it passes
+this suite. Run it from the plugin's own tests::
 
-    # tests/test_conformance.py
+    # tests/conftest.py
     import pytest
-    from corral.testing.conformance import *  # noqa: F403
 
     @pytest.fixture
     def corral_worker_class() -> str:
         return "myworker"
 
+    # tests/test_conformance.py
+    from corral.testing.conformance import *  # noqa: F403
+
+or without writing a file::
+
+    python -m pytest --pyargs corral.testing.conformance --corral-worker-class myworker
+
 Every check runs a real corral process with that worker class and talks to
-it over real sockets. Behaviour that depends on what the class declares in
-its WorkerSpec (keep-alive, threads) is checked against that declaration.
+it over real sockets; the fixtures come from corral's pytest plugin
+(:mod:`corral.testing.plugin`), and ``corral_server_args`` adds arguments to
+every server the suite starts. Behaviour that depends on what the class
+declares in its WorkerSpec (keep-alive, concurrency) is checked against
+that declaration, so the class must be registered by a plugin (a class
+given as ``package.module:Class`` has no declaration to check against).
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from corral.plugins import WorkerSpec, make_plugin_manager, resolve_worker
-from corral.testing.process import CorralProcess, parse_responses, read_until_close
+from corral.testing.process import CorralProcess, parse_responses, read_until_close, wait_for_file
 
 __all__ = [
     "MALFORMED_REQUESTS",
@@ -182,6 +193,11 @@ def test_file_wrapper_sends_whole_file(corral_shared_server: Shared, corral_work
     assert status == 200
     assert headers["content-length"] == "300000"
     assert body == bytes(i % 251 for i in range(300000))
+    status, headers, body = _get(server, "/file-like?size=70000")
+    assert (status, body) == (200, bytes(i % 251 for i in range(70000)))
+    data = server.raw(b"HEAD /file?size=5000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert b"content-length: 5000" in head.lower() and rest == b""
 
 
 def test_connection_close_from_app(corral_shared_server: Shared, corral_worker_class: str) -> None:
@@ -399,14 +415,6 @@ def test_stuck_worker_is_killed_and_replaced(corral_server: Callable[..., Corral
     server.wait_for_log(r"in app\n\s+while True")
     assert server.request("GET", "/")[0] == 200
     assert "WORKER TIMEOUT" in log
-
-
-def wait_for_file(path: Path, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear")
-        time.sleep(0.01)
 
 
 def test_term_finishes_inflight_request(corral_server: Callable[..., CorralProcess], tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ class CorralProcess:
     :param app: APP_MODULE, e.g. ``corral.testing.apps:app``.
     :param args: extra command-line arguments.
     :param workdir: where logs go (and the working directory).
+    :param command: how to run corral; ``python -m corral`` of this
+        interpreter by default, e.g. ``["/path/to/venv/bin/corral"]`` to run
+        the corral of another environment.
     """
 
     def __init__(
@@ -42,13 +45,14 @@ class CorralProcess:
         bind: Sequence[str] = ("127.0.0.1:0",),
         env: dict[str, str] | None = None,
         timeout: float = 20.0,
+        command: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.workdir = Path(workdir)
         self.log_path = self.workdir / f"corral-{id(self)}.log"
         self.out_path = self.workdir / f"corral-{id(self)}.out"
         self.timeout = timeout
-        cmd = [sys.executable, "-m", "corral", "--error-logfile", str(self.log_path)]
+        cmd = [*(command or (sys.executable, "-m", "corral")), "--error-logfile", str(self.log_path)]
         if workers is not None:
             cmd += ["-w", str(workers)]
         for b in bind:
@@ -199,6 +203,35 @@ class CorralProcess:
         with self.connect(timeout) as sock:
             sock.sendall(data)
             return read_until_close(sock, timeout)
+
+
+def run_corral(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m corral ARGS`` to completion and return it (text output captured).
+
+    For commands that end by themselves: ``plugins``, ``--help``,
+    ``--check-config``, or a start-up that must fail with a message.
+
+    :param env: variables added to (not replacing) this process's environment.
+    :raises subprocess.TimeoutExpired: if it runs longer than ``timeout`` seconds.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args], capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+    )
+
+
+def wait_for_file(path: Path, timeout: float = 10.0) -> None:
+    """Wait until ``path`` exists, e.g. a marker an app writes when a request reaches it."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
 
 
 def read_until_close(sock: socket.socket, timeout: float = 10.0) -> bytes:

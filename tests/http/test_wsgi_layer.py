@@ -1,0 +1,165 @@
+"""The WSGI layer without sockets: wsgi.input, start_response, serialisation."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from corral.http.parser import ParserLimits, RequestHead, RequestParser
+from corral.wsgi.body import Body
+from corral.wsgi.environ import EnvironContext, build_environ
+from corral.wsgi.response import Response, ResponseError
+
+
+def body_of(data: bytes, piece: int = 3) -> Body:
+    pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
+    return Body(lambda: pieces.pop(0) if pieces else b"")
+
+
+def test_body_read_styles() -> None:
+    data = b"one\ntwo\nthree\nfour"
+    assert body_of(data).read() == data
+    assert body_of(data).read(5) == b"one\nt"
+    b = body_of(data)
+    assert [b.readline(), b.readline(2), b.readline(), b.readline(), b.readline()] == \
+        [b"one\n", b"tw", b"o\n", b"three\n", b"four"]
+    assert body_of(data).readlines() == [b"one\n", b"two\n", b"three\n", b"four"]
+    assert body_of(data).readlines(5) == [b"one\n", b"two\n"]
+    assert list(body_of(data)) == [b"one\n", b"two\n", b"three\n", b"four"]
+    b = body_of(data)
+    assert b.read(100) == data and b.read() == b"" and b.readline() == b""
+
+
+def test_body_calls_on_first_read_once() -> None:
+    calls = []
+    b = Body(lambda: b"", lambda: calls.append(1))
+    b.read()
+    b.read()
+    assert calls == [1]
+
+
+def _head(method: str = "GET", version: str = "HTTP/1.1") -> RequestHead:
+    p = RequestParser(ParserLimits())
+    host = b"Host: h\r\n" if version == "HTTP/1.1" else b""
+    p.feed(f"{method} / {version}\r\n".encode() + host + b"\r\n")
+    head = p.next_event()
+    assert isinstance(head, RequestHead)
+    return head
+
+
+def _run(app_result: list[bytes], status: str, headers: list[tuple[str, str]], *,
+         method: str = "GET", version: str = "HTTP/1.1", hint: bool = True) -> bytes:
+    out: list[bytes] = []
+    resp = Response(_head(method, version), out.append, True)
+    resp.start_response(status, headers)
+    if hint and len(app_result) == 1:
+        resp.length_hint = len(app_result[0])
+    for data in app_result:
+        resp.write(data)
+    resp.finish()
+    return b"".join(out)
+
+
+def test_single_piece_gets_a_length_and_one_send() -> None:
+    out: list[bytes] = []
+    resp = Response(_head(), out.append, True)
+    resp.start_response("200 OK", [("Content-Type", "text/plain")])
+    resp.length_hint = 5
+    resp.write(b"hello")
+    resp.finish()
+    assert len(out) == 1 and out[0].endswith(b"Content-Length: 5\r\n\r\nhello")
+
+
+def test_unknown_length_is_chunked_on_11_and_close_delimited_on_10() -> None:
+    data = _run([b"a", b"bc"], "200 OK", [], hint=False)
+    assert b"Transfer-Encoding: chunked" in data and data.endswith(b"1\r\na\r\n2\r\nbc\r\n0\r\n\r\n")
+    data = _run([b"a", b"bc"], "200 OK", [], version="HTTP/1.0", hint=False)
+    assert b"Connection: close" in data and data.endswith(b"\r\n\r\nabc")
+
+
+def test_no_body_for_head_204_304() -> None:
+    assert _run([b"body"], "200 OK", [], method="HEAD").endswith(b"Content-Length: 4\r\n\r\n")
+    for status in ("204 No Content", "304 Not Modified"):
+        data = _run([b"body"], status, [], hint=False)
+        assert data.endswith(b"\r\n\r\n") and b"Transfer-Encoding" not in data
+
+
+def test_never_more_than_content_length() -> None:
+    out: list[bytes] = []
+    resp = Response(_head(), out.append, True)
+    resp.start_response("200 OK", [("Content-Length", "3")])
+    resp.write(b"abcdef")
+    resp.finish()
+    assert b"".join(out).endswith(b"\r\n\r\nabc") and resp.keep_alive is False
+
+
+def test_short_body_closes_connection() -> None:
+    resp = Response(_head(), lambda b: None, True)
+    resp.start_response("200 OK", [("Content-Length", "10")])
+    resp.write(b"abc")
+    resp.finish()
+    assert resp.keep_alive is False
+
+
+@pytest.mark.parametrize("headers", [
+    [("X-A", "a\r\nInjected: 1")], [("X-A", "a\nb")], [("X-A", "a\x00")], [("Bad Name", "v")],
+    [("Transfer-Encoding", "chunked")], [("Upgrade", "h2c")], [("Keep-Alive", "5")],
+    [("Content-Length", "+5")], [(b"X", "v")],  # type: ignore[list-item]
+])
+def test_bad_response_headers_refused(headers: list[tuple[str, str]]) -> None:
+    resp = Response(_head(), lambda b: None, True)
+    with pytest.raises(ResponseError):
+        resp.start_response("200 OK", headers)
+
+
+@pytest.mark.parametrize("status", ["200", "OK 200", "2000 X", "200 bad\r\nX: y", 200])
+def test_bad_status_refused(status: object) -> None:
+    resp = Response(_head(), lambda b: None, True)
+    if status == "200":
+        resp.start_response(status, [])  # a bare code is allowed
+        return
+    with pytest.raises(ResponseError):
+        resp.start_response(status, [])  # type: ignore[arg-type]
+
+
+def test_exc_info_before_and_after_headers() -> None:
+    out: list[bytes] = []
+    resp = Response(_head(), out.append, True)
+    resp.start_response("200 OK", [])
+    with pytest.raises(ResponseError):
+        resp.start_response("500 Oops", [])  # a second call needs exc_info
+    try:
+        raise ValueError("app failed")
+    except ValueError:
+        resp.start_response("500 Oops", [("Content-Length", "0")], sys.exc_info())
+    resp.finish()
+    assert b"".join(out).startswith(b"HTTP/1.1 500 Oops\r\n")
+    sent = Response(_head(), out.append, True)
+    sent.start_response("200 OK", [])
+    sent.write(b"x")
+    with pytest.raises(ValueError, match="late"):
+        try:
+            raise ValueError("late")
+        except ValueError:
+            sent.start_response("500 Oops", [], sys.exc_info())
+
+
+def test_connection_close_from_app_is_honoured() -> None:
+    data = _run([b"x"], "200 OK", [("Connection", "close")])
+    assert data.count(b"Connection: close") == 1
+
+
+def test_environ_script_name_and_decoding() -> None:
+    p = RequestParser()
+    p.feed(b"GET /app/caf%C3%A9?q=%20 HTTP/1.1\r\nHost: example.com:8080\r\nX-Multi: a\r\nX-Multi: b\r\n\r\n")
+    head = p.next_event()
+    assert isinstance(head, RequestHead)
+    ctx = EnvironContext(server_name="0.0.0.0", server_port="8000", script_name="/app")
+    env = build_environ(head, ctx, None, ("10.0.0.1", 1234))
+    assert env["SCRIPT_NAME"] == "/app"
+    assert env["PATH_INFO"] == "/caf\xc3\xa9"  # latin-1 decoding of the percent-decoded bytes
+    assert env["QUERY_STRING"] == "q=%20"
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("example.com", "8080")
+    assert env["HTTP_X_MULTI"] == "a,b"
+    assert env["wsgi.url_scheme"] == "http"  # 10.0.0.1 is not a trusted proxy

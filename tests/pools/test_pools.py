@@ -136,9 +136,14 @@ def test_shared_listener_and_scale_one_pool(tmp_path: Path) -> None:
         res = subprocess.run([sys.executable, "-m", "corral", "scale", str(tmp_path / "c.pid"), "two", "+2"],
                              capture_output=True, text=True, timeout=30)
         assert res.returncode == 0, res.stderr
-        pids = server.wait_for_workers(4)
-        assert sum("[two: sync]" in _title(pid) for pid in pids) == 3
         server.wait_for_log("Pool two: 2 -> 3 workers")
+        pids = server.wait_for_workers(4)
+        deadline = time.monotonic() + 10
+        # A new worker names itself right after fork: wait for the titles.
+        while sum("[two: sync]" in _title(pid) for pid in pids) != 3:
+            assert time.monotonic() < deadline, [_title(pid) for pid in pids]
+            time.sleep(0.02)
+        assert sum("[one: sync]" in _title(pid) for pid in pids) == 1
 
 
 @pytest.mark.skipif("gthread" not in INSTALLED, reason="needs the gthread plugin")

@@ -21,9 +21,11 @@ Three pieces:
   whose "socket" is a :class:`ThreadBridge` that forwards to the loop; a
   worker plugin may bring its own responder (tornado's native apps).
 
-On shutdown the worker calls :meth:`AsyncHttpConnection.close_if_idle` on
-every connection; a connection in the middle of a request finishes it and
-then closes because ``worker.alive`` is false.
+On shutdown the worker calls :meth:`AsyncHttpConnection.stop_when_idle` on
+every connection: one waiting between two requests closes at once; a fresh
+one gets :data:`FIRST_REQUEST_GRACE` for its request to arrive (its client
+connected before the stop and has not had time to send); one in the middle
+of a request finishes it and then closes because ``worker.alive`` is false.
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ THREAD_SEND_HIGH_WATER: Final = 256 * 1024
 #: A closed connection whose client does not read the rest of the response
 #: is dropped after this long without one (when the worker has no --timeout).
 DEFAULT_CLOSE_LINGER: Final = 30.0
+#: On a graceful stop, a fresh connection that has not sent a byte yet gets
+#: this long to start its request: its client connected while the worker was
+#: still accepting (often just before), and unlike a reused keep-alive
+#: connection, a fresh one that is closed unanswered is an error to clients,
+#: not a retry. An idle pre-connection costs the stop at most this much.
+FIRST_REQUEST_GRACE: Final = 1.0
 #: A wait with no timeout still needs a deadline for loop.call_at.
 _NO_DEADLINE: Final = 24 * 3600.0
 
@@ -183,6 +191,13 @@ class ConnectionProtocol(asyncio.Protocol):
         """End a :meth:`wait_data` now, as if its deadline had passed."""
         self._wake_reader(None)
 
+    def shorten_wait(self, deadline: float) -> None:
+        """Move the deadline of a :meth:`wait_data` under way to ``deadline`` if that is sooner."""
+        timer = self._reader_timer
+        if self._reader is not None and timer is not None and timer.when() > deadline:
+            timer.cancel()
+            self._reader_timer = self.loop.call_at(deadline, self.stop_waiting)
+
     def _wake_reader(self, value: bytes | None) -> None:
         reader = self._reader
         if reader is not None:
@@ -232,7 +247,6 @@ class AsyncHttpConnection:
     __slots__ = (
         "env",
         "header_timeout",
-        "idle",
         "keepalive",
         "loop",
         "parser",
@@ -241,6 +255,7 @@ class AsyncHttpConnection:
         "responder",
         "state",
         "transport",
+        "waiting",
         "worker",
     )
 
@@ -263,8 +278,9 @@ class AsyncHttpConnection:
         self.responder = responder
         self.parser = RequestParser(worker.limits, proxy_trusted=proxy_trusted(worker, peer))
         self.header_timeout = worker.cfg.header_timeout
-        #: True while waiting for the first byte of a request (safe to close on stop).
-        self.idle = False
+        #: While waiting for the first byte of a request: "fresh" on a new
+        #: connection, "idle" between two requests; None otherwise.
+        self.waiting: str | None = None
         #: Whatever the responder keeps for this connection.
         self.state: Any = None
 
@@ -303,10 +319,16 @@ class AsyncHttpConnection:
             linger = self.worker.cfg.timeout or DEFAULT_CLOSE_LINGER
             self.loop.call_later(linger, transport.abort)
 
-    def close_if_idle(self) -> None:
-        """Close now if no request is under way (graceful stop)."""
-        if self.idle:
+    def stop_when_idle(self) -> None:
+        """Graceful stop: close now if idle between requests, soon if no request came yet.
+
+        A request under way is finished first; the connection then closes
+        because ``worker.alive`` is false.
+        """
+        if self.waiting == "idle":
             self.protocol.stop_waiting()
+        elif self.waiting == "fresh":
+            self.protocol.shorten_wait(self.loop.time() + FIRST_REQUEST_GRACE)
 
     def peer_str(self) -> str:
         if isinstance(self.peer, tuple):
@@ -356,7 +378,7 @@ class AsyncHttpConnection:
                     return
                 self.parser.start_next()
         finally:
-            self.idle = False
+            self.waiting = None
             self.close()
             self.responder.connection_closed(self)
 
@@ -381,12 +403,17 @@ class AsyncHttpConnection:
                 head_started = True
                 deadline = self.loop.time() + self.header_timeout
             if not head_started and not self.worker.alive:
-                return None  # stopping: no new request on this connection
-            self.idle = not head_started
+                if not first:
+                    return None  # stopping: no new request on a kept connection
+                deadline = min(deadline, self.loop.time() + FIRST_REQUEST_GRACE)
+            if head_started:
+                self.waiting = None
+            else:
+                self.waiting = "fresh" if first else "idle"
             try:
                 got = await self.receive(deadline)
             finally:
-                self.idle = False
+                self.waiting = None
             if not got:
                 if parser.in_head:
                     raise E.RequestTimeout("request head not received in time")
@@ -406,6 +433,8 @@ class ThreadBridge:
     paces the app), ``sendfile`` runs ``loop.sendfile``. Timeouts set with
     ``settimeout`` apply as on a real socket: TimeoutError.
 
+    :class:`HttpConnection` treats it as a cooperative socket (its own
+    timeouts, no poll on a file descriptor), and uses only the methods below.
     The loop never touches the parser while a thread runs a request (the
     connection's coroutine is awaiting the thread), so the thread may use it
     directly; input stays in the protocol until the thread asks.
@@ -477,6 +506,16 @@ class ThreadBridge:
         """The loop owns the real socket; the connection closes it."""
 
 
+class _BridgedConnection(HttpConnection):
+    """HttpConnection over a :class:`ThreadBridge`.
+
+    ``cooperative``: use the "socket's" own timeouts (settimeout, recv,
+    sendall), as for gevent sockets; there is no real file descriptor to poll.
+    """
+
+    cooperative = True
+
+
 class WsgiThreadResponder:
     """Runs a WSGI app for each request in a bounded thread pool, off the loop.
 
@@ -505,7 +544,7 @@ class WsgiThreadResponder:
         blocking: HttpConnection | None = conn.state
         if blocking is None:
             bridge = cast("socket.socket", ThreadBridge(conn))
-            blocking = HttpConnection(conn.worker, bridge, conn.peer, conn.env, conn.keepalive)
+            blocking = _BridgedConnection(conn.worker, bridge, conn.peer, conn.env, conn.keepalive)
             blocking.parser = conn.parser
             conn.state = blocking
         self.watchdog.started(f"{head.method} {head.target}")

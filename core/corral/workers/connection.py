@@ -315,7 +315,12 @@ class HttpConnection:
         if head.expect_continue and not continue_sent and not body.complete:
             # The client may still be waiting to send the body; do not guess.
             return False
-        return self._drain()
+        try:
+            return self._drain()
+        except (E.HTTPError, ClientDisconnected):
+            # The response went out; the unread body was malformed or cut
+            # short. Nothing more can be said on this connection.
+            return False
 
     def _send_file(self, resp: Response, wrapper: FileWrapper) -> None:
         fd = wrapper.fileno()

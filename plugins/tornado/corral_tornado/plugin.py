@@ -1,0 +1,23 @@
+"""Registers the tornado worker class; importing this module imports neither tornado nor the worker."""
+
+from __future__ import annotations
+
+from corral import hookimpl
+from corral.plugins import WorkerSpec
+
+CORRAL_PLUGIN_API = 1
+
+
+@hookimpl
+def corral_register_workers() -> list[WorkerSpec]:
+    return [
+        WorkerSpec(
+            name="tornado",
+            path="corral_tornado.worker:TornadoWorker",
+            description="tornado IOLoop: native tornado apps, or WSGI apps in a thread pool; keep-alive",
+            keepalive=True,
+            concurrency="event-loop",
+            monkey_patches=False,
+            preload_safe=True,
+        )
+    ]

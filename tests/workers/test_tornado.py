@@ -1,0 +1,487 @@
+"""The tornado worker: native tornado apps, and what WSGI-in-a-pool adds to the conformance suite.
+
+The conformance suite (tests/workers/test_conformance.py) already runs the
+tornado class with the WSGI test app. Here: native ``tornado.web``
+apps (concurrency on one loop, corral's error answers, bodies, streaming,
+pipelining, stopping), and the loop's own duties (connection cap, timeouts,
+a slow WSGI request not stalling the loop). Every test starts a real
+corral with ``-k tornado`` and talks to it over real sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import selectors
+import signal
+import socket
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.testing import CorralProcess, parse_responses, read_until_close
+from corral.testing.conformance import MALFORMED_REQUESTS, wait_for_file
+
+pytest.importorskip("corral_tornado", reason="corral-tornado is not installed (pip install ./plugins/tornado)")
+
+Server = Callable[..., CorralProcess]
+
+pytestmark = pytest.mark.timeout(30)
+
+#: The native test app, written next to each server that loads it.
+NATIVE_APP = textwrap.dedent('''
+    import asyncio
+    import os
+    import time
+
+    from tornado import web
+
+    released = asyncio.Event()
+
+
+    class Hello(web.RequestHandler):
+        def get(self):
+            self.write("Hello, tornado!")
+
+        head = get
+
+
+    class Sleep(web.RequestHandler):
+        async def get(self):
+            marker = self.get_argument("marker", None)
+            if marker:
+                with open(marker, "w") as f:
+                    f.write(str(os.getpid()))
+            await asyncio.sleep(float(self.get_argument("t", "1")))
+            self.write("slept")
+
+
+    class Echo(web.RequestHandler):
+        def post(self):
+            self.set_header("Content-Type", "application/octet-stream")
+            self.write(self.request.body)
+
+
+    class Stream(web.RequestHandler):
+        async def get(self):
+            self.write("first\\n")
+            await self.flush()
+            await released.wait()
+            released.clear()
+            self.write("second\\n")
+            await self.flush()
+            self.finish("last\\n")
+
+
+    class Release(web.RequestHandler):
+        def get(self):
+            released.set()
+            self.write("released")
+
+
+    class Info(web.RequestHandler):
+        def get(self):
+            r = self.request
+            self.write({"remote_ip": r.remote_ip, "protocol": r.protocol, "host": r.host,
+                        "uri": r.uri, "path": r.path, "query": r.query, "version": r.version,
+                        "pid": os.getpid()})
+
+
+    class Status(web.RequestHandler):
+        def get(self):
+            self.set_status(int(self.get_argument("code")))
+            self.finish()
+
+
+    class Fail(web.RequestHandler):
+        def get(self):
+            raise RuntimeError("native handler failed on purpose")
+
+
+    class Block(web.RequestHandler):
+        def get(self):
+            while True:  # blocks the IOLoop itself
+                time.sleep(0.01)
+
+
+    app = web.Application([
+        ("/", Hello), ("/sleep", Sleep), ("/echo", Echo), ("/stream", Stream),
+        ("/release", Release), ("/info", Info), ("/status", Status), ("/fail", Fail),
+        ("/block", Block),
+    ])
+''')
+
+
+@pytest.fixture
+def corral_worker_class() -> str:
+    return "tornado"
+
+
+def native_server(workdir: Path, *args: str) -> CorralProcess:
+    (workdir / "native_app.py").write_text(NATIVE_APP)
+    return CorralProcess("native_app:app", ["--chdir", str(workdir), *args], workdir=workdir,
+                         worker_class="tornado")
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorralProcess]:
+    """One long-lived native-app server for the read-only checks."""
+    server = native_server(tmp_path_factory.mktemp("native"), "--keep-alive", "10")
+    with server:
+        yield server
+
+
+@pytest.fixture
+def start_native(tmp_path: Path) -> Iterator[Callable[..., CorralProcess]]:
+    servers: list[CorralProcess] = []
+
+    def start(*args: str) -> CorralProcess:
+        server = native_server(tmp_path, *args)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+@contextlib.contextmanager
+def open_files_limit(wanted: int) -> Iterator[None]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (the server we start inherits it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"needs {wanted} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def read_head(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, bytes]:
+    """Bytes up to the end of one response head, and whatever came after it."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"closed before a response head: {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def read_framed(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One Content-Length framed response from a connection that stays open."""
+    head, body = read_head(sock, timeout)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError("closed in the middle of a response body")
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """True if the server closes within ``timeout`` without sending anything more."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def concurrent_requests(port: int, count: int, request: bytes, timeout: float) -> list[bytes]:
+    """Open ``count`` connections at once, send ``request`` on each, read each until close.
+
+    One thread and a selector: the client must not be what limits concurrency.
+    """
+    sel = selectors.DefaultSelector()
+    answers: dict[socket.socket, bytearray] = {}
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            answers[sock] = bytearray()
+            sel.register(sock, selectors.EVENT_WRITE)
+        deadline = time.monotonic() + timeout
+        open_count = count
+        while open_count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{open_count} of {count} requests unanswered after {timeout} s")
+            for key, events in sel.select(remaining):
+                conn = key.fileobj
+                assert isinstance(conn, socket.socket)
+                if events & selectors.EVENT_WRITE:
+                    conn.sendall(request)  # tiny: fits the empty send buffer at once
+                    sel.modify(conn, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = conn.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                if data:
+                    answers[conn] += data
+                else:
+                    sel.unregister(conn)
+                    open_count -= 1
+        return [bytes(a) for a in answers.values()]
+    finally:
+        sel.close()
+        for sock in answers:
+            sock.close()
+
+
+# -- native tornado apps ---------------------------------------------------------------
+
+
+def test_native_app_is_detected_and_served(native: CorralProcess) -> None:
+    status, headers, body = native.request("GET", "/")
+    assert (status, body) == (200, b"Hello, tornado!")
+    # corral's Server field, not TornadoServer/<version>; tornado's Date is kept.
+    assert headers["server"] == "corral"
+    assert "date" in headers
+    assert "Serving 'native_app:app' as a native tornado app" in native.log()
+
+
+def test_native_500_concurrent_sleepers_on_one_worker(tmp_path: Path) -> None:
+    with open_files_limit(1200):
+        server = native_server(tmp_path, "--worker-connections", "1000")
+        with server:
+            assert server.request("GET", "/")[0] == 200  # warm: imports and first accept done
+            start = time.monotonic()
+            answers = concurrent_requests(
+                server.port, 500, b"GET /sleep?t=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                timeout=20)
+            elapsed = time.monotonic() - start
+    responses = [list(parse_responses(a)) for a in answers]
+    assert all(len(r) == 1 and r[0][0] == 200 and r[0][2] == b"slept" for r in responses)
+    # 500 one-second sleeps overlap on the loop; about 1 s, bounded for a loaded 2-core box.
+    assert elapsed < 3.0, elapsed
+
+
+@pytest.mark.parametrize("name,raw,status", MALFORMED_REQUESTS, ids=[m[0] for m in MALFORMED_REQUESTS])
+def test_native_malformed_requests_get_corrals_answers(native: CorralProcess, name: str, raw: bytes,
+                                                       status: int) -> None:
+    with native.connect() as sock:
+        sock.sendall(raw + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = read_until_close(sock)  # returns only if the server closes
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), data[:200]
+    assert b"\r\nconnection: close" in head.lower()
+    # corral's own error answer (tornado's would have no body), and nothing
+    # after the error was parsed.
+    status_line = head.split(b"\r\n", 1)[0]
+    assert body == status_line.split(b" ", 1)[1] + b"\n"
+
+
+def test_native_get_and_post_bodies(native: CorralProcess) -> None:
+    payload = bytes(range(256)) * 400
+    status, headers, body = native.request("POST", "/echo", body=payload)
+    assert (status, body) == (200, payload)
+    assert headers["content-length"] == str(len(payload))
+    chunked = (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+               b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    (status, _, body), = list(parse_responses(native.raw(chunked)))
+    assert (status, body) == (200, b"hello world")
+    with native.connect() as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        interim, rest = read_head(sock)
+        assert interim == b"HTTP/1.1 100 Continue" and rest == b""
+        sock.sendall(b"howdy")
+        (status, _, body), = list(parse_responses(read_until_close(sock)))
+    assert (status, body) == (200, b"howdy")
+
+
+def test_native_request_sees_peer_scheme_and_target(native: CorralProcess) -> None:
+    _, _, body = native.request("GET", "/info?a=1", headers={"X-Forwarded-Proto": "https"})
+    info = json.loads(body)
+    assert info["remote_ip"] == "127.0.0.1"
+    assert info["protocol"] == "https"  # loopback is in forwarded_allow_ips by default
+    assert (info["path"], info["query"], info["version"]) == ("/info", "a=1", "HTTP/1.1")
+    data = native.raw(b"GET http://example.com:8080/info?b=2 HTTP/1.1\r\nHost: other\r\n"
+                      b"Connection: close\r\n\r\n")
+    (status, _, body), = list(parse_responses(data))
+    info = json.loads(body)
+    assert (status, info["host"], info["uri"]) == (200, "example.com:8080", "/info?b=2")
+    status, _, _ = native.request("GET", "/info", headers={"X-Forwarded-Proto": "https",
+                                                           "X-Forwarded-Ssl": "off"})
+    assert status == 400  # conflicting scheme headers, as for WSGI apps
+
+
+def test_native_streaming_with_flush(native: CorralProcess) -> None:
+    with native.connect() as sock:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head, rest = read_head(sock)
+        assert b"transfer-encoding: chunked" in head.lower()
+        # The first piece arrives while the handler is still waiting: flush() sent it.
+        while b"first\n" not in rest:
+            chunk = sock.recv(65536)
+            assert chunk, "closed before the first piece"
+            rest += chunk
+        assert native.request("GET", "/release")[2] == b"released"
+        rest += read_until_close(sock)
+    (status, _, body), = list(parse_responses(head + b"\r\n\r\n" + rest))
+    assert (status, body) == (200, b"first\nsecond\nlast\n")
+
+
+def test_native_keepalive_and_pipelining(native: CorralProcess) -> None:
+    reqs = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n"
+            b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    responses = list(parse_responses(native.raw(reqs)))
+    assert [r[0] for r in responses] == [200, 200, 200, 404, 200, 200]
+    assert [responses[0][2], responses[2][2], responses[5][2]] == [b"abc", b"xyz", b"Hello, tornado!"]
+    assert responses[4][1]["connection"] == "keep-alive"  # HTTP/1.0 asked for it
+    assert responses[5][1]["connection"] == "close"
+    # Request after request on one connection, each answered before the next is sent.
+    pids = set()
+    with native.connect() as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+            pids.add(json.loads(read_framed(sock)[2])["pid"])
+    assert len(pids) == 1
+
+
+def test_native_head_and_bodyless_statuses(native: CorralProcess) -> None:
+    data = native.raw(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 15" in head.lower()
+    assert rest == b""
+    for code in (204, 304):
+        data = native.raw(f"GET /status?code={code} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                          .encode())
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {code} ".encode())
+        assert rest == b"", f"{code} carried a body"
+        assert b"transfer-encoding" not in head.lower()
+
+
+def test_native_handler_error_is_logged_in_corrals_log(native: CorralProcess) -> None:
+    status, _, _ = native.request("GET", "/fail")
+    assert status == 500
+    native.wait_for_log("RuntimeError: native handler failed on purpose")
+    assert native.request("GET", "/")[0] == 200
+
+
+def test_native_term_finishes_inflight_and_closes_idle(start_native: Callable[..., CorralProcess],
+                                                        tmp_path: Path) -> None:
+    server = start_native("--graceful-timeout", "20", "--keep-alive", "30")
+    marker = tmp_path / "in-handler"
+    with server.connect() as idle, server.connect() as busy:
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_framed(idle)[2] == b"Hello, tornado!"
+        busy.sendall(f"GET /sleep?t=1&marker={marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        wait_for_file(marker)
+        start = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert closed_by_server(idle, timeout=5)
+        status, _, body = read_framed(busy)
+        assert (status, body) == (200, b"slept")
+        assert closed_by_server(busy, timeout=5)
+        assert server.wait_exit(10) == 0
+    assert time.monotonic() - start < 5  # the rest of the sleep, not the graceful timeout
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+
+
+def test_native_max_requests_recycles_worker(start_native: Callable[..., CorralProcess]) -> None:
+    server = start_native("--max-requests", "2")
+    (pid,) = server.wait_for_workers(1)
+    pids = {json.loads(server.request("GET", "/info")[2])["pid"] for _ in range(5)}
+    assert pid in pids and len(pids) >= 2
+
+
+def test_native_handler_blocking_the_loop_gets_worker_replaced(
+        start_native: Callable[..., CorralProcess]) -> None:
+    server = start_native("--timeout", "1", "--graceful-timeout", "1")
+    (pid,) = server.wait_for_workers(1)
+    with server.connect() as sock:
+        sock.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_until_close(sock, timeout=10)
+    server.wait_for_workers(1, timeout=10, exclude=[pid])
+    server.wait_for_log(r"in get\n\s+time.sleep")  # the blocking frame, from the abort's stacks
+    assert server.request("GET", "/")[0] == 200
+
+
+# -- the loop's own duties (WSGI app) ----------------------------------------------------
+
+
+def test_slow_wsgi_request_does_not_stall_the_loop(corral_server: Server, tmp_path: Path) -> None:
+    server = corral_server()
+    marker = tmp_path / "in-app"
+    slow: list[tuple[int, dict[str, str], bytes]] = []
+    t = threading.Thread(target=lambda: slow.append(server.request("GET", f"/sleep?t=2&marker={marker}")))
+    t.start()
+    try:
+        wait_for_file(marker)
+        start = time.monotonic()
+        for _ in range(5):
+            assert server.request("GET", "/")[0] == 200
+        assert time.monotonic() - start < 2.0
+    finally:
+        t.join(10)
+    assert slow and slow[0][0] == 200
+
+
+def test_default_pool_runs_wsgi_requests_concurrently(corral_server: Server) -> None:
+    server = corral_server()
+    start = time.monotonic()
+    answers = concurrent_requests(server.port, 10,
+                                  b"GET /sleep?t=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                                  timeout=15)
+    elapsed = time.monotonic() - start
+    assert all(next(parse_responses(a))[0] == 200 for a in answers)
+    # Ten threads by default: ten 1 s sleeps overlap (serially they would take 10 s).
+    assert elapsed < 4.0, elapsed
+
+
+def test_worker_connections_cap_stops_accepting(corral_server: Server) -> None:
+    server = corral_server("--worker-connections", "2", "--keep-alive", "30")
+    with server.connect() as first, server.connect() as second, server.connect() as third:
+        for sock in (first, second):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_framed(sock)[0] == 200
+        # The kernel completes the handshake, but the worker does not accept.
+        third.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        third.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            third.recv(1)
+        first.close()
+        assert read_framed(third)[0] == 200
+
+
+def test_header_timeout_answers_408_and_keepalive_idle_closes(corral_server: Server) -> None:
+    server = corral_server("--header-timeout", "1", "--keep-alive", "0.5")
+    with server.connect() as slow, server.connect() as kept:
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_framed(kept)[0] == 200
+        start = time.monotonic()
+        assert closed_by_server(kept, timeout=5)
+        assert time.monotonic() - start < 3
+        answer = read_until_close(slow, timeout=5)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in answer
+
+
+def test_wsgi_upload_larger_than_buffers_is_paced(corral_server: Server) -> None:
+    server = corral_server()
+    payload = bytes(range(256)) * 8192  # 2 MiB: past every read and write high-water mark
+    status, _, body = server.request("POST", "/echo-pieces?size=65536", body=payload)
+    assert (status, body) == (200, payload)

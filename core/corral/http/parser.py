@@ -297,6 +297,9 @@ class RequestParser:
 
     def _next_head(self) -> RequestHead | _Sentinel:
         buf = self._buf
+        if not buf:
+            # The usual first call of a connection, before anything arrived.
+            return CONNECTION_CLOSED if self._eof else NEED_DATA
         if self._line_end < 0 and buf[:2] == b"\r\n":
             # Leading empty lines before a request line are ignored (RFC 9112 2.2).
             # Tested on _line_end, not on _scan == 0: a CR and its LF may come

@@ -14,7 +14,6 @@ import os
 import select
 import socket
 import time
-from ssl import SSLWantReadError, SSLWantWriteError
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from corral.http import errors as E
@@ -104,11 +103,13 @@ class HttpConnection:
                 try:
                     data = sock.recv(RECV_SIZE)
                     break
-                except (BlockingIOError, InterruptedError, SSLWantReadError):
+                except (BlockingIOError, InterruptedError):
                     _wait(sock, select.POLLIN, deadline)
-                except SSLWantWriteError:
-                    _wait(sock, select.POLLOUT, deadline)
-                except OSError:
+                except OSError as exc:
+                    want = _ssl_want(exc)
+                    if want:
+                        _wait(sock, want, deadline)
+                        continue
                     data = b""
                     break
         self.parser.feed(data)
@@ -128,11 +129,14 @@ class HttpConnection:
         while view:
             try:
                 sent = sock.send(view)
-            except (BlockingIOError, InterruptedError, SSLWantWriteError):
+            except (BlockingIOError, InterruptedError):
                 _wait(sock, select.POLLOUT, deadline)
                 continue
-            except SSLWantReadError:
-                _wait(sock, select.POLLIN, deadline)
+            except OSError as exc:
+                want = _ssl_want(exc)
+                if not want:
+                    raise
+                _wait(sock, want, deadline)
                 continue
             view = view[sent:]
 
@@ -359,6 +363,20 @@ class HttpConnection:
         if isinstance(self.peer, tuple):
             return f"{self.peer[0]}:{self.peer[1]}"
         return "unix socket"
+
+
+def _ssl_want(exc: OSError) -> int:
+    """POLLIN/POLLOUT for a TLS socket that must wait (SSLWantRead/WriteError), else 0.
+
+    Judged by class name so that this module does not import ssl: importing
+    it costs every worker about 5 MiB, TLS or not.
+    """
+    name = type(exc).__name__
+    if name == "SSLWantReadError":
+        return select.POLLIN
+    if name == "SSLWantWriteError":
+        return select.POLLOUT
+    return 0
 
 
 def _wait(sock: socket.socket, events: int, deadline: float) -> None:

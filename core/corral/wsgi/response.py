@@ -35,6 +35,12 @@ _HOP_BY_HOP: Final = frozenset(
 )
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: (name, value) pairs already validated -> lowercased name. Apps send the
+#: same fields again and again (Content-Type, Cache-Control...), so the
+#: regular expressions run once per distinct pair; bounded so that values
+#: that vary (dates, ETags) cannot grow it without end.
+_VALID_FIELDS: dict[tuple[str, str], str] = {}
+_VALID_FIELDS_MAX: Final = 4096
 
 #: Value of the Server field. No version: it would only help attackers pick exploits.
 SERVER_HEADER: Final = "corral"
@@ -118,15 +124,22 @@ class Response:
         content_length: int | None = None
         keep_alive = self.keep_alive
         checked: list[tuple[str, str]] = []
+        valid = _VALID_FIELDS
         for item in headers:
-            if not (isinstance(item, tuple) and len(item) == 2):
+            if type(item) is not tuple or len(item) != 2:
                 raise ResponseError(f"header {item!r} is not a (name, value) tuple")
             name, value = item
-            if type(name) is not str or _FIELD_NAME.fullmatch(name) is None:
-                raise ResponseError(f"invalid header name {name!r}")
-            if type(value) is not str or _FIELD_VALUE.fullmatch(value) is None:
-                raise ResponseError(f"invalid value for header {name}: CR, LF and controls are refused")
-            lname = name.lower()
+            if type(name) is not str or type(value) is not str:
+                raise ResponseError(f"header {item!r}: name and value must be str")
+            lname = valid.get(item)
+            if lname is None:
+                if _FIELD_NAME.fullmatch(name) is None:
+                    raise ResponseError(f"invalid header name {name!r}")
+                if _FIELD_VALUE.fullmatch(value) is None:
+                    raise ResponseError(f"invalid value for header {name}: CR, LF and controls are refused")
+                lname = name.lower()
+                if len(valid) < _VALID_FIELDS_MAX and lname != "content-length":
+                    valid[item] = lname
             if lname in _HOP_BY_HOP:
                 if lname == "connection" and value.strip().lower() == "close":
                     keep_alive = False

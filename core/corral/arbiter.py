@@ -64,11 +64,15 @@ class Arbiter:
         *,
         reload_config: Callable[[], Config] | None = None,
         plugin_summary: str = "",
+        problems: list[str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.pm = pm
         self.reload_config = reload_config
         self.plugin_summary = plugin_summary
+        #: Plugins that were skipped, repeated in the error log at start
+        #: (stderr alone is easy to miss under --daemon or --error-logfile).
+        self.problems = problems or []
         self.log = setup_error_log(cfg.errorlog, cfg.loglevel)
         apply_log_config(cfg.logconfig, cfg.logconfig_json, cfg.logconfig_dict)
         self.pid = os.getpid()
@@ -112,6 +116,8 @@ class Arbiter:
 
     def start(self) -> None:
         self.log.info("Starting corral (pid %s)%s", self.pid, self.plugin_summary)
+        for problem in self.problems:
+            self.log.warning("%s", problem)
         self.install_signals()
         self.pm.hook.corral_on_starting(server=self)
         pools = self.build_pools(self.cfg)
@@ -578,7 +584,10 @@ class Arbiter:
         if self.stopping:
             return
         self.stopping = True
-        sd_notify("STOPPING=1")
+        if not self.reexec_pid:
+            # After a USR2 the new arbiter is the service (it sent MAINPID=);
+            # systemd would take our STOPPING=1 as the whole service stopping.
+            sd_notify("STOPPING=1")
         # An upgraded arbiter that inherited the sockets still uses them; only
         # unlink unix sockets when nobody else will.
         unlink = self.reexec_pid == 0 and self.parent_pid == 0

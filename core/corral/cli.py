@@ -27,6 +27,7 @@ from corral.plugins import LoadedPlugin, make_plugin_manager, resolve_worker, wo
 from corral.process import apply_env, daemonize, resolve_ids
 from corral.reference import collect_settings
 from corral.settings import SettingsRegistry, default_registry
+from corral.workers.tls import check_tls_settings
 
 #: Read when present and no -c is given, as gunicorn reads ./gunicorn.conf.py.
 DEFAULT_CONFIG_FILE = "corral.conf.py"
@@ -258,6 +259,7 @@ def serve(argv: list[str]) -> int:
                 )
             if not pcfg.wsgi_app:
                 raise ConfigError(f"pool {name} has no app: give APP_MODULE or its wsgi_app")
+            check_tls_settings(pcfg, spec)
         if cfg.chdir:
             try:
                 os.chdir(cfg.chdir)
@@ -305,7 +307,7 @@ def serve(argv: list[str]) -> int:
     summary = ""
     if loaded:
         summary = "; plugins: " + ", ".join(f"{p.name} ({p.distribution} {p.version})" for p in loaded)
-    return Arbiter(cfg, pm, reload_config=load, plugin_summary=summary).run()
+    return Arbiter(cfg, pm, reload_config=load, plugin_summary=summary, problems=problems).run()
 
 
 def _check_config(cfg: Config, pm: pluggy.PluginManager) -> int:

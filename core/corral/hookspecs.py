@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable
+
     from corral.arbiter import Arbiter
     from corral.config import Config
     from corral.plugins import WorkerSpec
@@ -35,6 +38,10 @@ def corral_register_workers() -> list[WorkerSpec]:
     a :class:`corral.plugins.WorkerSpec` names the class by import path, and
     the class is imported only in the worker process that runs it.
 
+    corral also calls it once when it loads the plugin: if it raises, or
+    returns something other than WorkerSpecs with ``"package.module:Class"``
+    paths, the plugin is reported and skipped, and corral runs on without it.
+
     :return: a list of WorkerSpec; an empty list is fine.
     """
 
@@ -45,7 +52,9 @@ def corral_add_settings(settings: SettingsRegistry) -> None:
 
     Historic: a plugin registered late still gets the call. Runs in any process
     before command-line and config-file parsing, so the settings appear in
-    ``--help``, in config files and in environment configuration.
+    ``--help``, in config files and in environment configuration. Name
+    settings with the plugin's prefix: one that redeclares an existing
+    setting (or raises here) gets the plugin reported and skipped when it loads.
 
     :param settings: the registry of every known setting.
     """
@@ -115,6 +124,33 @@ def corral_pre_exec(server: Arbiter) -> None:
     """Called on USR2 in a child forked from the arbiter, just before it execs the new arbiter.
 
     The listeners' fds are already marked inheritable and named in CORRAL_FD.
+    """
+
+
+@hookspec(firstresult=True)
+def corral_ssl_context(
+    config: Config, default_ssl_context_factory: Callable[[], ssl.SSLContext]
+) -> ssl.SSLContext | None:
+    """Return the :class:`ssl.SSLContext` a worker's TLS connections use, for full control of TLS.
+
+    Called once in each worker process, after fork and after the worker set
+    up its concurrency library (gevent has patched ``ssl`` by then), before
+    the app is loaded; only when TLS is on (``--certfile`` is set). gunicorn's
+    ``ssl_context(config, default_ssl_context_factory)`` server hook in a
+    config file becomes an implementation of this hook.
+
+    firstresult: the first implementation that returns a context wins; when
+    every one returns None, corral uses the default context. An exception (or
+    a value that is not an ``ssl.SSLContext``) stops the worker from booting.
+    The context is built again in every new worker, so a HUP picks up
+    renewed certificates.
+
+    :param config: the worker's configuration (its pool's settings).
+    :param default_ssl_context_factory: call it for the context corral would
+        use (certificate, key, CAs, ``--cert-reqs``, ``--ciphers``, TLS 1.2
+        minimum, ALPN http/1.1), then adjust it, e.g. ``ctx.set_ecdh_curve()``
+        or ``ctx.sni_callback``.
+    :return: the context, or None to leave the choice to other plugins or the default.
     """
 
 

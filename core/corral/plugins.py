@@ -11,14 +11,16 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import logging
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
-from corral import PLUGIN_API, hookspecs
+from corral import PLUGIN_API, __version__, hookspecs
 from corral.errors import ConfigError, PluginError
+from corral.settings import SettingsRegistry, default_registry
 
 log = logging.getLogger("corral.plugins")
 
@@ -45,6 +47,9 @@ class WorkerSpec:
     :param concurrency: ``"process"``, ``"threads"``, ``"greenlets"`` or ``"event-loop"``.
     :param monkey_patches: patches the standard library when it starts.
     :param preload_safe: an app imported in the arbiter before fork still works.
+    :param tls: terminates TLS itself (--certfile): it serves connections through
+        :meth:`corral.workers.connection.HttpConnection.serve`, which handshakes
+        in the connection's own thread of control. False refuses TLS settings at startup.
     """
 
     name: str
@@ -54,6 +59,7 @@ class WorkerSpec:
     concurrency: str = "process"
     monkey_patches: bool = False
     preload_safe: bool = True
+    tls: bool = False
     distribution: str = field(default="", compare=False)
 
 
@@ -65,64 +71,158 @@ class LoadedPlugin:
     module: Any
 
 
+@dataclass(frozen=True)
+class SkippedPlugin:
+    """A plugin found through its entry point but not loaded, and why.
+
+    :param workers: the worker classes it would have provided, where that
+        could be learnt (a plugin for another API still imports), so that
+        ``-k`` names the real reason instead of "unknown worker class".
+    """
+
+    name: str
+    distribution: str
+    version: str
+    reason: str
+    workers: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return (f"plugin {self.name!r} from distribution {self.distribution} {self.version} "
+                f"is skipped: {self.reason}")
+
+
+class CorralPluginManager(pluggy.PluginManager):
+    """pluggy's manager, remembering the plugins that were found but skipped."""
+
+    def __init__(self) -> None:
+        super().__init__(GROUP)
+        self.skipped: list[SkippedPlugin] = []
+
+
 def make_plugin_manager(
     *,
     disabled: Iterable[str] = (),
     entry_points: bool = True,
     extra: Iterable[Any] = (),
-) -> tuple[pluggy.PluginManager, list[LoadedPlugin], list[str]]:
+) -> tuple[CorralPluginManager, list[LoadedPlugin], list[str]]:
     """Build a fresh plugin manager: one per arbiter, never a module global.
 
-    A plugin that fails to import, or asks for another plugin API, is reported
-    (in the returned list of problems) and skipped; corral runs on with the
-    others.
+    A plugin that fails to import, asks for another plugin API, or raises
+    when asked for its worker classes or settings, is reported (in the
+    returned list of problems, and in ``pm.skipped``) and skipped; corral
+    runs on with the others. Asking at load time costs little (those hooks
+    must not import anything heavy) and keeps one broken plugin from
+    failing every later command.
 
     :return: the manager, the plugins loaded from entry points, and the problems.
     """
-    pm = pluggy.PluginManager(GROUP)
+    pm = CorralPluginManager()
     pm.add_hookspecs(hookspecs)
     disabled_set = {d.strip() for d in disabled if d.strip()}
     loaded: list[LoadedPlugin] = []
-    problems: list[str] = []
+    # Settings declared so far, to catch a plugin that redeclares one.
+    settings = default_registry()
     if entry_points:
         for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
             if ep.name in disabled_set or dist in disabled_set:
                 continue
+            module: Any = None
             try:
                 module = ep.load()
                 check_api(module, ep.name, dist)
                 pm.register(module, name=ep.name)
             except Exception as exc:  # a broken plugin must not take corral down
-                problems.append(
-                    f"plugin {ep.name!r} from distribution {dist} {version} "
-                    f"failed to load and is skipped: {type(exc).__name__}: {exc}"
-                )
+                if module is not None and pm.is_registered(module):
+                    pm.unregister(module)
+                if isinstance(exc, PluginError):
+                    reason, workers = str(exc), _worker_names_of(module)
+                else:
+                    reason, workers = f"it failed to load: {_describe(exc)}", ()
+                pm.skipped.append(SkippedPlugin(ep.name, dist, version, reason, workers))
+                continue
+            try:
+                _check_registrations(pm, module, settings)
+            except Exception as exc:
+                pm.unregister(module)
+                pm.skipped.append(SkippedPlugin(ep.name, dist, version, _describe(exc)))
                 continue
             loaded.append(LoadedPlugin(ep.name, dist, version, module))
     for plugin in extra:
         pm.register(plugin)
-    return pm, loaded, problems
+    return pm, loaded, [str(s) for s in pm.skipped]
 
 
 def check_api(module: Any, name: str, dist: str) -> None:
+    """Refuse a plugin whose ``CORRAL_PLUGIN_API`` is not the API this corral offers.
+
+    A plugin that does not say is taken to need the current API.
+
+    :raises PluginError: naming both versions and what to install.
+    """
     wanted = getattr(module, "CORRAL_PLUGIN_API", PLUGIN_API)
+    if type(wanted) is not int:
+        raise PluginError(f"its CORRAL_PLUGIN_API must be an int, such as {PLUGIN_API}; it is {wanted!r}")
     if wanted != PLUGIN_API:
         raise PluginError(
-            f"it needs corral plugin API {wanted}, but this corral offers API {PLUGIN_API}; "
-            f"install a version of {dist} made for this corral"
+            f"it needs corral plugin API {wanted}, but this corral ({__version__}) offers plugin "
+            f"API {PLUGIN_API}; install a release of {dist} made for corral plugin API {PLUGIN_API}"
         )
 
 
+def _describe(exc: BaseException) -> str:
+    """``RuntimeError: boom (at plugin.py:12)``: the error and where the plugin raised it."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        text += f" (at {last.filename}:{last.lineno})"
+    return text
+
+
+def _check_registrations(pm: pluggy.PluginManager, plugin: Any, settings: SettingsRegistry) -> None:
+    """Call the plugin's registration hooks once, so a broken one is found at load time."""
+    for impl in pm.hook.corral_register_workers.get_hookimpls():
+        if impl.plugin is plugin:
+            specs: Any = impl.function()
+            for spec in specs or []:
+                if not isinstance(spec, WorkerSpec) or ":" not in spec.path:
+                    raise PluginError(f"corral_register_workers returned {spec!r}, not a "
+                                      "WorkerSpec with a 'package.module:Class' path")
+    for impl in pm.hook.corral_add_settings.get_hookimpls():
+        if impl.plugin is plugin:
+            impl.function(settings=settings)
+
+
+def _worker_names_of(module: Any) -> tuple[str, ...]:
+    """The worker names a skipped plugin module declares, if it can say without failing."""
+    register = getattr(module, "corral_register_workers", None)
+    try:
+        return tuple(spec.name for spec in register() or []) if callable(register) else ()
+    except Exception:
+        return ()
+
+
 def worker_registry(pm: pluggy.PluginManager) -> dict[str, WorkerSpec]:
-    """Every registered worker class by name; the first plugin to claim a name wins."""
+    """Every registered worker class by name.
+
+    Plugins load in the order of their entry-point names, and the first to
+    claim a worker name keeps it; a later claim is logged as a warning, so
+    a clash between two distributions is never silent.
+    """
     registry: dict[str, WorkerSpec] = {}
-    for impl in reversed(pm.hook.corral_register_workers.get_hookimpls()):
-        specs = impl.function() or []
+    owners: dict[str, str] = {}
+    for impl in pm.hook.corral_register_workers.get_hookimpls():
+        specs: Any = impl.function() or []
         for spec in specs:
             if spec.name not in registry:
                 registry[spec.name] = spec
+                owners[spec.name] = impl.plugin_name
+            elif owners[spec.name] != impl.plugin_name:
+                logging.getLogger("corral.error").warning(
+                    "worker class %r is registered by plugin %r and again by %r; using %r's",
+                    spec.name, owners[spec.name], impl.plugin_name, owners[spec.name])
     return registry
 
 
@@ -138,6 +238,10 @@ def resolve_worker(pm: pluggy.PluginManager, name: str) -> WorkerSpec:
     if ":" in name or "." in name:
         path = name if ":" in name else "{}:{}".format(*name.rsplit(".", 1))
         return WorkerSpec(name=name, path=path, description="worker class given by path")
+    skipped: list[SkippedPlugin] = getattr(pm, "skipped", [])
+    for plugin in skipped:
+        if name in plugin.workers or name in (plugin.name, plugin.distribution):
+            raise ConfigError(f"worker class {name!r} is not available: {plugin}")
     installed = ", ".join(sorted(registry)) or "none"
     hints = "; ".join(
         f"{n}: {how}" for n, how in KNOWN_DISTRIBUTIONS.items() if n not in registry
@@ -146,6 +250,9 @@ def resolve_worker(pm: pluggy.PluginManager, name: str) -> WorkerSpec:
     if hints:
         msg += f" Others: {hints}."
     msg += " A class that is not a plugin can be given as 'package.module:Class'."
+    if skipped:
+        msg += " Plugins skipped because they are broken: " + ", ".join(
+            f"{p.name} ({p.distribution} {p.version})" for p in skipped) + "."
     raise ConfigError(msg)
 
 

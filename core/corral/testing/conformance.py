@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.plugins import WorkerSpec, make_plugin_manager, resolve_worker
+from corral.plugins import WorkerSpec, make_plugin_manager, worker_registry
 from corral.testing.process import CorralProcess, parse_responses, read_until_close, wait_for_file
 
 __all__ = [
@@ -73,8 +73,18 @@ Shared = Callable[[str], CorralProcess]
 
 
 def worker_spec(name: str) -> WorkerSpec:
-    pm, _, _ = make_plugin_manager()
-    return resolve_worker(pm, name)
+    """The WorkerSpec an installed plugin registers for ``name``; fails the test if there is none."""
+    pm, _, problems = make_plugin_manager()
+    registry = worker_registry(pm)
+    if name not in registry:
+        pytest.fail(
+            f"worker class {name!r} is not registered by an installed plugin, and the conformance "
+            "suite checks the class against what its WorkerSpec declares. Install the plugin "
+            "(pip install -e .) and give its registered name."
+            + "".join(f"\n{problem}" for problem in problems),
+            pytrace=False,
+        )
+    return registry[name]
 
 
 def _get(server: CorralProcess, path: str, **kw: object) -> tuple[int, dict[str, str], bytes]:

@@ -2,9 +2,9 @@
 
 Installing corral makes these fixtures available to every pytest run; a
 plugin's test suite needs no conftest import. With plugin autoloading off
-(``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``) load it with ``-p corral`` (pytest
-8.4 and later; ``-p corral.testing.plugin`` before that). Do not also name
-it in ``pytest_plugins``: pytest refuses the same plugin registered twice.
+(``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``) load it with ``-p corral.testing.plugin``;
+do not name it (in ``-p`` or ``pytest_plugins``) while autoloading is on:
+pytest refuses the same plugin registered twice.
 
 Fixtures:
 

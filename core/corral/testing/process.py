@@ -75,8 +75,10 @@ class CorralProcess:
         )
         if wait_ready:
             self.wait_for_log(r"Listening at")
-            self.addresses = [m.group(1) for m in _LISTENING.finditer(self.log())]
+            # Every listener is bound before the first worker starts, so by
+            # "Ready:" all of them are logged (not only the first).
             self.wait_for_log(r"Ready: ")
+            self.addresses = [m.group(1) for m in _LISTENING.finditer(self.log())]
         return self
 
     @property

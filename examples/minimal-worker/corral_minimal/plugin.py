@@ -1,0 +1,16 @@
+"""Registers the worker; imports no worker code, so listing plugins stays cheap."""
+
+from corral import hookimpl
+from corral.plugins import WorkerSpec
+
+CORRAL_PLUGIN_API = 1
+
+
+@hookimpl
+def corral_register_workers() -> list[WorkerSpec]:
+    return [WorkerSpec(
+        name="minimal",
+        path="corral_minimal.worker:ThreadPerConnectionWorker",
+        description="a thread per connection, up to --worker-connections; keep-alive",
+        keepalive=True, concurrency="threads", monkey_patches=False, preload_safe=True,
+    )]

@@ -1,0 +1,67 @@
+"""A thread per connection, at most --worker-connections at once."""
+
+import os
+import selectors
+import threading
+import time
+from typing import Any
+
+from corral.workers.base import Worker
+from corral.workers.connection import HttpConnection
+from corral.workers.watchdog import RequestWatchdog
+
+
+class ThreadPerConnectionWorker(Worker):
+    multithread = True  # requests of one process run at once (wsgi.multithread)
+
+    def run(self) -> None:
+        # The loop below keeps beating while a request spins in its thread:
+        # the watchdog stops the beat once a request outlives --timeout.
+        self.watchdog = RequestWatchdog(self.heartbeat, self.cfg.timeout, self.log)
+        self.unwatched_app, self.wsgi = self.wsgi, self.watched_app
+        slots = threading.BoundedSemaphore(self.cfg.worker_connections)
+        selector = selectors.DefaultSelector()
+        for listener in self.listeners:
+            listener.sock.setblocking(False)
+            selector.register(listener.sock, selectors.EVENT_READ, listener)
+        selector.register(self._wake_r, selectors.EVENT_READ)  # TERM and max-requests wake us
+        threads: list[threading.Thread] = []
+        while self.alive and self.parent_alive():
+            self.watchdog.check()  # beats the heartbeat while no request is stuck
+            if not slots.acquire(timeout=0.5):
+                continue  # every slot busy: leave new connections to other workers
+            for key, _ in selector.select(timeout=0.5):
+                if key.data is None:
+                    os.read(self._wake_r, 64)
+                    continue
+                try:
+                    sock, peer = key.fileobj.accept()  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    continue  # another worker took it
+                sock.setblocking(True)
+                conn = HttpConnection(self, sock, peer, self.envs[id(key.data)], self.cfg.keepalive)
+                thread = threading.Thread(target=self.serve, args=(conn, slots), daemon=True)
+                threads.append(thread)
+                thread.start()
+                break
+            else:
+                slots.release()
+            threads = [t for t in threads if t.is_alive()]
+        # Graceful stop: no new connections; requests under way may finish.
+        self.close_listeners()
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        for thread in threads:  # daemon threads: whatever is left dies with the process
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def serve(self, conn: HttpConnection, slots: threading.BoundedSemaphore) -> None:
+        try:
+            conn.serve()  # the request loop: parsing, WSGI, keep-alive, request_done()
+        finally:
+            slots.release()
+
+    def watched_app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        self.watchdog.started(f"{environ['REQUEST_METHOD']} {environ['RAW_URI']}")
+        try:
+            return self.unwatched_app(environ, start_response)
+        finally:
+            self.watchdog.finished()

@@ -44,6 +44,7 @@ SERVER_HOOKS: dict[str, tuple[str, ...]] = {
     "nworkers_changed": ("server", "new_value", "old_value"),
     "on_exit": ("server",),
     "worker_timeout": ("server", "worker"),
+    "ssl_context": ("config", "default_ssl_context_factory"),
 }
 
 #: gunicorn settings corral does not have (yet); a config file naming them
@@ -55,8 +56,8 @@ GUNICORN_ONLY = frozenset({
     "daemon", "raw_env", "user", "group", "umask", "initgroups", "tmp_upload_dir",
     "reload", "reload_engine", "reload_extra_files", "spew", "check_config", "print_config",
     "sendfile", "reuse_port", "paste", "pythonpath", "raw_paste_global_conf",
-    "strip_header_spaces", "keyfile", "certfile", "ssl_version", "cert_reqs", "ca_certs",
-    "suppress_ragged_eofs", "do_handshake_on_connect", "ciphers", "proxy_protocol",
+    "strip_header_spaces", "ssl_version",
+    "suppress_ragged_eofs", "do_handshake_on_connect", "proxy_protocol",
     "proxy_allow_ips", "casefold_http_method", "forwarder_headers", "default_proc_name",
 })
 

@@ -7,10 +7,12 @@ nothing about how many there are or which classes they run.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -54,12 +56,84 @@ class WorkerHandle:
         return self.pool.spec.name
 
 
-def cpu_count() -> int:
-    """CPUs this process may use (affinity-aware); the container quota comes later."""
+#: Where the cgroup filesystem is mounted (v2 unified, or the v1 controllers' parent).
+CGROUP_ROOT: Final = "/sys/fs/cgroup"
+
+
+def cpu_count(cgroup_root: str | Path = CGROUP_ROOT, proc_cgroup: str | Path = "/proc/self/cgroup") -> int:
+    """CPUs this process may really use: what ``-w auto`` starts, one worker each.
+
+    The CPU affinity (taskset, cpusets), lowered to the CFS quota of our cgroup
+    when one is set (docker --cpus, Kubernetes CPU limits, systemd CPUQuota=):
+    ``ceil(quota / period)``, at least 1, at most the affinity count. A quota
+    of 1.5 CPUs gives 2 workers: the quota is shared by all of them, so a
+    fractional CPU is better used by one more worker than left idle.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
+    if quota is None:
+        return cpus
+    return max(1, min(cpus, math.ceil(quota)))
+
+
+def cgroup_cpu_quota(cgroup_root: str | Path = CGROUP_ROOT,
+                     proc_cgroup: str | Path = "/proc/self/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (quota / period), or None if unlimited.
+
+    Reads cgroup v2 ``cpu.max`` ("max 100000", "200000 100000") or v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1: unlimited), in our own
+    cgroup (from ``proc_cgroup``) and every ancestor up to ``cgroup_root``:
+    the tightest limit applies. In a container the cgroup namespace makes our
+    cgroup the mount's root; without one (cgroup v1 docker) our path does not
+    exist under the mount, and the mount's root, which is then ours, is read.
+    Missing or unreadable files mean no limit.
+    """
+    root = Path(cgroup_root)
+    v2 = (root / "cgroup.controllers").exists()
+    base, rel = root, "/"
+    try:
+        for line in Path(proc_cgroup).read_text().splitlines():
+            hid, controllers, path = line.split(":", 2)
+            if v2 and hid == "0":
+                rel = path
+            elif not v2 and "cpu" in controllers.split(","):
+                base, rel = root / controllers, path
+    except (OSError, ValueError):
+        pass
+    if not v2 and not base.is_dir():
+        base = root / "cpu"  # v1 mounts cpu,cpuacct with a "cpu" symlink
+    quotas = []
+    directory = base / rel.strip("/") if rel.strip("/") else base
+    if not directory.is_dir():
+        directory = base
+    while True:
+        quota = _read_quota(directory, v2)
+        if quota is not None:
+            quotas.append(quota)
+        if directory == base or base not in directory.parents:
+            break
+        directory = directory.parent
+    return min(quotas) if quotas else None
+
+
+def _read_quota(directory: Path, v2: bool) -> float | None:
+    try:
+        if v2:
+            quota_text, _, period_text = (directory / "cpu.max").read_text().strip().partition(" ")
+            if quota_text == "max":
+                return None
+            quota, period = int(quota_text), int(period_text or 100000)
+        else:
+            quota = int((directory / "cpu.cfs_quota_us").read_text())
+            period = int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:  # v1 says "no limit" with -1
+        return None
+    return quota / period
 
 
 #: Settings a pool may override. Everything else applies to the whole deployment.

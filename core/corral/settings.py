@@ -284,7 +284,8 @@ def core_settings() -> list[Setting]:
           "Permissions of unix sockets corral creates.", ("--unix-socket-mode",), "MODE"),
         # -- worker processes
         S("workers", "Worker processes", workers_count, 1,
-          "Number of worker processes ('auto': one per CPU available).", ("-w", "--workers"), "INT",
+          "Number of worker processes ('auto': one per CPU available, within the cgroup CPU quota).",
+          ("-w", "--workers"), "INT",
           doc="Defaults to $WEB_CONCURRENCY when that is set, as with gunicorn."),
         S("worker_class", "Worker processes", string, "sync",
           "Worker class: a registered name (see 'corral plugins') or package.module:Class.",

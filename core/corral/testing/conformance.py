@@ -223,7 +223,8 @@ def test_iterable_close_is_called(corral_shared_server: Shared, corral_worker_cl
     status, _, body = _get(corral_shared_server(corral_worker_class), f"/closing?marker={marker}")
     assert (status, body) == (200, b"closing")
     deadline = time.monotonic() + 5
-    while not marker.exists() and time.monotonic() < deadline:
+    # The file appears before its text is written: wait for the text.
+    while not (marker.exists() and marker.read_text() == "closed") and time.monotonic() < deadline:
         time.sleep(0.01)
     assert marker.read_text() == "closed"
 

@@ -26,6 +26,7 @@ name under pytest's default import mode); they use the fixtures below:
 
 from __future__ import annotations
 
+import itertools
 import random
 import zlib
 from collections.abc import Callable, Sequence
@@ -146,7 +147,7 @@ def split_points(data: bytes, mode: str | Sequence[int], trial: int = 0) -> list
 
 def split(data: bytes, points: Sequence[int]) -> list[bytes]:
     bounds = [0, *sorted(points), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _assert_error_is_final(parser: RequestParser, exc: Exception) -> None:
@@ -191,8 +192,9 @@ def run_chunks(
             try:
                 event = parser.next_event()
             except (HTTPError, ClientDisconnected) as exc:
-                _assert_error_is_final(parser, exc)
                 out.error = exc
+                out.leftover = parser.trailing_data[0]
+                _assert_error_is_final(parser, exc)
                 return True
             if event is NEED_DATA:
                 assert not after_eof, "NEED_DATA after end of stream"
@@ -233,18 +235,20 @@ def run_chunks(
         if stopped:
             if not pipeline and out.error is None:
                 # Paused: whatever else arrives must stay untouched.
+                paused_on = parser.trailing_data[0]
                 rest = b"".join(chunks[index + 1 :])
                 if rest:
                     parser.feed(rest)
                 if eof:
                     parser.feed(b"")
                 assert parser.next_event() is PAUSED
-                assert parser.trailing_data[0].endswith(rest)
+                assert parser.trailing_data == (paused_on + rest, eof), "parsed a byte while paused"
             break
     if not stopped and eof:
         parser.feed(b"")
         drain(after_eof=True)
-    out.leftover = parser.trailing_data[0]
+    if out.error is None:
+        out.leftover = parser.trailing_data[0]
     return out
 
 
@@ -264,7 +268,7 @@ def parse_all(
     """
     if mode != "random":
         return run_chunks(split(data, split_points(data, mode)), limits, eof=eof, pipeline=pipeline)
-    first = run_chunks([data], limits, eof=eof, pipeline=pipeline) if len(data) < 2 else None
+    first = run_chunks(split(data, []), limits, eof=eof, pipeline=pipeline) if len(data) < 2 else None
     for trial in range(RANDOM_TRIALS if first is None else 0):
         points = split_points(data, "random", trial)
         out = run_chunks(split(data, points), limits, eof=eof, pipeline=pipeline)

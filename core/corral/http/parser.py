@@ -148,7 +148,13 @@ class RequestHead:
 
 @dataclass(slots=True)
 class EndOfMessage:
+    #: Trailer fields of a chunked body. Read-only: the instance for messages
+    #: without trailers is shared (consumers copy before handing them on).
     trailers: list[tuple[str, str]] = field(default_factory=list)
+
+
+#: The end of every message without trailers; shared, since nothing in it changes.
+_END_WITHOUT_TRAILERS: Final = EndOfMessage([])
 
 
 class _Sentinel:
@@ -391,7 +397,8 @@ class RequestParser:
         elif method == "CONNECT":
             # authority-form = uri-host ":" port (RFC 9112 3.2.3); the colons
             # inside an IPv6 literal are no port, so look after its "]".
-            if _AUTHORITY.fullmatch(target_b) is None or b":" not in target_b.rpartition(b"]")[2]:
+            if (_AUTHORITY.fullmatch(target_b) is None or b":" not in target_b.rpartition(b"]")[2]
+                    or target_b[:1] == b":"):  # no host: ":443"
                 raise E.BadRequest("malformed CONNECT target")
             path, query, host = b"", b"", target_b
         else:
@@ -409,19 +416,13 @@ class RequestParser:
             path, _, query = rest.partition(b"?")
             path = path or b"/"
             host = authority
+        # Positional: measurably cheaper than keywords on this per-request path.
+        # Order: method, target, path, query, version, headers, host,
+        # target_scheme, content_length, chunked, keep_alive, expect_continue.
         return RequestHead(
-            method=method,
-            target=target_b.decode("ascii"),
-            path=path.decode("ascii"),
-            query=query.decode("ascii"),
-            version=version,
-            headers=[],
-            host=host.decode("ascii") if host is not None else None,
-            target_scheme=scheme,
-            content_length=None,
-            chunked=False,
-            keep_alive=version == "HTTP/1.1",
-            expect_continue=False,
+            method, target_b.decode("ascii"), path.decode("ascii"), query.decode("ascii"),
+            version, [], host.decode("ascii") if host is not None else None, scheme,
+            None, False, version == "HTTP/1.1", False,
         )
 
     def _parse_fields(self, head: RequestHead, block: bytes) -> RequestHead:
@@ -432,7 +433,9 @@ class RequestParser:
         # dropped "_" field or an obs-fold line counts, and so does padding
         # that llhttp and on_header strip. Otherwise the answer would depend
         # on whether the head arrived in one read or trickled in.
-        lines = block.split(b"\r\n")[:-2]
+        # One latin-1 decoding serves the limits and the fields (1 byte = 1 char).
+        lines = block.decode("latin-1").split("\r\n")
+        del lines[-2:]
         if len(lines) > lim.limit_request_fields:
             raise E.HeaderFieldsTooLarge("too many header fields")
         if lines and max(map(len, lines)) > lim.limit_request_field_size:
@@ -440,6 +443,8 @@ class RequestParser:
         if lim.permit_obsolete_folding:
             # The opt-in leniency: an obs-fold becomes one SP (RFC 9112 5.2).
             block = re.sub(rb"\r\n[ \t]+", b" ", block)
+            lines = block.decode("latin-1").split("\r\n")
+            del lines[-2:]
         parser = httptools.HttpRequestParser(_VALIDATOR)
         try:
             parser.feed_data(_CANONICAL_LINE + block)
@@ -460,7 +465,7 @@ class RequestParser:
         header_map = lim.header_map
         append = headers.append
         names = _NAME_KINDS
-        for line in block.decode("latin-1").split("\r\n")[:-2]:
+        for line in lines:
             name, _, value = line.partition(":")
             value = value.strip(" \t")
             kind = names.get(name)
@@ -510,7 +515,10 @@ class RequestParser:
                 raise E.BadRequest("both Content-Length and Transfer-Encoding")
             if not http11:
                 raise E.BadRequest("Transfer-Encoding in an HTTP/1.0 request")
-            codings = [c.strip(" \t").lower() for c in ",".join(te).split(",")]
+            # Empty list elements ("chunked, ," or ", chunked") are ignored (RFC 9110 5.6.1).
+            codings = [c for c in (c.strip(" \t").lower() for c in ",".join(te).split(",")) if c]
+            if not codings:
+                raise E.BadRequest("empty Transfer-Encoding")
             if codings[-1] != "chunked" or codings.count("chunked") != 1:
                 raise E.BadRequest("Transfer-Encoding must end in a single chunked")
             if len(codings) > 1:
@@ -564,7 +572,7 @@ class RequestParser:
     def _next_length_data(self) -> bytes | EndOfMessage | _Sentinel:
         if self._remaining == 0:
             self._state = _DONE
-            return EndOfMessage()
+            return _END_WITHOUT_TRAILERS
         if self._buf:
             data = self._take(self._remaining)
             self._remaining -= len(data)

@@ -178,7 +178,8 @@ class HttpConnection:
                     raise E.RequestTimeout("request body not received in time") from None
                 continue
             assert isinstance(event, EndOfMessage)
-            self._body.trailers = event.trailers
+            if event.trailers:
+                self._body.trailers = list(event.trailers)
             return b""
 
     def _drain(self) -> bool:

@@ -18,6 +18,8 @@ from corral.wsgi.filewrapper import FileWrapper
 #: so that a client sending endless novel names cannot grow it without end.
 _KEY_CACHE_MAX = 1024
 _key_cache: dict[str, str] = {}
+#: Host field -> (SERVER_NAME, SERVER_PORT); the same few hosts come again and again.
+_host_cache: dict[str, tuple[str, str]] = {}
 
 #: gunicorn's default secure_scheme_headers.
 DEFAULT_SECURE_SCHEME_HEADERS = {
@@ -144,16 +146,23 @@ def build_environ(
         path = path[len(script_name) :]
     environ["PATH_INFO"] = path
 
+    keys = _key_cache
     for name, value in head.headers:
-        key = environ_key(name)
-        old = environ.get(key)
-        if old is not None and key.startswith("HTTP_"):
+        key = keys.get(name) or environ_key(name)
+        if key in environ and key[:5] == "HTTP_":
+            old = environ[key]
             value = f"{old}; {value}" if key == "HTTP_COOKIE" else f"{old},{value}"
         environ[key] = value
-    if head.host is not None:
-        environ["HTTP_HOST"] = head.host
-        if head.host:
-            environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(head.host, ctx.url_scheme)
+    host = head.host
+    if host is not None:
+        environ["HTTP_HOST"] = host
+        if host:
+            split = _host_cache.get(host)
+            if split is None:
+                split = _split_host(host, ctx.url_scheme)
+                if len(_host_cache) < _KEY_CACHE_MAX:
+                    _host_cache[host] = split
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = split
 
     if isinstance(peer, tuple):
         remote = client or peer

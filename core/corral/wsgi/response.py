@@ -46,6 +46,10 @@ _VALID_FIELDS_MAX: Final = 4096
 SERVER_HEADER: Final = "corral"
 
 _date_cache: list[Any] = [0, ""]
+_SERVER_LINE: Final = f"Server: {SERVER_HEADER}\r\n"
+# Bits of Response._own.
+_HAS_SERVER: Final = 1
+_HAS_DATE: Final = 2
 
 
 def http_date() -> str:
@@ -71,6 +75,7 @@ class Response:
     __slots__ = (
         "_chunked",
         "_no_body",
+        "_own",
         "_send",
         "alive_check",
         "bytes_sent",
@@ -97,6 +102,7 @@ class Response:
         self.bytes_sent = 0
         self._chunked = False
         self._no_body = False
+        self._own = 0  # which of Server/Date the app set itself
         #: Asked when the head is made: False (the worker is stopping) turns
         #: keep-alive off, so the client learns from "Connection: close" rather
         #: than from a closed connection it tries to reuse.
@@ -124,6 +130,8 @@ class Response:
         content_length: int | None = None
         keep_alive = self.keep_alive
         checked: list[tuple[str, str]] = []
+        code = int(status[:3])
+        own = 0
         valid = _VALID_FIELDS
         for item in headers:
             if type(item) is not tuple or len(item) != 2:
@@ -132,6 +140,8 @@ class Response:
             if type(name) is not str or type(value) is not str:
                 raise ResponseError(f"header {item!r}: name and value must be str")
             lname = valid.get(item)
+            if lname is None and (name == "Content-Length" or name == "content-length"):
+                lname = "content-length"  # its value varies: checked below, never cached
             if lname is None:
                 if _FIELD_NAME.fullmatch(name) is None:
                     raise ResponseError(f"invalid header name {name!r}")
@@ -149,9 +159,16 @@ class Response:
                 if not value.isascii() or not value.isdigit():
                     raise ResponseError(f"invalid Content-Length {value!r}")
                 content_length = int(value)
+                if code < 200 or code == 204:
+                    continue  # these never carry a body, nor a length
+            elif lname == "server":
+                own |= _HAS_SERVER
+            elif lname == "date":
+                own |= _HAS_DATE
             checked.append((name, value))
+        self._own = own
         self.status = status
-        self.status_code = int(status[:3])
+        self.status_code = code
         self.headers = checked
         self.content_length = content_length
         self.keep_alive = keep_alive
@@ -199,19 +216,10 @@ class Response:
         code = self.status_code
         self._no_body = head.method == "HEAD" or code < 200 or code in _NO_BODY_STATUS
         lines = [f"HTTP/1.1 {self.status}\r\n"]
-        has_server = has_date = False
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == "content-length" and (code < 200 or code == 204):
-                continue
-            if lname == "server":
-                has_server = True
-            elif lname == "date":
-                has_date = True
-            lines.append(f"{name}: {value}\r\n")
-        if not has_server:
-            lines.append(f"Server: {SERVER_HEADER}\r\n")
-        if not has_date:
+        lines += [f"{name}: {value}\r\n" for name, value in self.headers]
+        if not self._own & _HAS_SERVER:
+            lines.append(_SERVER_LINE)
+        if not self._own & _HAS_DATE:
             lines.append(f"Date: {http_date()}\r\n")
         if self.content_length is None and not (code < 200 or code == 204):
             if self.length_hint is not None and (not self._no_body or head.method == "HEAD"):

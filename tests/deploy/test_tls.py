@@ -38,6 +38,9 @@ from corral.testing import CorralProcess
 APP = "corral.testing.apps:app"
 INSTALLED = set(worker_registry(make_plugin_manager()[0]))
 needs_gevent = pytest.mark.skipif("gevent" not in INSTALLED, reason="corral-gevent is not installed")
+needs_tornado = pytest.mark.skipif("tornado" not in INSTALLED, reason="corral-tornado is not installed")
+#: The classes that serve TLS; the others refuse --certfile at startup.
+TLS_CLASSES = {"sync", "gevent", "tornado"}
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,13 +76,17 @@ def servers(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[
             # The default handshake timeout (10 s): longer than any wait below.
             started["gevent"] = CorralProcess(APP, tls_args(certs, "--keep-alive", "5"),
                                               workdir=workdir, worker_class="gevent").start()
+        if "tornado" in INSTALLED:
+            started["tornado"] = CorralProcess(APP, tls_args(certs, "--keep-alive", "5"),
+                                               workdir=workdir, worker_class="tornado").start()
         yield started
     finally:
         for server in started.values():
             server.kill()
 
 
-@pytest.mark.parametrize("worker_class", ["sync", pytest.param("gevent", marks=needs_gevent)])
+@pytest.mark.parametrize("worker_class", ["sync", pytest.param("gevent", marks=needs_gevent),
+                                          pytest.param("tornado", marks=needs_tornado)])
 def test_https_scheme_and_large_file(servers: dict[str, CorralProcess], certs: Certs,
                                      worker_class: str) -> None:
     server = servers[worker_class]
@@ -190,11 +197,12 @@ def _proxy_v2(src: tuple[str, int], dst: tuple[str, int]) -> bytes:
     return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
 
 
-def test_proxy_protocol_header_before_the_handshake(tmp_path: Path, certs: Certs) -> None:
+@pytest.mark.parametrize("worker_class", ["sync", pytest.param("tornado", marks=needs_tornado)])
+def test_proxy_protocol_header_before_the_handshake(tmp_path: Path, certs: Certs, worker_class: str) -> None:
     # A TCP load balancer (nginx stream, HAProxy, a cloud NLB) passes TLS
     # through and puts its PROXY header before the client's first TLS record.
     args = tls_args(certs, "--proxy-protocol", "--proxy-protocol-version", "auto")
-    with CorralProcess(APP, args, workdir=tmp_path) as server:
+    with CorralProcess(APP, args, workdir=tmp_path, worker_class=worker_class) as server:
         for header, client in [(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 443\r\n", "203.0.113.7"),
                                (_proxy_v2(("198.51.100.9", 40001), ("127.0.0.1", 443)), "198.51.100.9")]:
             with server.connect() as raw:
@@ -238,7 +246,7 @@ def test_bad_tls_settings_are_config_errors(tmp_path: Path, certs: Certs, args: 
     assert message in res.stderr
 
 
-@pytest.mark.parametrize("worker_class", sorted(INSTALLED - {"sync", "gevent"}))
+@pytest.mark.parametrize("worker_class", sorted(INSTALLED - TLS_CLASSES))
 def test_worker_classes_without_tls_refuse_it(certs: Certs, worker_class: str) -> None:
     res = _corral("-k", worker_class, *tls_args(certs))
     assert res.returncode == 2

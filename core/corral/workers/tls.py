@@ -140,8 +140,8 @@ def check_tls_settings(cfg: Config, spec: WorkerSpec) -> None:
         return
     if not spec.tls:
         raise ConfigError(
-            f"--certfile is not supported by worker class {spec.name!r} yet: use -k sync or "
-            "-k gevent, or terminate TLS in a proxy in front of corral (see docs/deploy.md)."
+            f"--certfile is not supported by worker class {spec.name!r} yet: use -k sync, "
+            "-k gevent or -k tornado, or terminate TLS in a proxy in front of corral (see docs/deploy.md)."
         )
     if cfg.cert_reqs and not cfg.ca_certs:
         raise ConfigError("--cert-reqs optional/required needs --ca-certs: the CAs that client "

@@ -19,5 +19,6 @@ def corral_register_workers() -> list[WorkerSpec]:
             concurrency="event-loop",
             monkey_patches=False,
             preload_safe=True,
+            tls=True,
         )
     ]

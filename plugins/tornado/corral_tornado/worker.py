@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -39,6 +40,10 @@ from typing import TYPE_CHECKING, Final
 from tornado.httputil import HTTPServerConnectionDelegate
 from tornado.ioloop import PeriodicCallback
 
+from corral.http import errors as E
+from corral.http import proxy
+from corral.http.parser import RequestParser
+from corral.http.proxy import ProxyInfo
 from corral.workers.asyncio_connection import (
     AsyncHttpConnection,
     ConnectionProtocol,
@@ -46,6 +51,8 @@ from corral.workers.asyncio_connection import (
     WsgiThreadResponder,
 )
 from corral.workers.base import Worker
+from corral.workers.connection import proxy_trusted
+from corral.workers.tls import PROXY_MAX
 from corral.workers.watchdog import RequestWatchdog
 
 if TYPE_CHECKING:
@@ -171,9 +178,25 @@ class TornadoWorker(Worker):
     async def _serve_client(self, client: socket.socket, peer: object, env: EnvironContext) -> None:
         conn: AsyncHttpConnection | None = None
         try:
-            _, protocol = await self.loop.connect_accepted_socket(
-                lambda: ConnectionProtocol(self.loop), client)
+            proxied = None
+            if self.ssl_context is not None:
+                # asyncio does the handshake, within --ssl-handshake-timeout; a
+                # PROXY header comes before the TLS records and is read first.
+                if self.limits.proxy_protocol != "off":
+                    proxied = await self._read_proxy_header(client, peer)
+                    if proxied is None:
+                        client.close()
+                        return
+                _, protocol = await self.loop.connect_accepted_socket(
+                    lambda: ConnectionProtocol(self.loop), client, ssl=self.ssl_context,
+                    ssl_handshake_timeout=self.cfg.ssl_handshake_timeout)
+            else:
+                _, protocol = await self.loop.connect_accepted_socket(
+                    lambda: ConnectionProtocol(self.loop), client)
             conn = AsyncHttpConnection(self, protocol, peer, env, self.cfg.keepalive, self.responder)
+            if proxied is not None:
+                conn.parser = RequestParser(dataclasses.replace(self.limits, proxy_protocol="off"))
+                conn.parser.proxy = proxied
             self._connections.add(conn)
             await conn.serve()
         except Exception:
@@ -189,6 +212,37 @@ class TornadoWorker(Worker):
                     self._all_closed.set()
             elif not self._accepting:
                 self._resume_accepting()
+
+    async def _read_proxy_header(self, client: socket.socket, peer: object) -> ProxyInfo | None:
+        """Read one PROXY header off the raw socket without touching the TLS bytes after it.
+
+        None when the sender is not trusted, the header is malformed, or it
+        does not arrive within --ssl-handshake-timeout (the connection is then
+        closed without an answer: no TLS session exists to answer on).
+        """
+        if not proxy_trusted(self, peer):
+            return None
+        fd = client.fileno()
+        buf = bytearray()
+        deadline = self.loop.time() + self.cfg.ssl_handshake_timeout
+        try:
+            while True:
+                ready = self.loop.create_future()
+                self.loop.add_reader(fd, ready.set_result, None)
+                try:
+                    await asyncio.wait_for(ready, max(deadline - self.loop.time(), 0))
+                finally:
+                    self.loop.remove_reader(fd)
+                data = client.recv(PROXY_MAX - len(buf), socket.MSG_PEEK)
+                if not data:
+                    return None
+                parsed = proxy.parse(buf + data, self.limits.proxy_protocol, eof=False)
+                take = len(data) if parsed is None else parsed[0] - len(buf)
+                buf += client.recv(take)  # already queued: returns at once
+                if parsed is not None:
+                    return parsed[1]
+        except (OSError, TimeoutError, E.HTTPError):
+            return None
 
     def _pause_accepting(self) -> None:
         if self._accepting:

@@ -74,11 +74,6 @@ _TRANSIENT_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EP
 #: burst of connections cannot starve the greenlets already serving (gevent's
 #: accept returns without switching while the kernel queue is not empty).
 ACCEPT_BURST: Final = 64
-#: Per open connection, how long a worker of a multi-worker pool waits
-#: before accepting another (see _accept_loop), and the most connections
-#: counted: at most 100 x 20 us = 2 ms of added accept latency.
-ACCEPT_BALANCE_STEP: Final = 0.00002
-ACCEPT_BALANCE_CAP: Final = 100
 #: The heartbeat greenlet beats at most this far apart (and a quarter of
 #: --timeout when that is shorter), so a worker that is merely busy is never
 #: mistaken for a stuck one.
@@ -183,17 +178,7 @@ class GeventWorker(Worker):
         serve = self._serve
         burst = 0
         starved = False  # out of fds (or memory): logged once per episode, not 10 times a second
-        # Several workers share the listener, and whichever wakes first would
-        # take a whole burst of new connections (wrk's 64 at once, a proxy's
-        # pool refill), leaving the other workers idle while it is overloaded
-        # for the life of those keep-alive connections: measured p99 1 s
-        # against 10 ms with one worker. So a worker waits a little before
-        # each accept, longer the more connections it holds, and the least
-        # loaded worker tends to win the race for the next one.
-        balance = self.pool.size > 1
         while self.alive:
-            if balance and len(pool):
-                gevent.sleep(min(len(pool), ACCEPT_BALANCE_CAP) * ACCEPT_BALANCE_STEP)
             if pool.full():
                 # Leave further connections in the kernel queue until a
                 # slot frees up; another worker may take them meanwhile.

@@ -39,6 +39,10 @@ JSON_FIELDS: Final = {
 
 
 def _escape(value: str) -> str:
+    # Most values need nothing: two substring tests and isprintable() (C
+    # speed) decide that before the regular expression runs.
+    if '"' not in value and "\\" not in value and value.isprintable():
+        return value
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
 
 
@@ -85,8 +89,21 @@ def _user(e: Entry) -> str:
     return "-"
 
 
+_time_cache: dict[str, tuple[int, str]] = {}
+
+
+def _format_time(fmt: str, when: float) -> str:
+    """time.strftime of ``when``, computed once per second and format."""
+    second = int(when)
+    cached = _time_cache.get(fmt)
+    if cached is None or cached[0] != second:
+        cached = (second, time.strftime(fmt, time.localtime(second)))
+        _time_cache[fmt] = cached
+    return cached[1]
+
+
 def _strftime(e: Entry) -> str:
-    return time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(e.start_wall))
+    return _format_time("[%d/%b/%Y:%H:%M:%S %z]", e.start_wall)
 
 
 def _request_line(e: Entry) -> str:
@@ -134,11 +151,14 @@ def compile_format(fmt: str) -> Callable[[Entry], str]:
     """Turn an access_log_format into a function of one Entry; ValueError for unknown atoms."""
     if fmt.strip().lower() == "json":
         getters = {key: _ATOMS[atom] for key, atom in JSON_FIELDS.items()}
-        getters["time"] = lambda e: time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(e.start_wall))
-        getters["pid"] = lambda e: os.getpid()
+        getters["time"] = lambda e: _format_time("%Y-%m-%dT%H:%M:%S%z", e.start_wall)
+        pid = os.getpid()  # a worker's pid never changes (the log is built after fork)
+        getters["pid"] = lambda e: pid
+        items = list(getters.items())
+        encode = json.JSONEncoder(ensure_ascii=True).encode
 
         def as_json(e: Entry) -> str:
-            return json.dumps({k: g(e) for k, g in getters.items()}, ensure_ascii=True)
+            return encode({k: g(e) for k, g in items})
 
         return as_json
     parts: list[tuple[str, Callable[[Entry], Any] | None]] = []
@@ -161,25 +181,75 @@ def compile_format(fmt: str) -> Callable[[Entry], str]:
 
 
 class AccessLog:
-    """Callable the worker invokes after each response: ``access_log(head, environ, resp, took)``."""
+    """Callable the worker invokes after each response: ``access_log(head, environ, resp, took)``.
 
-    def __init__(self, target: str, fmt: str) -> None:
+    Lines go straight into a 64 KiB buffer that is written out at most a
+    second after a line was added (at the next heartbeat, or the next line),
+    on USR1 and when the worker exits: through the logging module, with a
+    write per line, the access log halved the requests per second of a
+    hello-world app. A crash loses at most the last second of lines.
+
+    When the operator hands logging a configuration (``--log-config``,
+    ``--log-config-json``, ``logconfig_dict``), lines go through the
+    ``corral.access`` logger instead, so that configuration decides.
+    """
+
+    #: Buffer size; a full buffer is written out at once.
+    BUFFER = 65536
+    #: Longest a line waits in the buffer.
+    FLUSH_INTERVAL = 1.0
+
+    def __init__(self, target: str, fmt: str, *, via_logging: bool = False) -> None:
         self.render = compile_format(fmt)
-        self.logger = logging.getLogger("corral.access")
-        self.logger.propagate = False
-        for handler in list(self.logger.handlers):
-            self.logger.removeHandler(handler)
-        handler: logging.Handler
-        if target == "-":
-            handler = logging.StreamHandler(sys.stdout)
+        self.target = target
+        self.logger: logging.Logger | None = None
+        self._file: Any = None
+        self._next_flush = 0.0
+        if via_logging:
+            self.logger = logging.getLogger("corral.access")
+            if not self.logger.handlers:
+                handler: logging.Handler = (logging.StreamHandler(sys.stdout) if target == "-"
+                                            else logging.FileHandler(target))
+                handler.setFormatter(logging.Formatter("%(message)s"))
+                self.logger.addHandler(handler)
+                self.logger.setLevel(logging.INFO)
+                self.logger.propagate = False
         else:
-            handler = logging.FileHandler(target)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        self.logger.addHandler(handler)
-        self.logger.setLevel(logging.INFO)
+            self._file = self._open()
+
+    def _open(self) -> Any:
+        if self.target == "-":
+            return open(os.dup(sys.stdout.fileno()), "ab", buffering=self.BUFFER)
+        return open(self.target, "ab", buffering=self.BUFFER)
 
     def __call__(self, head: RequestHead, environ: dict[str, Any], resp: Any, took: float) -> None:
         try:
-            self.logger.info(self.render(Entry(head, environ, resp, took)))
+            line = self.render(Entry(head, environ, resp, took))
+            if self.logger is not None:
+                self.logger.info(line)
+                return
+            self._file.write(line.encode("utf-8", "backslashreplace") + b"\n")
+            now = time.monotonic()
+            if now >= self._next_flush:
+                self._next_flush = now + self.FLUSH_INTERVAL
+                self._file.flush()
         except Exception:
             logging.getLogger("corral.error").exception("Failed to write the access log")
+
+    def flush(self) -> None:
+        """Write out buffered lines (the heartbeat calls this; so do USR1 and exit)."""
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except (OSError, ValueError):
+                pass
+
+    def reopen(self) -> None:
+        """USR1: finish the old file, continue in a new one at the same path."""
+        if self._file is None:
+            return
+        old, self._file = self._file, self._open()
+        try:
+            old.close()
+        except (OSError, ValueError):
+            pass

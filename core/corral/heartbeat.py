@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 from corral.settings import default_tmp_dir
 
@@ -23,6 +24,9 @@ class Heartbeat:
         self._next = 0.0
         #: Refresh at most this often: os.utime is a syscall, the check is cheap.
         self.interval = 0.5
+        #: Called at each beat: periodic work that must not wait for traffic
+        #: (the worker flushes its access log buffer here).
+        self.on_beat: Callable[[], None] | None = None
         self.beat()
 
     def beat(self) -> None:
@@ -34,6 +38,8 @@ class Heartbeat:
         if now >= self._next:
             self._next = now + self.interval
             os.utime(self.fd)
+            if self.on_beat is not None:
+                self.on_beat()
 
     def expire(self) -> None:
         """Make the arbiter see this worker as silent now (a request is stuck in a thread)."""

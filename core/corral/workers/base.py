@@ -118,7 +118,10 @@ class Worker:
         #: Built in init_process (after fork and init_concurrency) when TLS is on.
         self.ssl_context: ssl.SSLContext | None = None
         if cfg.accesslog:
-            self.access_log = AccessLog(cfg.accesslog, cfg.access_log_format)
+            custom_logging = bool(cfg.logconfig or cfg.logconfig_json or cfg.logconfig_dict)
+            access_log = AccessLog(cfg.accesslog, cfg.access_log_format, via_logging=custom_logging)
+            self.access_log = access_log
+            heartbeat.on_beat = access_log.flush
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -158,6 +161,8 @@ class Worker:
         self.heartbeat.beat()
         self.run()
         self.close_listeners()
+        if isinstance(self.access_log, AccessLog):
+            self.access_log.flush()
         self.pm.hook.corral_worker_exit(server=self.server, worker=self)
 
     def init_concurrency(self) -> None:
@@ -252,6 +257,8 @@ class Worker:
 
     def handle_usr1(self, signum: int, frame: Any) -> None:
         reopen_logs()
+        if isinstance(self.access_log, AccessLog):
+            self.access_log.reopen()
 
     def handle_abort(self, signum: int, frame: Any) -> None:
         self.alive = False
@@ -264,6 +271,8 @@ class Worker:
         finally:
             for handler in logging.getLogger("corral").handlers:
                 handler.flush()
+            if isinstance(self.access_log, AccessLog):
+                self.access_log.flush()
             os._exit(1)
 
 

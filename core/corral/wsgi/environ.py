@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -175,15 +175,28 @@ def build_environ(
         environ["REMOTE_PORT"] = str(client[1]) if client else ""
         trusted = True
     if trusted and ctx._scheme_keys:
-        secure: bool | None = None
-        for key, wanted in ctx._scheme_keys:
-            got = environ.get(key)
-            if got is None:
-                continue
-            this = got.lower() == wanted
-            if secure is not None and secure != this:
-                raise E.BadRequest("conflicting secure scheme headers")
-            secure = this
+        secure = forwarded_secure(ctx._scheme_keys, environ.get)
         if secure is not None:
             environ["wsgi.url_scheme"] = "https" if secure else "http"
     return environ
+
+
+def forwarded_secure(
+    pairs: Iterable[tuple[str, str]], lookup: Callable[[str], str | None]
+) -> bool | None:
+    """What trusted secure_scheme_headers say: True (https), False (http), None (silent).
+
+    :param pairs: (field or environ key, lowercased value meaning https).
+    :param lookup: finds a field's value by the first element of a pair.
+    :raises BadRequest: when two of the headers disagree.
+    """
+    secure: bool | None = None
+    for key, wanted in pairs:
+        got = lookup(key)
+        if got is None:
+            continue
+        this = got.lower() == wanted
+        if secure is not None and secure != this:
+            raise E.BadRequest("conflicting secure scheme headers")
+        secure = this
+    return secure

@@ -35,6 +35,7 @@ from tornado.iostream import StreamClosedError
 
 from corral.http import errors as E
 from corral.http.parser import NEED_DATA, EndOfMessage, RequestHead
+from corral.wsgi.environ import forwarded_secure
 from corral.wsgi.response import (
     CONTINUE_100,
     Response,
@@ -341,15 +342,7 @@ class TornadoResponder:
             remote_ip = proxied.source[0]
         scheme = env.url_scheme
         if trusted and self._secure:
-            secure: bool | None = None
-            for name, wanted in self._secure:
-                got = headers.get(name)
-                if got is None:
-                    continue
-                this = got.lower() == wanted
-                if secure is not None and secure != this:
-                    raise E.BadRequest("conflicting secure scheme headers")
-                secure = this
+            secure = forwarded_secure(self._secure, headers.get)
             if secure is not None:
                 scheme = "https" if secure else "http"
         return RequestContext(peer, remote_ip, scheme)

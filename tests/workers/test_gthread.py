@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import resource
 import signal
 import socket
 import statistics
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from corral.testing import CorralProcess
+from corral.testing.clients import closed_by_server, open_files_limit, read_response
 from corral.testing.conformance import wait_for_file
 from corral.testing.process import read_until_close
 
@@ -35,39 +35,6 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture
 def corral_worker_class() -> str:
     return "gthread"
-
-
-def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """One Content-Length framed response from a keep-alive connection."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"closed before a response head: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers["content-length"])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError("closed in the middle of a response body")
-        body += chunk
-    assert len(body) == length, "more bytes than one response"
-    return int(lines[0].split()[1]), headers, body
-
-
-def closed_by_server(sock: socket.socket, timeout: float) -> bool:
-    """True if the server closes within ``timeout`` without sending anything."""
-    sock.settimeout(timeout)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 def timed_get(server: CorralProcess, path: str = "/") -> float:
@@ -92,23 +59,6 @@ def idle_keepalive_connections(server: CorralProcess, count: int) -> Iterator[li
     finally:
         for sock in socks:
             sock.close()
-
-
-@contextlib.contextmanager
-def open_files_limit(wanted: int) -> Iterator[None]:
-    """Raise the soft RLIMIT_NOFILE (inherited by the server we start) for the block."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(max(soft, wanted), hard)
-    if target < wanted:
-        pytest.skip(f"needs {wanted} open files, the hard limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-# -- idle and slow clients hold no thread ------------------------------------------
 
 
 def test_idle_keepalive_connections_do_not_delay_a_fresh_request(corral_server: Server) -> None:

@@ -10,9 +10,7 @@ corral with ``-k tornado`` and talks to it over real sockets.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import resource
 import selectors
 import signal
 import socket
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from corral.testing import CorralProcess, parse_responses, read_until_close
+from corral.testing.clients import closed_by_server, open_files_limit
 from corral.testing.conformance import MALFORMED_REQUESTS, wait_for_file
 
 pytest.importorskip("corral_tornado", reason="corral-tornado is not installed (pip install ./plugins/tornado)")
@@ -150,19 +149,6 @@ def start_native(tmp_path: Path) -> Iterator[Callable[..., CorralProcess]]:
         server.kill()
 
 
-@contextlib.contextmanager
-def open_files_limit(wanted: int) -> Iterator[None]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (the server we start inherits it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        pytest.skip(f"needs {wanted} open files, the hard limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 def read_head(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, bytes]:
     """Bytes up to the end of one response head, and whatever came after it."""
     sock.settimeout(timeout)
@@ -188,17 +174,6 @@ def read_framed(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[s
             raise AssertionError("closed in the middle of a response body")
         body += chunk
     return int(lines[0].split()[1]), headers, body
-
-
-def closed_by_server(sock: socket.socket, timeout: float) -> bool:
-    """True if the server closes within ``timeout`` without sending anything more."""
-    sock.settimeout(timeout)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 def concurrent_requests(port: int, count: int, request: bytes, timeout: float) -> list[bytes]:

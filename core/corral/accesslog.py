@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -30,6 +31,8 @@ from corral.http.parser import RequestHead
 DEFAULT_FORMAT: Final = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 _ATOM = re.compile(r"%\((\{[^}]+\}[ioe]|[A-Za-z]+)\)s")
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\]')
+#: The same set as bytes, for bytes.translate().
+_UNSAFE_BYTES: Final = bytes(range(0x20)) + b'\x7f"\\'
 #: The atoms the JSON format writes, under readable names.
 JSON_FIELDS: Final = {
     "remote_addr": "h", "time": "t", "request": "r", "method": "m", "path": "U",
@@ -47,7 +50,7 @@ def _escape(value: str) -> str:
 
 
 class Entry:
-    """What one log line is made of; built only when an access log is on."""
+    """One request's log inputs, for callers that render a single line (tests, tools)."""
 
     __slots__ = ("environ", "head", "resp", "start_wall", "took")
 
@@ -59,29 +62,29 @@ class Entry:
         self.start_wall = time.time() - took
 
 
-def _request_header(name: str) -> Callable[[Entry], str]:
-    return lambda e: e.head.get(name) or "-"
+#: A renderer: (head, environ, resp, took, start_wall) -> line. Positional
+#: arguments rather than an Entry: building an object per line cost more
+#: than the rest of the line.
+Render = Callable[[RequestHead, dict[str, Any], Any, float, float], Any]
 
 
-def _response_header(name: str) -> Callable[[Entry], str]:
-    lname = name.lower()
-
-    def get(e: Entry) -> str:
-        for key, value in e.resp.headers:
-            if key.lower() == lname:
-                return str(value)
-        return "-"
-
-    return get
+def _request_header(head: RequestHead, lname: str) -> str:
+    for key, value in head.headers:
+        if key.lower() == lname:
+            return value or "-"
+    return "-"
 
 
-def _environ_var(name: str) -> Callable[[Entry], str]:
-    return lambda e: str(e.environ.get(name, "-"))
+def _response_header(resp: Any, lname: str) -> str:
+    for key, value in resp.headers:
+        if key.lower() == lname:
+            return str(value)
+    return "-"
 
 
-def _user(e: Entry) -> str:
-    auth = e.environ.get("HTTP_AUTHORIZATION", "")
-    if auth[:6].lower() == "basic ":
+def _user(environ: dict[str, Any]) -> str:
+    auth = environ.get("HTTP_AUTHORIZATION")
+    if auth and auth[:6].lower() == "basic ":
         try:
             return base64.b64decode(auth[6:].strip(), validate=True).decode("latin-1").split(":", 1)[0]
         except (binascii.Error, ValueError):
@@ -102,92 +105,192 @@ def _format_time(fmt: str, when: float) -> str:
     return cached[1]
 
 
-def _strftime(e: Entry) -> str:
-    return _format_time("[%d/%b/%Y:%H:%M:%S %z]", e.start_wall)
+def _clf_time(when: float) -> str:
+    return _format_time("[%d/%b/%Y:%H:%M:%S %z]", when)
 
 
-def _request_line(e: Entry) -> str:
-    return f"{e.head.method} {e.head.target} {e.head.version}"
+def _iso_time(when: float) -> str:
+    return _format_time("%Y-%m-%dT%H:%M:%S%z", when)
 
 
-_ATOMS: dict[str, Callable[[Entry], Any]] = {
-    "h": lambda e: e.environ.get("REMOTE_ADDR") or "-",
-    "l": lambda e: "-",
-    "u": _user,
-    "t": _strftime,
-    "r": _request_line,
-    "m": lambda e: e.head.method,
-    "U": lambda e: e.environ.get("PATH_INFO", ""),
-    "q": lambda e: e.head.query,
-    "H": lambda e: e.head.version,
-    "s": lambda e: e.resp.status_code,
-    "B": lambda e: e.resp.bytes_sent,
-    "b": lambda e: e.resp.bytes_sent or "-",
-    "f": lambda e: e.head.get("referer") or "-",
-    "a": lambda e: e.head.get("user-agent") or "-",
-    "T": lambda e: int(e.took),
-    "M": lambda e: int(e.took * 1000),
-    "D": lambda e: int(e.took * 1_000_000),
-    "L": lambda e: f"{e.took:.6f}",
-    "p": lambda e: f"<{os.getpid()}>",
+def _pid() -> str:
+    return f"<{os.getpid()}>"
+
+
+#: atom -> (Python expression over head, environ, resp, took, start; whether
+#: the value can hold client-chosen text and so must be escaped). The
+#: referer and user agent come from the environ, as in gunicorn: one dict
+#: lookup instead of a scan of the header list.
+_ATOMS: Final[dict[str, tuple[str, bool]]] = {
+    "h": ('(environ.get("REMOTE_ADDR") or "-")', True),
+    "l": ('"-"', False),
+    "u": ("_user(environ)", True),
+    "t": ("_clf_time(start)", False),
+    "r": ('(head.method + " " + head.target + " " + head.version)', True),
+    "m": ("head.method", False),
+    "U": ('environ.get("PATH_INFO", "")', True),
+    "q": ("head.query", True),
+    "H": ("head.version", False),
+    "s": ("resp.status_code", False),
+    "B": ("resp.bytes_sent", False),
+    "b": ('(resp.bytes_sent or "-")', False),
+    "f": ('(environ.get("HTTP_REFERER") or "-")', True),
+    "a": ('(environ.get("HTTP_USER_AGENT") or "-")', True),
+    "T": ("int(took)", False),
+    "M": ("int(took * 1000)", False),
+    "D": ("int(took * 1000000)", False),
+    "L": ('format(took, ".6f")', False),
+    "p": ("_pid()", False),
 }
+#: Atoms whose JSON value is a number.
+_JSON_NUMBERS: Final = frozenset("sBDp")
+#: JSON values keep their types (status and sizes are numbers).
+_JSON_ATOMS: Final = {**{k: v[0] for k, v in _ATOMS.items()}, "t": "_iso_time(start)", "p": "_getpid()"}
 
 
-def _getter(atom: str) -> Callable[[Entry], Any]:
+def _atom_expr(atom: str, names: dict[str, Any]) -> tuple[str, bool]:
+    """The expression for one atom; header and variable names become constants in ``names``."""
     if atom.startswith("{"):
         name, kind = atom[1:-2], atom[-1]
+        const = f"_c{len(names)}"
         if kind == "i":
-            return _request_header(name)
+            names[const] = name.lower()
+            return f"_request_header(head, {const})", True
         if kind == "o":
-            return _response_header(name)
-        return _environ_var(name)
+            names[const] = name.lower()
+            return f"_response_header(resp, {const})", True
+        names[const] = name
+        return f'str(environ.get({const}, "-"))', True
     try:
         return _ATOMS[atom]
     except KeyError:
         raise ValueError(f"unknown access log atom %({atom})s") from None
 
 
-def compile_format(fmt: str) -> Callable[[Entry], str]:
-    """Turn an access_log_format into a function of one Entry; ValueError for unknown atoms."""
+def _namespace() -> dict[str, Any]:
+    return {
+        "_request_header": _request_header, "_response_header": _response_header,
+        "_user": _user, "_clf_time": _clf_time, "_iso_time": _iso_time, "_pid": _pid,
+        "_getpid": os.getpid, "_escape": _escape,
+    }
+
+
+def _define(source: str, names: dict[str, Any]) -> Render:
+    # The format is known at startup and fixed for the worker's life, so it
+    # is compiled into one function: an f-string of attribute and dict
+    # lookups, no call per atom. Only expressions from the tables above and
+    # repr()'d literals reach the source; names from the format (header and
+    # environ variable names) are passed in as constants, never pasted in.
+    exec(compile(source, "<access_log_format>", "exec"), names)
+    render: Render = names["render"]
+    return render
+
+
+def _count_unsafe(data: bytes) -> int:
+    return len(data) - len(data.translate(None, _UNSAFE_BYTES))
+
+
+def _compile_json(names: dict[str, Any], encode: bool) -> Render:
+    # The fast path writes the object as a template, each string value
+    # between quotes as it is; that is valid, exactly escaped JSON when the
+    # line is ASCII and holds no quote, backslash or control character
+    # besides the template's own. Anything else goes through json.dumps.
+    template: list[str] = []
+    literals: list[str] = []
+    literal = "{"
+    for key, atom in JSON_FIELDS.items():
+        quoted = atom not in _JSON_NUMBERS
+        literals.append(literal + f'"{key}": ' + ('"' if quoted else ""))
+        template += [repr(literals[-1]), f"f'{{{_JSON_ATOMS[atom]}}}'"]
+        literal = ('"' if quoted else "") + ", "
+    literals.append(literal[:-2] + "}" + ("\n" if encode else ""))
+    template.append(repr(literals[-1]))
+    names["_EXPECTED"] = _count_unsafe("".join(literals).encode("ascii"))
+    names["_UNSAFE"] = _UNSAFE_BYTES
+    names["_NL"] = "\n"
+    names["_encode"] = json.JSONEncoder(ensure_ascii=True).encode
+    items = ", ".join(f"{key!r}: {_JSON_ATOMS[atom]}" for key, atom in JSON_FIELDS.items())
+    fallback = f"_encode({{{items}}})"
+    if encode:  # ensure_ascii: the text is ASCII already
+        fallback = f"({fallback} + _NL).encode('ascii')"
+    return _define(
+        "def render(head, environ, resp, took, start):\n"
+        f"    line = {' '.join(template)}\n"
+        "    if line.isascii():\n"
+        "        data = line.encode('ascii')\n"
+        "        if len(data) - len(data.translate(None, _UNSAFE)) == _EXPECTED:\n"
+        f"            return {'data' if encode else 'line'}\n"
+        f"    return {fallback}\n",
+        names,
+    )
+
+
+def compile_renderer(fmt: str, *, encode: bool = False) -> Render:
+    """Turn an access_log_format into a renderer; ValueError for unknown atoms.
+
+    With ``encode`` the renderer returns the line as UTF-8 bytes ending in a
+    newline, ready for the file (what AccessLog writes); otherwise a str.
+    """
+    names = _namespace()
     if fmt.strip().lower() == "json":
-        getters = {key: _ATOMS[atom] for key, atom in JSON_FIELDS.items()}
-        getters["time"] = lambda e: _format_time("%Y-%m-%dT%H:%M:%S%z", e.start_wall)
-        pid = os.getpid()  # a worker's pid never changes (the log is built after fork)
-        getters["pid"] = lambda e: pid
-        items = list(getters.items())
-        encode = json.JSONEncoder(ensure_ascii=True).encode
-
-        def as_json(e: Entry) -> str:
-            return encode({k: g(e) for k, g in items})
-
-        return as_json
-    parts: list[tuple[str, Callable[[Entry], Any] | None]] = []
+        return _compile_json(names, encode)
+    fast: list[str] = []
+    safe: list[str] = []
+    literals: list[str] = []
     pos = 0
     for m in _ATOM.finditer(fmt):
-        parts.append((fmt[pos : m.start()], _getter(m.group(1))))
+        literals.append(fmt[pos : m.start()])
+        expr, client = _atom_expr(m.group(1), names)
+        fast += [repr(literals[-1]), f"f'{{{expr}}}'"]
+        safe += [repr(literals[-1]), f"f'{{_escape(str({expr}))}}'" if client else fast[-1]]
         pos = m.end()
-    tail = fmt[pos:]
+    literals.append(fmt[pos:] + ("\n" if encode else ""))
+    fast.append(repr(literals[-1]))
+    safe.append(fast[-1])
+    names["_UNSAFE"] = _UNSAFE_BYTES
+    names["_EXPECTED"] = _count_unsafe("".join(literals).encode("utf-8", "backslashreplace"))
+    # The unescaped line is right when no value brought a quote, a backslash
+    # or a control character, that is, when its unsafe bytes are exactly
+    # those of the format's own text. One bytes.translate() over the whole
+    # line (C speed; str.isprintable() cost twice as much) replaces a check
+    # per value; otherwise the line is rendered again with every client
+    # value escaped. UTF-8 never puts an ASCII byte inside a multi-byte
+    # character, so counting bytes counts characters.
+    escaped = " ".join(safe)
+    if encode:
+        result, fallback = "data", f"({escaped}).encode('utf-8', 'backslashreplace')"
+    else:
+        result, fallback = "line", escaped
+    return _define(
+        "def render(head, environ, resp, took, start):\n"
+        f"    line = {' '.join(fast)}\n"
+        "    data = line.encode('utf-8', 'backslashreplace')\n"
+        "    if len(data) - len(data.translate(None, _UNSAFE)) == _EXPECTED:\n"
+        f"        return {result}\n"
+        f"    return {fallback}\n",
+        names,
+    )
 
-    def as_text(e: Entry) -> str:
-        out = []
-        for literal, getter in parts:
-            out.append(literal)
-            if getter is not None:
-                out.append(_escape(str(getter(e))))
-        out.append(tail)
-        return "".join(out)
 
-    return as_text
+def compile_format(fmt: str) -> Callable[[Entry], str]:
+    """Turn an access_log_format into a function of one Entry; ValueError for unknown atoms."""
+    render = compile_renderer(fmt)
+    return lambda e: render(e.head, e.environ, e.resp, e.took, e.start_wall)
 
 
 class AccessLog:
-    """Callable the worker invokes after each response: ``access_log(head, environ, resp, took)``.
+    """The access log of one worker: its ``log(head, environ, resp, took)`` runs after each response.
 
-    Lines go straight into a 64 KiB buffer that is written out at most a
-    second after a line was added (at the next heartbeat, or the next line),
-    on USR1 and when the worker exits: through the logging module, with a
-    write per line, the access log halved the requests per second of a
-    hello-world app. A crash loses at most the last second of lines.
+    Lines are rendered to bytes and appended to an in-memory buffer, which
+    is written out when it holds 64 KiB, at every heartbeat (the worker
+    beats at least every half second while it is alive), on USR1 and when
+    the worker exits. A crash loses at most the last beat's lines. Through
+    the logging module, a write per line halved the requests per second of
+    a hello-world app; this way a line costs about 2 µs (docs/logging.md).
+
+    Appending to a bytearray is one C call, atomic under the GIL, so the
+    threads of a gthread worker share the buffer without a lock; writing it
+    out takes the lock so that two flushes never interleave their bytes.
 
     When the operator hands logging a configuration (``--log-config``,
     ``--log-config-json``, ``logconfig_dict``), lines go through the
@@ -196,16 +299,17 @@ class AccessLog:
 
     #: Buffer size; a full buffer is written out at once.
     BUFFER = 65536
-    #: Longest a line waits in the buffer.
-    FLUSH_INTERVAL = 1.0
 
     def __init__(self, target: str, fmt: str, *, via_logging: bool = False) -> None:
-        self.render = compile_format(fmt)
         self.target = target
         self.logger: logging.Logger | None = None
         self._file: Any = None
-        self._next_flush = 0.0
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        #: What the worker calls after each response: log(head, environ, resp, took).
+        self.log: Callable[[RequestHead, dict[str, Any], Any, float], None]
         if via_logging:
+            self.render = compile_renderer(fmt)
             self.logger = logging.getLogger("corral.access")
             if not self.logger.handlers:
                 handler: logging.Handler = (logging.StreamHandler(sys.stdout) if target == "-"
@@ -214,41 +318,73 @@ class AccessLog:
                 self.logger.addHandler(handler)
                 self.logger.setLevel(logging.INFO)
                 self.logger.propagate = False
+            self.log = self._logging_writer(self.render)
         else:
+            self.render = compile_renderer(fmt, encode=True)
             self._file = self._open()
+            self.log = self._buffered_writer(self.render)
 
     def _open(self) -> Any:
         if self.target == "-":
-            return open(os.dup(sys.stdout.fileno()), "ab", buffering=self.BUFFER)
-        return open(self.target, "ab", buffering=self.BUFFER)
+            return open(os.dup(sys.stdout.fileno()), "ab", buffering=0)
+        return open(self.target, "ab", buffering=0)
 
     def __call__(self, head: RequestHead, environ: dict[str, Any], resp: Any, took: float) -> None:
-        try:
-            line = self.render(Entry(head, environ, resp, took))
-            if self.logger is not None:
-                self.logger.info(line)
-                return
-            self._file.write(line.encode("utf-8", "backslashreplace") + b"\n")
-            now = time.monotonic()
-            if now >= self._next_flush:
-                self._next_flush = now + self.FLUSH_INTERVAL
-                self._file.flush()
-        except Exception:
-            logging.getLogger("corral.error").exception("Failed to write the access log")
+        self.log(head, environ, resp, took)
+
+    def _buffered_writer(self, render: Render) -> Callable[[RequestHead, dict[str, Any], Any, float], None]:
+        # A closure rather than a method: the worker calls it for every
+        # request, and cell lookups beat attribute lookups on self.
+        buf = self._buf
+        flush = self.flush
+        limit = self.BUFFER
+        now = time.time
+        error = logging.getLogger("corral.error").exception
+
+        def log(head: RequestHead, environ: dict[str, Any], resp: Any, took: float) -> None:
+            nonlocal buf
+            try:
+                buf += render(head, environ, resp, took, now() - took)
+                if len(buf) >= limit:
+                    flush()
+            except Exception:
+                error("Failed to write the access log")
+
+        return log
+
+    def _logging_writer(self, render: Render) -> Callable[[RequestHead, dict[str, Any], Any, float], None]:
+        assert self.logger is not None
+        info = self.logger.info
+
+        def log(head: RequestHead, environ: dict[str, Any], resp: Any, took: float) -> None:
+            try:
+                info(render(head, environ, resp, took, time.time() - took))
+            except Exception:
+                logging.getLogger("corral.error").exception("Failed to write the access log")
+
+        return log
 
     def flush(self) -> None:
         """Write out buffered lines (the heartbeat calls this; so do USR1 and exit)."""
-        if self._file is not None:
+        if self._file is None or not self._buf:
+            return
+        with self._lock:
+            buf = self._buf
+            # Lines appended by other threads meanwhile stay for the next flush.
+            data = bytes(buf)
+            del buf[: len(data)]
             try:
-                self._file.flush()
+                self._file.write(data)
             except (OSError, ValueError):
-                pass
+                logging.getLogger("corral.error").exception("Failed to write the access log")
 
     def reopen(self) -> None:
         """USR1: finish the old file, continue in a new one at the same path."""
         if self._file is None:
             return
-        old, self._file = self._file, self._open()
+        self.flush()
+        with self._lock:
+            old, self._file = self._file, self._open()
         try:
             old.close()
         except (OSError, ValueError):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from corral.accesslog import DEFAULT_FORMAT, Entry, compile_format
+from corral.accesslog import DEFAULT_FORMAT, Entry, compile_format, compile_renderer
 from corral.http.parser import RequestHead
 from corral.testing import CorralProcess
 
@@ -27,6 +30,8 @@ def _entry(**headers: str) -> Entry:
                        content_length=None, chunked=False, keep_alive=True, expect_continue=False)
     environ = {"REMOTE_ADDR": "10.1.2.3", "PATH_INFO": "/p", "MY_VAR": "env-value",
                "HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"alice:secret").decode()}
+    # As build_environ puts them: %(f)s and %(a)s read the environ, as in gunicorn.
+    environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()})
     return Entry(head, environ, _Resp(), took=1.5)
 
 
@@ -105,3 +110,43 @@ def test_default_format_line(tmp_path: Path) -> None:
     line = access.read_text().splitlines()[0]
     assert line.startswith("127.0.0.1 - - [")
     assert line.endswith('"GET / HTTP/1.1" 200 13 "http://r/" "t/1"')
+
+
+# -- the compiled fast path renders exactly what escaping every value renders --------
+
+_CLIENT_TEXT = st.text(alphabet=st.sampled_from('ab "\\\t\n\r\x00\x1f\x7f\x85é€{}%'), max_size=8)
+_FORMAT = DEFAULT_FORMAT + ' %(U)s %(q)s "%({X-In}i)s" %({MY_VAR}e)s\t%(D)s'
+
+
+def _reference_escape(value: object) -> str:
+    return re.sub(r'[\x00-\x1f\x7f"\\]', lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+@given(target=_CLIENT_TEXT, query=_CLIENT_TEXT, referer=_CLIENT_TEXT, agent=_CLIENT_TEXT,
+       path=_CLIENT_TEXT, header=_CLIENT_TEXT, var=_CLIENT_TEXT)
+def test_fast_rendering_equals_escaping_every_value(
+        target: str, query: str, referer: str, agent: str, path: str, header: str, var: str) -> None:
+    head = RequestHead("GET", "/" + target, "/", query, "HTTP/1.1", [("X-In", header)], None, None,
+                       None, False, True, False)
+    environ = {"REMOTE_ADDR": "10.0.0.1", "PATH_INFO": path, "HTTP_REFERER": referer,
+               "HTTP_USER_AGENT": agent, "MY_VAR": var}
+    resp = _Resp()
+    start = 1_700_000_000.25
+    line = compile_renderer(_FORMAT)(head, environ, resp, 0.5, start)
+    stamp = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(int(start)))
+    esc = _reference_escape
+    assert line == (
+        f'10.0.0.1 - - {stamp} "{esc("GET /" + target + " HTTP/1.1")}" 201 1234 "{esc(referer or "-")}"'
+        f' "{esc(agent or "-")}" {esc(path)} {esc(query)} "{esc(header or "-")}" {esc(var)}\t500000'
+    )
+    encoded = compile_renderer(_FORMAT, encode=True)(head, environ, resp, 0.5, start)
+    assert encoded == (line + "\n").encode("utf-8", "backslashreplace")
+
+    record_line = compile_renderer("json")(head, environ, resp, 0.5, start)
+    record = json.loads(record_line)
+    assert record_line == json.dumps(record)  # exactly json's own escaping
+    assert (record["referer"], record["user_agent"], record["path"], record["query"]) == (
+        referer or "-", agent or "-", path, query)
+    assert record["request"] == "GET /" + target + " HTTP/1.1" and record["status"] == 201
+    assert compile_renderer("json", encode=True)(head, environ, resp, 0.5, start) == (
+        record_line + "\n").encode("ascii")

@@ -10,6 +10,7 @@ corral with ``-k tornado`` and talks to it over real sockets.
 
 from __future__ import annotations
 
+import base64
 import json
 import selectors
 import signal
@@ -381,6 +382,22 @@ def test_native_max_requests_recycles_worker(start_native: Callable[..., CorralP
     (pid,) = server.wait_for_workers(1)
     pids = {json.loads(server.request("GET", "/info")[2])["pid"] for _ in range(5)}
     assert pid in pids and len(pids) >= 2
+
+
+def test_native_access_log_has_user_referer_and_agent(start_native: Callable[..., CorralProcess],
+                                                     tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    server = start_native("--access-logfile", str(access))
+    auth = "Basic " + base64.b64encode(b"alice:pw").decode()
+    server.request("GET", "/?x=1", headers={"Referer": "http://r/", "User-Agent": 'ua "1"',
+                                           "Authorization": auth})
+    deadline = time.monotonic() + 10
+    while not access.exists() or not access.read_text():  # written out at the next heartbeat
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    line = access.read_text().splitlines()[0]
+    assert line.startswith("127.0.0.1 - alice [")
+    assert line.endswith('"GET /?x=1 HTTP/1.1" 200 15 "http://r/" "ua \\x221\\x22"')
 
 
 def test_native_handler_blocking_the_loop_gets_worker_replaced(

@@ -114,13 +114,16 @@ class Worker:
         # Request hooks cost nothing when no plugin implements them.
         self.pre_request = self._hook_or_none("corral_pre_request")
         self.post_request = self._hook_or_none("corral_post_request")
+        #: Called after each response when the access log is on: (head, environ, resp, took).
         self.access_log: Callable[..., None] | None = None
+        self.access_logger: AccessLog | None = None
         #: Built in init_process (after fork and init_concurrency) when TLS is on.
         self.ssl_context: ssl.SSLContext | None = None
         if cfg.accesslog:
             custom_logging = bool(cfg.logconfig or cfg.logconfig_json or cfg.logconfig_dict)
             access_log = AccessLog(cfg.accesslog, cfg.access_log_format, via_logging=custom_logging)
-            self.access_log = access_log
+            self.access_logger = access_log
+            self.access_log = access_log.log
             heartbeat.on_beat = access_log.flush
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -161,8 +164,8 @@ class Worker:
         self.heartbeat.beat()
         self.run()
         self.close_listeners()
-        if isinstance(self.access_log, AccessLog):
-            self.access_log.flush()
+        if self.access_logger is not None:
+            self.access_logger.flush()
         self.pm.hook.corral_worker_exit(server=self.server, worker=self)
 
     def init_concurrency(self) -> None:
@@ -257,8 +260,8 @@ class Worker:
 
     def handle_usr1(self, signum: int, frame: Any) -> None:
         reopen_logs()
-        if isinstance(self.access_log, AccessLog):
-            self.access_log.reopen()
+        if self.access_logger is not None:
+            self.access_logger.reopen()
 
     def handle_abort(self, signum: int, frame: Any) -> None:
         self.alive = False
@@ -271,8 +274,8 @@ class Worker:
         finally:
             for handler in logging.getLogger("corral").handlers:
                 handler.flush()
-            if isinstance(self.access_log, AccessLog):
-                self.access_log.flush()
+            if self.access_logger is not None:
+                self.access_logger.flush()
             os._exit(1)
 
 

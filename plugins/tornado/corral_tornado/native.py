@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 #: tornado's RequestHandler sets this Server value by default; it is replaced
 #: by corral's, which names no version.
 _TORNADO_SERVER = "TornadoServer/"
+#: Request fields copied into the post_request/access-log environ, under
+#: their WSGI keys (the first of each, like the header lookups elsewhere).
+_LOGGED_FIELDS = {"authorization": "HTTP_AUTHORIZATION", "referer": "HTTP_REFERER",
+                  "user-agent": "HTTP_USER_AGENT"}
 
 
 class RequestContext:
@@ -365,9 +369,11 @@ class TornadoResponder:
             "REMOTE_PORT": str(peer[1]) if isinstance(peer, tuple) else "",
             "wsgi.url_scheme": request.context.protocol,
         }
-        auth = head.get("authorization")
-        if auth is not None:
-            environ["HTTP_AUTHORIZATION"] = auth
+        # The fields the access log reads from a WSGI environ (%(u)s, %(f)s, %(a)s).
+        for name, value in head.headers:
+            key = _LOGGED_FIELDS.get(name.lower())
+            if key is not None and key not in environ:
+                environ[key] = value
         if worker.post_request is not None:
             try:
                 worker.post_request(worker=worker, req=head, environ=environ, resp=request.response)

@@ -51,9 +51,13 @@ _ABSOLUTE_FORM = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#@]*)([^#]*)")
 _AUTHORITY = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
 _OWS = b" \t"
+#: SP and HTAB as byte values (indexing bytes gives ints).
+_WSP: Final = frozenset(b" \t")
 # The same checks on latin-1 text (the fields are split as text). ASCII-only
 # classes: they match exactly what the bytes patterns match.
 _AUTHORITY_STR = re.compile(_AUTHORITY.pattern.decode("ascii"))
+_REQUEST_LINE_STR = re.compile(_REQUEST_LINE.pattern.decode("ascii"))
+_ABSOLUTE_FORM_STR = re.compile(_ABSOLUTE_FORM.pattern.decode("ascii"))
 _CONTENT_LENGTH_STR = re.compile(_CONTENT_LENGTH.pattern.decode("ascii"))
 #: Fields the parser itself must look at, by lowercased name.
 _FRAMING_FIELDS: Final = {n: n for n in (
@@ -322,16 +326,21 @@ class RequestParser:
                 raise ClientDisconnected("connection closed in the middle of a request head")
             self._check_partial_head()
             return NEED_DATA
-        line_end = buf.find(b"\r\n")
+        # One latin-1 decoding of the head serves the request line and the
+        # fields (1 byte = 1 char, and every check below is ASCII-only).
+        text = buf[:end].decode("latin-1")
+        line_end = text.find("\r\n")
+        if line_end < 0:  # a request line and no fields
+            line_end = end
         if line_end > self.limits.limit_request_line:
             raise E.URITooLong("request line too long")
-        head = self._parse_request_line(bytes(buf[:line_end]))
+        head = self._parse_request_line(text[:line_end])
         block = bytes(buf[line_end + 2 : end + 4])
         del buf[: end + 4]
         self._scan = 0
         self._line_end = -1
         self._header_lines = 0
-        return self._parse_fields(head, block)
+        return self._parse_fields(head, block, text[line_end + 2 :].split("\r\n") if line_end < end else [])
 
     def _check_partial_head(self) -> None:
         """Refuse an incomplete head as early as its bytes allow."""
@@ -356,7 +365,7 @@ class RequestParser:
             if line_end > lim.limit_request_line:
                 raise E.URITooLong("request line too long")
             # Answer 400/501/505 now rather than after the headers arrive.
-            self._parse_request_line(bytes(buf[:line_end]))
+            self._parse_request_line(buf[:line_end].decode("latin-1"))
             self._line_end = line_end
             start = line_end + 2
         if _BARE_LF.search(buf, max(start, self._line_end + 1)) is not None:
@@ -369,76 +378,72 @@ class RequestParser:
             raise E.HeaderFieldsTooLarge("header field too large")
         self._scan = len(buf)
 
-    def _parse_request_line(self, line: bytes) -> RequestHead:
-        m = _REQUEST_LINE.fullmatch(line)
+    def _parse_request_line(self, line: str) -> RequestHead:
+        """``line``: the latin-1 text of the request line (ASCII-only patterns judge it)."""
+        m = _REQUEST_LINE_STR.fullmatch(line)
         if m is None:
             raise E.BadRequest("malformed request line")
-        method_b, target_b, major, minor = m.groups()
-        if len(method_b) > MAX_METHOD:
+        method, target, major, minor = m.groups()
+        if len(method) > MAX_METHOD:
             raise E.MethodNotImplemented("method too long")
-        if major != b"1":
-            if major == b"0":
+        if major != "1":
+            if major == "0":
                 raise E.BadRequest("HTTP/0.x is not supported")
             raise E.VersionNotSupported("only HTTP/1.x is served here")
-        version = "HTTP/1.0" if minor == b"0" else "HTTP/1.1"
-        method = method_b.decode("ascii")
-        host: bytes | None = None
+        version = "HTTP/1.0" if minor == "0" else "HTTP/1.1"
+        host: str | None = None
         scheme: str | None = None
-        if target_b[:1] == b"/":
-            if b"#" in target_b:
+        if target[0] == "/":
+            if "#" in target:
                 raise E.BadRequest("fragment in request target")
             if method == "CONNECT":
                 raise E.BadRequest("CONNECT needs an authority-form target")
-            path, _, query = target_b.partition(b"?")
-        elif target_b == b"*":
+            path, _, query = target.partition("?")
+        elif target == "*":
             if method != "OPTIONS":
                 raise E.BadRequest("asterisk-form target is only for OPTIONS")
-            path, query = b"*", b""
+            path, query = "*", ""
         elif method == "CONNECT":
             # authority-form = uri-host ":" port (RFC 9112 3.2.3); the colons
             # inside an IPv6 literal are no port, so look after its "]".
-            if (_AUTHORITY.fullmatch(target_b) is None or b":" not in target_b.rpartition(b"]")[2]
-                    or target_b[:1] == b":"):  # no host: ":443"
+            if (_AUTHORITY_STR.fullmatch(target) is None or ":" not in target.rpartition("]")[2]
+                    or target[0] == ":"):  # no host: ":443"
                 raise E.BadRequest("malformed CONNECT target")
-            path, query, host = b"", b"", target_b
+            path, query, host = "", "", target
         else:
-            am = _ABSOLUTE_FORM.fullmatch(target_b)
+            am = _ABSOLUTE_FORM_STR.fullmatch(target)
             if am is None:
                 raise E.BadRequest("malformed request target")
-            scheme_b, authority, rest = am.groups()
-            scheme = scheme_b.lower().decode("ascii")
+            scheme, authority, rest = am.groups()
+            scheme = scheme.lower()
             if scheme not in ("http", "https") or not authority:
                 raise E.BadRequest("absolute-form target must be an http(s) URI")
-            if _AUTHORITY.fullmatch(authority) is None:
+            if _AUTHORITY_STR.fullmatch(authority) is None:
                 raise E.BadRequest("malformed authority in request target")
-            if rest and rest[:1] not in (b"/", b"?"):
+            if rest and rest[0] not in "/?":
                 raise E.BadRequest("malformed request target")
-            path, _, query = rest.partition(b"?")
-            path = path or b"/"
+            path, _, query = rest.partition("?")
+            path = path or "/"
             host = authority
         # Positional: measurably cheaper than keywords on this per-request path.
         # Order: method, target, path, query, version, headers, host,
         # target_scheme, content_length, chunked, keep_alive, expect_continue.
-        return RequestHead(
-            method, target_b.decode("ascii"), path.decode("ascii"), query.decode("ascii"),
-            version, [], host.decode("ascii") if host is not None else None, scheme,
-            None, False, version == "HTTP/1.1", False,
-        )
+        return RequestHead(method, target, path, query, version, [], host, scheme,
+                           None, False, version == "HTTP/1.1", False)
 
-    def _parse_fields(self, head: RequestHead, block: bytes) -> RequestHead:
+    def _parse_fields(self, head: RequestHead, block: bytes, lines: list[str]) -> RequestHead:
+        """``block``: the field lines and the empty line, as sent; ``lines``: its latin-1 lines."""
         lim = self.limits
-        if block[:1] in (b" ", b"\t"):
+        if block[0] in _WSP:
             raise E.BadRequest("whitespace before the first header field")
         # Field limits count lines as sent, as _check_partial_head does: a
         # dropped "_" field or an obs-fold line counts, and so does padding
         # that llhttp and on_header strip. Otherwise the answer would depend
         # on whether the head arrived in one read or trickled in.
-        # One latin-1 decoding serves the limits and the fields (1 byte = 1 char).
-        lines = block.decode("latin-1").split("\r\n")
-        del lines[-2:]
         if len(lines) > lim.limit_request_fields:
             raise E.HeaderFieldsTooLarge("too many header fields")
-        if lines and max(map(len, lines)) > lim.limit_request_field_size:
+        # No line is longer than the block: look at each only when it could be.
+        if len(block) > lim.limit_request_field_size and max(map(len, lines)) > lim.limit_request_field_size:
             raise E.HeaderFieldsTooLarge("header field too large")
         if lim.permit_obsolete_folding:
             # The opt-in leniency: an obs-fold becomes one SP (RFC 9112 5.2).

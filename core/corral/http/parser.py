@@ -70,6 +70,15 @@ _NAME_KINDS: dict[str, str] = {}
 _NAME_KINDS_MAX: Final = 2048
 
 
+#: Host values already found valid: the same few hosts arrive all day.
+_VALID_HOSTS: set[str] = set()
+#: The Connection values nearly every request carries, already split.
+_CONNECTION_TOKENS: Final = {
+    value: frozenset({value.lower()})
+    for value in ("keep-alive", "Keep-Alive", "close", "Close", "upgrade", "Upgrade")
+}
+
+
 def _name_kind(name: str) -> str:
     kind = "_" if "_" in name else _FRAMING_FIELDS.get(name.lower(), "")
     if len(_NAME_KINDS) < _NAME_KINDS_MAX:
@@ -95,6 +104,7 @@ MAX_CHUNK_LINE: Final = 4096
 #: What llhttp sees in place of the real request line: a method and a version
 #: it knows, so that any RFC 9110 token method can be served.
 _CANONICAL_LINE: Final = b"GET / HTTP/1.1\r\n"
+_CANONICAL_LEN: Final = len(_CANONICAL_LINE)
 #: Fields that must never arrive in a trailer: they change framing or routing.
 _FORBIDDEN_TRAILERS: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
@@ -157,6 +167,8 @@ class EndOfMessage:
     trailers: list[tuple[str, str]] = field(default_factory=list)
 
 
+#: Limits of a parser made without any (tests, tools); never changed.
+_DEFAULT_LIMITS: Final = ParserLimits()
 #: The end of every message without trailers; shared, since nothing in it changes.
 _END_WITHOUT_TRAILERS: Final = EndOfMessage([])
 
@@ -215,28 +227,26 @@ class RequestParser:
     :class:`ClientDisconnected` (close without answering).
     """
 
+    # Per-connection state starts as these class attributes: a sync worker
+    # makes a parser for every request, so __init__ sets only what differs.
+    #: What the PROXY header said, once read.
+    proxy: ProxyInfo | None = None
+    _eof = False
+    _state = _HEAD
+    _error: Exception | None = None
+    _scan = 0  # how far the current partial head was checked
+    _line_end = -1  # end of the request line once seen
+    _header_lines = 0
+    _remaining = 0  # body bytes left (length or current chunk)
+    _body_read = 0
+    _trailers: list[tuple[str, str]]  # set when a chunked body starts
+
     def __init__(self, limits: ParserLimits | None = None, *, proxy_trusted: bool = True) -> None:
         """:param proxy_trusted: whether the peer may send a PROXY header (--proxy-allow-from)."""
-        self.limits = limits or ParserLimits()
-        #: What the PROXY header said, once read.
-        self.proxy: ProxyInfo | None = None
-        self._proxy_pending = self.limits.proxy_protocol != "off"
+        self.limits = limits = limits or _DEFAULT_LIMITS
+        self._proxy_pending = limits.proxy_protocol != "off"
         self._proxy_trusted = proxy_trusted
         self._buf = bytearray()
-        self._eof = False
-        self._state = _HEAD
-        self._error: Exception | None = None
-        self._scan = 0  # how far the current partial head was checked
-        self._line_end = -1  # end of the request line once seen
-        self._header_lines = 0
-        self._remaining = 0  # body bytes left (length or current chunk)
-        self._body_read = 0
-        self._trailers: list[tuple[str, str]] = []
-        lim = self.limits
-        # The most a complete head may take; past it the answer is 431.
-        self._max_head = (
-            lim.limit_request_line + 2 + lim.limit_request_fields * (lim.limit_request_field_size + 2) + 2
-        )
 
     # -- input --------------------------------------------------------------
 
@@ -310,7 +320,7 @@ class RequestParser:
         if not buf:
             # The usual first call of a connection, before anything arrived.
             return CONNECTION_CLOSED if self._eof else NEED_DATA
-        if self._line_end < 0 and buf[:2] == b"\r\n":
+        if self._line_end < 0 and buf[0] == 13 and buf[:2] == b"\r\n":  # 13: CR
             # Leading empty lines before a request line are ignored (RFC 9112 2.2).
             # Tested on _line_end, not on _scan == 0: a CR and its LF may come
             # in two reads, and a request line is never empty, so a head that
@@ -335,11 +345,13 @@ class RequestParser:
         if line_end > self.limits.limit_request_line:
             raise E.URITooLong("request line too long")
         head = self._parse_request_line(text[:line_end])
-        block = bytes(buf[line_end + 2 : end + 4])
+        # What llhttp gets, built with one copy: a line it knows, then the fields as sent.
+        block = _CANONICAL_LINE + buf[line_end + 2 : end + 4]
         del buf[: end + 4]
-        self._scan = 0
-        self._line_end = -1
-        self._header_lines = 0
+        if self._scan:  # the head came in pieces: reset what the partial checks kept
+            self._scan = 0
+            self._line_end = -1
+            self._header_lines = 0
         return self._parse_fields(head, block, text[line_end + 2 :].split("\r\n") if line_end < end else [])
 
     def _check_partial_head(self) -> None:
@@ -374,7 +386,10 @@ class RequestParser:
         if self._header_lines > lim.limit_request_fields:
             raise E.HeaderFieldsTooLarge("too many header fields")
         last_line = len(buf) - (buf.rfind(b"\n") + 1)
-        if last_line > lim.limit_request_field_size + 2 or len(buf) > self._max_head:
+        # The most a complete head may take; past it the answer is 431.
+        max_head = (lim.limit_request_line + 2
+                    + lim.limit_request_fields * (lim.limit_request_field_size + 2) + 2)
+        if last_line > lim.limit_request_field_size + 2 or len(buf) > max_head:
             raise E.HeaderFieldsTooLarge("header field too large")
         self._scan = len(buf)
 
@@ -432,9 +447,10 @@ class RequestParser:
                            None, False, version == "HTTP/1.1", False)
 
     def _parse_fields(self, head: RequestHead, block: bytes, lines: list[str]) -> RequestHead:
-        """``block``: the field lines and the empty line, as sent; ``lines``: its latin-1 lines."""
+        """``block``: _CANONICAL_LINE, then the field lines and the empty line as sent;
+        ``lines``: the field lines as latin-1 text."""
         lim = self.limits
-        if block[0] in _WSP:
+        if block[_CANONICAL_LEN] in _WSP:
             raise E.BadRequest("whitespace before the first header field")
         # Field limits count lines as sent, as _check_partial_head does: a
         # dropped "_" field or an obs-fold line counts, and so does padding
@@ -443,16 +459,17 @@ class RequestParser:
         if len(lines) > lim.limit_request_fields:
             raise E.HeaderFieldsTooLarge("too many header fields")
         # No line is longer than the block: look at each only when it could be.
-        if len(block) > lim.limit_request_field_size and max(map(len, lines)) > lim.limit_request_field_size:
+        if (len(block) - _CANONICAL_LEN > lim.limit_request_field_size
+                and max(map(len, lines)) > lim.limit_request_field_size):
             raise E.HeaderFieldsTooLarge("header field too large")
         if lim.permit_obsolete_folding:
             # The opt-in leniency: an obs-fold becomes one SP (RFC 9112 5.2).
             block = re.sub(rb"\r\n[ \t]+", b" ", block)
-            lines = block.decode("latin-1").split("\r\n")
+            lines = block[_CANONICAL_LEN:].decode("latin-1").split("\r\n")
             del lines[-2:]
         parser = httptools.HttpRequestParser(_VALIDATOR)
         try:
-            parser.feed_data(_CANONICAL_LINE + block)
+            parser.feed_data(block)
         except httptools.HttpParserUpgrade:
             pass  # Upgrade is not served over WSGI: the request is handled as usual.
         except httptools.HttpParserError as exc:
@@ -460,8 +477,9 @@ class RequestParser:
         # llhttp accepted the block: every line is token ":" OWS value OWS, so
         # plain string operations on its latin-1 text cannot misread it.
         headers: list[tuple[str, str]] = []
-        dropped: list[str] = []
-        hosts: list[str] = []
+        dropped = head.dropped
+        host: str | None = None
+        hosts = 0
         te: list[str] = []
         connection: list[str] = []
         expect: list[str] = []
@@ -487,7 +505,9 @@ class RequestParser:
                     append((name, value))
                     continue
                 if kind == "host":
-                    hosts.append(value)
+                    hosts += 1
+                    if host is None:
+                        host = value
                 elif kind == "content-length":
                     content_length = value
                 elif kind == "transfer-encoding":
@@ -500,18 +520,21 @@ class RequestParser:
                     expect.append(value)
             append((name, value))
         head.headers = headers
-        head.dropped = dropped
         http11 = head.version == "HTTP/1.1"
 
-        if len(hosts) > 1:
+        if hosts > 1:
             raise E.BadRequest("more than one Host field")
-        if http11 and not hosts:
-            raise E.BadRequest("HTTP/1.1 request without Host")
-        if hosts:
-            if _AUTHORITY_STR.fullmatch(hosts[0]) is None:
-                raise E.BadRequest("malformed Host field")
+        if host is None:
+            if http11:
+                raise E.BadRequest("HTTP/1.1 request without Host")
+        else:
+            if host not in _VALID_HOSTS:
+                if _AUTHORITY_STR.fullmatch(host) is None:
+                    raise E.BadRequest("malformed Host field")
+                if len(_VALID_HOSTS) < _NAME_KINDS_MAX:
+                    _VALID_HOSTS.add(host)
             if head.host is None:
-                head.host = hosts[0]
+                head.host = host
         if content_types > 1:
             raise E.BadRequest("more than one Content-Type field")
 
@@ -538,7 +561,9 @@ class RequestParser:
                 raise E.ContentTooLarge("request body larger than limit_request_body")
 
         if connection:
-            tokens = {t.strip(" \t").lower() for t in ",".join(connection).split(",")}
+            tokens = _CONNECTION_TOKENS.get(connection[0]) if len(connection) == 1 else None
+            if tokens is None:
+                tokens = {t.strip(" \t").lower() for t in ",".join(connection).split(",")}
             if "close" in tokens:
                 head.keep_alive = False
             elif not http11:

@@ -86,6 +86,7 @@ class EnvironContext:
     extra: dict[str, Any] = field(default_factory=dict)
     base: dict[str, Any] = field(init=False)
     _scheme_keys: list[tuple[str, str]] = field(init=False)
+    _scheme_key_set: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         # The prepared base dict: one copy per request instead of a dozen stores.
@@ -107,6 +108,7 @@ class EnvironContext:
         self._scheme_keys = [
             (environ_key(name), value.lower()) for name, value in self.secure_scheme_headers.items()
         ]
+        self._scheme_key_set = frozenset(key for key, _ in self._scheme_keys)
 
 
 def _split_host(host: str, scheme: str) -> tuple[str, str]:
@@ -168,13 +170,14 @@ def build_environ(
         remote = client or peer
         environ["REMOTE_ADDR"] = remote[0]
         environ["REMOTE_PORT"] = str(remote[1])
-        trusted = peer[0] in ctx.trusted
     else:
-        # A unix-socket peer is a local process allowed by the socket's mode.
         environ["REMOTE_ADDR"] = client[0] if client else ""
         environ["REMOTE_PORT"] = str(client[1]) if client else ""
-        trusted = True
-    if trusted and ctx._scheme_keys:
+    # Most requests carry none of the scheme headers: one set operation in
+    # C says so before the peer's trust is looked up.
+    if not ctx._scheme_key_set.isdisjoint(environ) and (
+            # A unix-socket peer is a local process allowed by the socket's mode.
+            not isinstance(peer, tuple) or peer[0] in ctx.trusted):
         secure = forwarded_secure(ctx._scheme_keys, environ.get)
         if secure is not None:
             environ["wsgi.url_scheme"] = "https" if secure else "http"

@@ -39,13 +39,16 @@ CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: same fields again and again (Content-Type, Cache-Control...), so the
 #: regular expressions run once per distinct pair; bounded so that values
 #: that vary (dates, ETags) cannot grow it without end.
-_VALID_FIELDS: dict[tuple[str, str], str] = {}
+_VALID_FIELDS: dict[tuple[str, str], tuple[str, str]] = {}
 _VALID_FIELDS_MAX: Final = 4096
+#: Status lines already found valid, with their code: apps send a handful.
+_STATUS_CODES: dict[str, int] = {}
 
 #: Value of the Server field. No version: it would only help attackers pick exploits.
 SERVER_HEADER: Final = "corral"
 
-_date_cache: list[Any] = [0, ""]
+#: [second, Date value, whole "Date: ...\r\n" line] for the current second.
+_date_cache: list[Any] = [0, "", ""]
 _SERVER_LINE: Final = f"Server: {SERVER_HEADER}\r\n"
 # Bits of Response._own.
 _HAS_SERVER: Final = 1
@@ -58,7 +61,15 @@ def http_date() -> str:
     if _date_cache[0] != now:
         _date_cache[0] = now
         _date_cache[1] = formatdate(now, usegmt=True)
+        _date_cache[2] = f"Date: {_date_cache[1]}\r\n"
     return _date_cache[1]
+
+
+def date_line() -> str:
+    """The whole Date field line, as the response head carries it."""
+    if _date_cache[0] != int(time.time()):
+        http_date()
+    return _date_cache[2]
 
 
 class ResponseError(Exception):
@@ -74,6 +85,7 @@ class Response:
 
     __slots__ = (
         "_chunked",
+        "_lines",
         "_no_body",
         "_own",
         "_send",
@@ -125,12 +137,17 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise ResponseError("start_response called a second time without exc_info")
-        if not isinstance(status, str) or _STATUS.fullmatch(status) is None:
-            raise ResponseError(f"invalid status {status!r}: want 'NNN Reason'")
+        code = _STATUS_CODES.get(status) if type(status) is str else None
+        if code is None:
+            if not isinstance(status, str) or _STATUS.fullmatch(status) is None:
+                raise ResponseError(f"invalid status {status!r}: want 'NNN Reason'")
+            code = int(status[:3])
+            if len(_STATUS_CODES) < _VALID_FIELDS_MAX:
+                _STATUS_CODES[status] = code
         content_length: int | None = None
         keep_alive = self.keep_alive
         checked: list[tuple[str, str]] = []
-        code = int(status[:3])
+        lines: list[str] = []  # the same fields as head lines
         own = 0
         valid = _VALID_FIELDS
         for item in headers:
@@ -139,17 +156,20 @@ class Response:
             name, value = item
             if type(name) is not str or type(value) is not str:
                 raise ResponseError(f"header {item!r}: name and value must be str")
-            lname = valid.get(item)
-            if lname is None and (name == "Content-Length" or name == "content-length"):
-                lname = "content-length"  # its value varies: checked below, never cached
-            if lname is None:
+            known = valid.get(item)
+            if known is not None:
+                lname, line = known
+            elif name == "Content-Length" or name == "content-length":
+                lname, line = "content-length", ""  # its value varies: checked below, never cached
+            else:
                 if _FIELD_NAME.fullmatch(name) is None:
                     raise ResponseError(f"invalid header name {name!r}")
                 if _FIELD_VALUE.fullmatch(value) is None:
                     raise ResponseError(f"invalid value for header {name}: CR, LF and controls are refused")
                 lname = name.lower()
+                line = f"{name}: {value}\r\n"
                 if len(valid) < _VALID_FIELDS_MAX and lname != "content-length":
-                    valid[item] = lname
+                    valid[item] = (lname, line)
             if lname in _HOP_BY_HOP:
                 if lname == "connection" and value.strip().lower() == "close":
                     keep_alive = False
@@ -166,7 +186,9 @@ class Response:
             elif lname == "date":
                 own |= _HAS_DATE
             checked.append((name, value))
+            lines.append(line or f"{name}: {value}\r\n")
         self._own = own
+        self._lines = lines
         self.status = status
         self.status_code = code
         self.headers = checked
@@ -216,11 +238,11 @@ class Response:
         code = self.status_code
         self._no_body = head.method == "HEAD" or code < 200 or code in _NO_BODY_STATUS
         lines = [f"HTTP/1.1 {self.status}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in self.headers]
+        lines += self._lines
         if not self._own & _HAS_SERVER:
             lines.append(_SERVER_LINE)
         if not self._own & _HAS_DATE:
-            lines.append(f"Date: {http_date()}\r\n")
+            lines.append(date_line())
         if self.content_length is None and not (code < 200 or code == 204):
             if self.length_hint is not None and (not self._no_body or head.method == "HEAD"):
                 if not (self._no_body and code == 304):

@@ -69,8 +69,10 @@ class ThreadWorker(Worker):
         watchdog = self.watchdog if self.watchdog.timeout else None
         try:
             keep = conn.run_requests(watchdog)
-            if keep:
-                # The loop reads it without blocking; done here, off the loop's thread.
+            if keep and conn.sock.gettimeout() != 0.0:
+                # The loop reads it without blocking; done here, off the loop's
+                # thread, and only when needed (sendfile leaves it blocking):
+                # setblocking is a system call, and each one hands the GIL around.
                 conn.sock.setblocking(False)
         except (ClientDisconnected, OSError):
             keep = False

@@ -105,8 +105,15 @@ def _format_time(fmt: str, when: float) -> str:
     return cached[1]
 
 
+#: [second, its %(t)s text]: the generated code reads it inline and calls
+#: _clf_time only when the second changed (two calls per line saved).
+_CLF: list[Any] = [-1, ""]
+
+
 def _clf_time(when: float) -> str:
-    return _format_time("[%d/%b/%Y:%H:%M:%S %z]", when)
+    text = _format_time("[%d/%b/%Y:%H:%M:%S %z]", when)
+    _CLF[0], _CLF[1] = int(when), text
+    return text
 
 
 def _iso_time(when: float) -> str:
@@ -124,8 +131,8 @@ def _pid() -> str:
 _ATOMS: Final[dict[str, tuple[str, bool]]] = {
     "h": ('(environ.get("REMOTE_ADDR") or "-")', True),
     "l": ('"-"', False),
-    "u": ("_user(environ)", True),
-    "t": ("_clf_time(start)", False),
+    "u": ('(_user(environ) if "HTTP_AUTHORIZATION" in environ else "-")', True),
+    "t": ("(_CLF[1] if _CLF[0] == int(start) else _clf_time(start))", False),
     "r": ('(head.method + " " + head.target + " " + head.version)', True),
     "m": ("head.method", False),
     "U": ('environ.get("PATH_INFO", "")', True),
@@ -170,7 +177,7 @@ def _atom_expr(atom: str, names: dict[str, Any]) -> tuple[str, bool]:
 def _namespace() -> dict[str, Any]:
     return {
         "_request_header": _request_header, "_response_header": _response_header,
-        "_user": _user, "_clf_time": _clf_time, "_iso_time": _iso_time, "_pid": _pid,
+        "_user": _user, "_clf_time": _clf_time, "_CLF": _CLF, "_iso_time": _iso_time, "_pid": _pid,
         "_getpid": os.getpid, "_escape": _escape,
     }
 

@@ -34,7 +34,6 @@ import errno
 import logging
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
 
 from tornado.httputil import HTTPServerConnectionDelegate
@@ -47,6 +46,7 @@ from corral.http.proxy import ProxyInfo
 from corral.workers.asyncio_connection import (
     AsyncHttpConnection,
     ConnectionProtocol,
+    RequestThreadPool,
     Responder,
     WsgiThreadResponder,
 )
@@ -100,7 +100,7 @@ class TornadoWorker(Worker):
 
     async def _serve(self) -> None:
         loop = self.loop
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: RequestThreadPool | None = None
         self._watchdog: RequestWatchdog | None = None
         self.responder = self._make_responder()
         self._connections: set[AsyncHttpConnection] = set()
@@ -134,7 +134,7 @@ class TornadoWorker(Worker):
 
             return TornadoResponder(self, app)
         threads = self.cfg.threads if self.cfg.threads > 1 else DEFAULT_WSGI_THREADS
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="corral-wsgi")
+        self._executor = RequestThreadPool(threads, "corral-wsgi")
         self._watchdog = RequestWatchdog(self.heartbeat, self.cfg.timeout, self.log)
         return WsgiThreadResponder(self, self._executor, self._watchdog)
 

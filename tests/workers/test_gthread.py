@@ -37,6 +37,18 @@ def corral_worker_class() -> str:
     return "gthread"
 
 
+@pytest.fixture(autouse=True, params=["epoll", "select"])
+def poller(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with each of the loop's pollers (corral_gthread.poller).
+
+    With epoll, pool threads re-arm kept-alive connections themselves; the
+    portable selector hands them back through the loop. Both must behave
+    the same on the wire. (CorralProcess copies this process's environment.)
+    """
+    monkeypatch.setenv("CORRAL_GTHREAD_POLLER", request.param)
+    return str(request.param)
+
+
 def timed_get(server: CorralProcess, path: str = "/") -> float:
     start = time.perf_counter()
     status, _, _ = server.request("GET", path)

@@ -479,6 +479,11 @@ class ThreadBridge:
             if self._protocol.closed:
                 raise ConnectionResetError("the client closed the connection")
 
+    def send(self, data: bytes) -> int:
+        """Hands over everything, as sendall (HttpConnection tries send first)."""
+        self.sendall(data)
+        return len(data)
+
     def _may_send(self) -> bool:
         return self._unsent <= THREAD_SEND_HIGH_WATER or self._protocol.closed
 

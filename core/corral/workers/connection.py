@@ -120,7 +120,12 @@ class HttpConnection:
         timeout = self.worker.cfg.timeout
         if self.cooperative:
             sock.settimeout(timeout or None)
-            sock.sendall(data)
+            # One send first: gevent's sendall asks the kernel for SO_SNDBUF
+            # on every call, a second system call a short response never needs.
+            # (A cooperative socket's send may block until some bytes went.)
+            sent = sock.send(data)
+            if sent < len(data):
+                sock.sendall(memoryview(data)[sent:])
             return
         if sock.gettimeout() != 0.0:
             sock.setblocking(False)

@@ -4,7 +4,7 @@ The connection belongs to one side at a time, and the hand-over is the only
 synchronisation it needs:
 
 - the loop owns it while it waits for a complete request head: its socket
-  is non-blocking and registered with the loop's selector, and
+  is non-blocking and armed in the loop's poller, and
   :meth:`PooledConnection.read_head` is called when it is readable;
 - a pool thread owns it from the moment the loop submits it (no longer
   registered) until the thread hands it back: the thread runs
@@ -39,12 +39,18 @@ class PooledConnection(HttpConnection):
     error: E.HTTPError | None = None
     #: False once the socket is closed.
     open: bool = True
+    #: Counted out of the loop's open connections (see IOLoop.count_closed).
+    counted: bool = False
+    #: Waiting for readiness in the loop's poller (see corral_gthread.poller).
+    armed: bool = False
+    #: The socket's fd as registered with the poller, -1 when not registered.
+    fd: int = -1
 
     # -- in the loop thread ----------------------------------------------------
 
     @property
     def waiting(self) -> bool:
-        """Registered with the loop's selector, waiting for (the rest of) a head."""
+        """Owned by the loop, waiting for (the rest of) a head."""
         return self.deadline >= 0
 
     def read_head(self) -> RequestHead | bytes | EndOfMessage | _Sentinel:

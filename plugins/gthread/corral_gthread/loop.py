@@ -6,9 +6,12 @@ enforces the idle timeouts; a connection reaches a pool thread only once its
 whole head has arrived, so slow and idle clients cost a file descriptor and
 about a kilobyte, never a thread.
 
-Only this thread touches the selector, the deadlines and the connection
-count. Pool threads hand connections back through a deque and write to the
-worker's wake pipe when the loop may be asleep.
+Only this thread touches the deadlines and the connection count. Pool
+threads hand connections back through a deque; a connection kept alive is
+also re-armed by its thread (see :mod:`corral_gthread.poller`), so the loop
+only learns of it for its idle deadline, at its next wake-up. A closed one
+wakes the loop when it may be asleep, since a slot for a new connection is
+free.
 
 Timeouts, as the sync worker's HttpConnection applies them:
 
@@ -32,7 +35,6 @@ import contextlib
 import errno
 import math
 import os
-import selectors
 import socket
 import time
 from collections import deque
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Final
 from corral.http import errors as E
 from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
 from corral_gthread.connection import PooledConnection
+from corral_gthread.poller import make_poller
 
 if TYPE_CHECKING:
     from corral.workers.watchdog import RequestWatchdog
@@ -127,7 +130,7 @@ class IOLoop:
         self.keepalive: float = cfg.keepalive
         self.max_connections: int = cfg.worker_connections
         self.graceful_timeout: float = cfg.graceful_timeout
-        self.selector = selectors.DefaultSelector()
+        self.poller = make_poller()
         self.header_deadlines = Deadlines(cfg.header_timeout)
         self.idle_deadlines = Deadlines(cfg.keepalive)
         #: Connections handed back by pool threads (appended there, popped here).
@@ -139,21 +142,31 @@ class IOLoop:
         self.accepting = False
         self.accept_backoff_until = 0.0
         self.stopping = False
-        #: Each listening socket with what its connections need: (environ context, TCP_NODELAY?).
-        self.listeners: dict[socket.socket, tuple[EnvironContext, bool]] = {}
+        #: Each listening socket with what its connections need: (itself, environ context, TCP_NODELAY?).
+        self.listeners: dict[socket.socket, tuple[socket.socket, EnvironContext, bool]] = {}
         for listener in worker.listeners:
             # Shared with the arbiter and the other workers (one open file
             # description): the sync worker sets the same.
             listener.sock.setblocking(False)
             nodelay = listener.sock.family in (socket.AF_INET, socket.AF_INET6)
-            self.listeners[listener.sock] = (worker.envs[id(listener)], nodelay)
-        self.selector.register(worker._wake_r, selectors.EVENT_READ, None)
+            self.listeners[listener.sock] = (listener.sock, worker.envs[id(listener)], nodelay)
+        self.poller.watch(worker._wake_r, None)
 
     # -- called from pool threads ----------------------------------------------
 
-    def give_back(self, conn: PooledConnection) -> None:
-        """Return a connection from a pool thread: to wait for its next request, or closed."""
+    def give_back(self, conn: PooledConnection, keep: bool) -> None:
+        """Return a connection from a pool thread: to wait for its next request, or to close."""
+        if not keep:
+            self.poller.forget(conn)
+            conn.close()
+        # Appended before the connection is re-armed: the loop takes back
+        # what was returned before it handles events, so it has seen this
+        # connection (and set its idle deadline) before it can hand it to a
+        # thread again.
         self.returned.append(conn)
+        if keep and self.poller.threadsafe and not self.stopping:
+            self.poller.arm(conn)
+            return
         # The loop sets `sleeping` before it looks at `returned` for the last
         # time and selects; so either it sees this connection, or we see
         # `sleeping` and wake it. A spare wake-up costs one empty iteration.
@@ -185,19 +198,20 @@ class IOLoop:
             wake_at = min(wake_at, self.accept_backoff_until)
         self.sleeping = True
         timeout = 0.0 if self.returned else max(wake_at - now, 0.0)
-        events = self.selector.select(timeout)
+        ready = self.poller.poll(timeout)
         self.sleeping = False
+        # Before the events: see give_back().
+        self.take_back()
         conn_type = PooledConnection
-        for key, _ in events:
-            data = key.data
+        for data in ready:
             if type(data) is conn_type:
-                self.on_readable(data, registered=True)
+                if data.open:
+                    self.on_readable(data, registered=True)
             elif data is None:
                 with contextlib.suppress(OSError):
-                    os.read(key.fd, 4096)
+                    os.read(self.worker._wake_r, 4096)
             else:
-                self.accept(key.fileobj, data)  # type: ignore[arg-type]
-        self.take_back()
+                self.accept(data)
         now = time.monotonic()
         for conn in self.header_deadlines.expired(now):
             self.timed_out(conn)
@@ -221,7 +235,7 @@ class IOLoop:
         if self.connections >= self.max_connections:
             return
         for sock, data in self.listeners.items():
-            self.selector.register(sock, selectors.EVENT_READ, data)
+            self.poller.watch(sock.fileno(), data)
         self.accepting = True
 
     def pause_accepting(self) -> None:
@@ -230,12 +244,13 @@ class IOLoop:
         if not self.accepting:
             return
         for sock in self.listeners:
-            self.selector.unregister(sock)
+            self.poller.unwatch(sock.fileno())
         self.accepting = False
 
-    def accept(self, listener: socket.socket, data: tuple[EnvironContext, bool]) -> None:
+    def accept(self, data: tuple[socket.socket, EnvironContext, bool]) -> None:
         # One accept per readiness event: with several workers on one
         # listener, a greedy worker would take connections others could serve.
+        listener, env, nodelay = data
         try:
             sock, peer = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -247,7 +262,6 @@ class IOLoop:
                 self.accept_backoff_until = time.monotonic() + ACCEPT_BACKOFF
                 return
             raise
-        env, nodelay = data
         sock.setblocking(False)
         if nodelay:
             # Responses go out in a few writes (a streamed body, its last
@@ -266,27 +280,30 @@ class IOLoop:
     # -- connections -------------------------------------------------------------
 
     def on_readable(self, conn: PooledConnection, registered: bool) -> None:
+        """Read what a connection sent; :param registered: it waited in the poller (now disarmed)."""
         try:
             event = conn.read_head()
         except E.HTTPError as exc:
             conn.error = exc
-            self.to_thread(conn, registered)
+            self.to_thread(conn)
             return
         except ClientDisconnected:
-            self.close(conn, registered)
+            self.close(conn)
             return
         if event is NEED_DATA:
             if not registered:
                 self.wait(conn, fresh=True)
-            elif not conn.head_started and conn.parser.in_head:
+                return
+            if not conn.head_started and conn.parser.in_head:
                 # The whole head must arrive within header_timeout of its first byte.
                 conn.head_started = True
                 self.header_deadlines.add(conn, time.monotonic())
+            self.poller.arm(conn)
         elif type(event) is RequestHead:
             conn.head = event
-            self.to_thread(conn, registered)
+            self.to_thread(conn)
         else:  # CONNECTION_CLOSED
-            self.close(conn, registered)
+            self.close(conn)
 
     def wait(self, conn: PooledConnection, fresh: bool) -> None:
         """Watch a connection the loop now owns until its next head is complete.
@@ -294,6 +311,10 @@ class IOLoop:
         :param fresh: just accepted (its first head is due within
             header_timeout) rather than back from a request (keep-alive).
         """
+        self.set_deadline(conn, fresh)
+        self.poller.arm(conn)
+
+    def set_deadline(self, conn: PooledConnection, fresh: bool) -> None:
         now = time.monotonic()
         if conn.parser.in_head:
             # Part of the next head is here already (it came with the last
@@ -304,31 +325,36 @@ class IOLoop:
             self.header_deadlines.add(conn, now)
         else:
             self.idle_deadlines.add(conn, now)
-        self.selector.register(conn.sock, selectors.EVENT_READ, conn)
 
-    def to_thread(self, conn: PooledConnection, registered: bool) -> None:
-        if registered:
-            # Before the thread can run: it reads the socket itself now.
-            self.selector.unregister(conn.sock)
+    def to_thread(self, conn: PooledConnection) -> None:
+        # Before the thread can run: it reads the socket itself now. (A
+        # connection that reached us through an event is disarmed already.)
+        self.poller.disarm(conn)
         conn.deadline = -1.0
         conn.head_started = False
         self.submit(conn)
 
-    def close(self, conn: PooledConnection, registered: bool) -> None:
-        if registered:
-            self.selector.unregister(conn.sock)
+    def close(self, conn: PooledConnection) -> None:
+        self.poller.forget(conn)
         conn.deadline = -1.0  # its queued deadlines are stale now
         conn.close()
-        self.connections -= 1
+        self.count_closed(conn)
         self.resume_accepting()
+
+    def count_closed(self, conn: PooledConnection) -> None:
+        # Once per connection: one the loop closed at stop may still be in
+        # `returned`, put there by its thread just before.
+        if not conn.counted:
+            conn.counted = True
+            self.connections -= 1
 
     def timed_out(self, conn: PooledConnection) -> None:
         """A deadline passed: 408 for a head in progress, else close without a word."""
         if conn.parser.in_head:
             conn.error = E.RequestTimeout("request head not received in time")
-            self.to_thread(conn, registered=True)
+            self.to_thread(conn)
         else:
-            self.close(conn, registered=True)
+            self.close(conn)
 
     def take_back(self) -> None:
         """Connections pool threads returned: watch them again, or count them closed."""
@@ -336,10 +362,11 @@ class IOLoop:
         while returned:
             conn = returned.popleft()
             if not conn.open:
-                self.connections -= 1
+                self.count_closed(conn)
             elif self.stopping:
-                conn.close()
-                self.connections -= 1
+                self.close(conn)
+            elif self.poller.threadsafe:
+                self.set_deadline(conn, fresh=False)  # its thread re-armed it
             else:
                 self.wait(conn, fresh=False)
         self.resume_accepting()
@@ -356,13 +383,11 @@ class IOLoop:
         self.stopping = True
         self.pause_accepting()
         self.worker.close_listeners()
-        for key in list(self.selector.get_map().values()):
-            conn = key.data
-            if type(conn) is not PooledConnection:
-                continue
+        for conn in self.poller.armed():
             # Bytes may have arrived since the last select(): a request the
             # client already sent is served rather than dropped.
+            self.poller.disarm(conn)
             self.on_readable(conn, registered=True)
-            if conn.waiting and not conn.parser.in_head:
-                self.close(conn, registered=True)
+            if conn.open and conn.waiting and not conn.parser.in_head:
+                self.close(conn)
         self.take_back()

@@ -79,9 +79,7 @@ class ThreadWorker(Worker):
         except Exception:
             self.log.exception("Error serving a connection")
             keep = False
-        if not keep:
-            conn.close()
-        self.loop.give_back(conn)
+        self.loop.give_back(conn, keep)
 
 
 class RequestThreads:

@@ -713,3 +713,46 @@ def test_next_event_without_data() -> None:
     parser.feed(b"GE")
     assert parser.next_event() is NEED_DATA
     assert parser.in_head
+
+
+# -- the field-line cache -------------------------------------------------------------
+
+
+def _head_of(data: bytes) -> RequestHead:
+    parser = RequestParser()
+    parser.feed(data)
+    head = parser.next_event()
+    assert isinstance(head, RequestHead)
+    return head
+
+
+def test_repeated_field_lines_parse_the_same_from_the_cache() -> None:
+    # The second parse finds every line in the cache; its answers (framing
+    # roles included) must not differ from the first, computed ones.
+    from corral.http import parser as P
+
+    P._FIELD_LINES.clear()
+    data = req(b"POST /x HTTP/1.1", b"Host: a.example", b"X-A:  v1 \t", b"Content-Length: 3",
+               b"Connection: close", b"X_Under: 1", body=b"abc")
+    first = _head_of(data)
+    assert "X-A:  v1 \t" in P._FIELD_LINES
+    second = _head_of(data)
+    for head in (first, second):
+        assert head.headers == [("Host", "a.example"), ("X-A", "v1"), ("Content-Length", "3"),
+                                ("Connection", "close")]
+        assert head.dropped == ["X_Under"]
+        assert (head.host, head.content_length, head.keep_alive) == ("a.example", 3, False)
+
+
+def test_field_line_cache_stays_bounded() -> None:
+    from corral.http import parser as P
+
+    P._FIELD_LINES.clear()
+    long_value = b"v" * (P._FIELD_LINE_CACHED_LEN + 1)
+    _head_of(req(b"GET / HTTP/1.1", HOST, b"X-Long: " + long_value))
+    assert not any(line.startswith("X-Long") for line in P._FIELD_LINES)  # long lines never kept
+    for i in range(P._FIELD_LINES_MAX + 10):
+        _head_of(req(b"GET / HTTP/1.1", HOST, b"X-N: %d" % i))
+    assert len(P._FIELD_LINES) <= P._FIELD_LINES_MAX
+    # Cleared when full, so the most recent lines are the ones kept.
+    assert f"X-N: {P._FIELD_LINES_MAX + 9}" in P._FIELD_LINES

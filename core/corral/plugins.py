@@ -50,6 +50,11 @@ class WorkerSpec:
     :param tls: terminates TLS itself (--certfile): it serves connections through
         :meth:`corral.workers.connection.HttpConnection.serve`, which handshakes
         in the connection's own thread of control. False refuses TLS settings at startup.
+    :param shared_modules: modules the arbiter imports before it forks a worker
+        of this class, so that every worker shares them (copy-on-write) instead
+        of holding its own copy. Only modules whose import has no effect beyond
+        defining things: no monkey-patching, no thread, no event loop (never
+        gevent itself, say). Failures are ignored; the worker imports them anyway.
     """
 
     name: str
@@ -60,6 +65,7 @@ class WorkerSpec:
     monkey_patches: bool = False
     preload_safe: bool = True
     tls: bool = False
+    shared_modules: tuple[str, ...] = ()
     distribution: str = field(default="", compare=False)
 
 

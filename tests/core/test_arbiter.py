@@ -121,3 +121,45 @@ def test_app_hanging_at_import_is_killed_and_reported(tmp_path: Path) -> None:
         assert "time.sleep(60)" in log
     finally:
         server.kill()
+
+
+_SHARED_HOOK = """\
+import gc
+import sys
+
+def when_ready(server):
+    with open({path!r} + ".tmp", "w") as f:
+        f.write(repr(("corral_sync.worker" in sys.modules, gc.get_freeze_count())))
+    import os
+    os.replace({path!r} + ".tmp", {path!r})
+"""
+
+_FREEZE_APP = """\
+import gc
+
+def app(environ, start_response):
+    body = str(gc.get_freeze_count()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_workers_share_what_the_arbiter_imported_and_never_collect_it(tmp_path: Path) -> None:
+    # The worker class's shared_modules are imported by the arbiter before
+    # fork; the inherited objects are frozen in the child (its collector
+    # must not dirty their pages) and thawed in the arbiter.
+    state = tmp_path / "arbiter-state"
+    (tmp_path / "hooks.conf.py").write_text(_SHARED_HOOK.format(path=str(state)))
+    (tmp_path / "freezeapp.py").write_text(_FREEZE_APP)
+    with CorralProcess("freezeapp:app", ["-c", "hooks.conf.py"], workdir=tmp_path,
+                       worker_class="sync") as server:
+        deadline = time.monotonic() + 10
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shared, arbiter_frozen = eval(state.read_text())  # noqa: S307 - our own repr
+        assert shared is True
+        assert arbiter_frozen == 0
+        status, _, body = server.request("GET", "/")
+        assert status == 200
+        # Every object the arbiter had when it forked: thousands.
+        assert int(body) > 1000

@@ -29,5 +29,8 @@ def corral_register_workers() -> list[WorkerSpec]:
             preload_safe=False,
             # Serves through HttpConnection.serve(), which handshakes per connection.
             tls=True,
+            # corral's connection code, imported by the arbiter before fork and
+            # shared by every worker; never gevent itself (patching happens after fork).
+            shared_modules=("corral.workers.connection",),
         )
     ]

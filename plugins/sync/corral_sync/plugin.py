@@ -21,5 +21,7 @@ def corral_register_workers() -> list[WorkerSpec]:
             preload_safe=True,
             # Serves through HttpConnection.serve(), which handshakes per connection.
             tls=True,
+            # Imported by the arbiter before fork, shared by every worker.
+            shared_modules=("corral_sync.worker",),
         )
     ]

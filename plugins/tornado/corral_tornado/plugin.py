@@ -20,5 +20,8 @@ def corral_register_workers() -> list[WorkerSpec]:
             monkey_patches=False,
             preload_safe=True,
             tls=True,
+            # asyncio and corral's asyncio layer, imported by the arbiter before
+            # fork and shared by every worker; tornado itself stays out of it.
+            shared_modules=("corral.workers.asyncio_connection",),
         )
     ]

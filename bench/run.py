@@ -524,7 +524,12 @@ def wait_ready(server: Server, workers: int, deadline: float) -> None:
 
 
 def smaps_rollup(pid: int) -> dict[str, int] | None:
-    """RSS and PSS in KiB from /proc/PID/smaps_rollup (PSS splits shared pages among sharers)."""
+    """RSS, PSS and private memory in KiB from /proc/PID/smaps_rollup.
+
+    PSS splits shared pages among sharers; private (USS: Private_Clean +
+    Private_Dirty) is what the process holds alone, so what one more worker
+    adds to the machine.
+    """
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
@@ -532,8 +537,10 @@ def smaps_rollup(pid: int) -> dict[str, int] | None:
     out: dict[str, int] = {}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
-        if key in ("Rss", "Pss", "Shared_Clean", "Private_Dirty"):
+        if key in ("Rss", "Pss", "Shared_Clean", "Private_Clean", "Private_Dirty"):
             out[key.lower() + "_kib"] = int(rest.split()[0])
+    if "private_clean_kib" in out and "private_dirty_kib" in out:
+        out["uss_kib"] = out["private_clean_kib"] + out["private_dirty_kib"]
     return out
 
 
@@ -944,9 +951,12 @@ def memory_rows(res: Results) -> list[list[str]]:
                 _kib(g.get(phase), proc, "rss_kib"),
                 _kib(c.get(phase), proc, "pss_kib"),
                 _kib(g.get(phase), proc, "pss_kib"),
+                _kib(c.get(phase), proc, "uss_kib"),
+                _kib(g.get(phase), proc, "uss_kib"),
             ]
-            ratio = _fmt_ratio(vals[2], vals[3])
-            rows.append([cls, label, *[f"{v / 1024:.1f}" if v is not None else "-" for v in vals], ratio])
+            mib = [f"{v / 1024:.1f}" if v is not None else "-" for v in vals]
+            rows.append([cls, label, *mib[:4], _fmt_ratio(vals[2], vals[3]), *mib[4:],
+                         _fmt_ratio(vals[4], vals[5])])
     return rows
 
 
@@ -958,6 +968,9 @@ MEM_HEAD: Final = (
     "corral PSS MiB",
     "gunicorn PSS MiB",
     "PSS ratio",
+    "corral private MiB",
+    "gunicorn private MiB",
+    "private ratio",
 )
 
 
@@ -1050,7 +1063,8 @@ def markdown_report(res: Results) -> str:
     if res.memory:
         lines += [
             "Resident memory (from /proc/PID/smaps_rollup; PSS counts pages shared after fork "
-            "once, split among the processes sharing them):",
+            "once, split among the processes sharing them; private is what the process holds "
+            "alone, i.e. what one more worker costs):",
             "",
             md_table(MEM_HEAD, memory_rows(res), 2),
             "",

@@ -101,6 +101,9 @@ class Worker:
         self.max_requests = 0
         if cfg.max_requests:
             self.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
+        # Read per connection or per write: plain attributes, not Config lookups.
+        self.header_timeout: float = cfg.header_timeout
+        self.write_timeout: float = cfg.timeout
         self.limits = ParserLimits(
             limit_request_line=cfg.limit_request_line,
             limit_request_fields=cfg.limit_request_fields,

@@ -72,7 +72,7 @@ class HttpConnection:
         self.env = env
         self.keepalive = keepalive
         self.parser = RequestParser(worker.limits, proxy_trusted=proxy_trusted(worker, peer))
-        self.header_timeout = worker.cfg.header_timeout
+        self.header_timeout = worker.header_timeout
 
     # -- I/O -----------------------------------------------------------------
 
@@ -117,7 +117,7 @@ class HttpConnection:
 
     def _send(self, data: bytes) -> None:
         sock = self.sock
-        timeout = self.worker.cfg.timeout
+        timeout = self.worker.write_timeout
         if self.cooperative:
             sock.settimeout(timeout or None)
             # One send first: gevent's sendall asks the kernel for SO_SNDBUF
@@ -190,7 +190,9 @@ class HttpConnection:
     def _drain(self) -> bool:
         """Read and drop the rest of the request body; False if the connection must close."""
         parser = self.parser
-        deadline = time.monotonic() + DRAIN_MAX_SECONDS
+        if parser.done:
+            return True
+        deadline = 0.0  # set when the first read is due: most calls only take the end of message
         budget = DRAIN_MAX_BYTES
         while not parser.done:
             event = parser.next_event()
@@ -199,6 +201,8 @@ class HttpConnection:
                 if budget < 0:
                     return False
             elif event is NEED_DATA:
+                if not deadline:
+                    deadline = time.monotonic() + DRAIN_MAX_SECONDS
                 try:
                     self._recv(deadline)
                 except _Timeout:
@@ -255,19 +259,19 @@ class HttpConnection:
         ``parser.start_next()`` before reading the next head.
         """
         worker = self.worker
-        started = time.monotonic()
+        started = time.monotonic() if worker.access_log is not None else 0.0
         keep = self.keepalive > 0 and head.keep_alive and worker.alive
         resp = Response(head, self._send, keep)
         resp.alive_check = worker.is_alive
         continue_sent = False
 
-        def send_continue() -> None:
-            nonlocal continue_sent
-            if head.expect_continue and not resp.headers_sent:
-                self._send(CONTINUE_100)
-                continue_sent = True
-
         if head.has_body:
+            def send_continue() -> None:
+                nonlocal continue_sent
+                if head.expect_continue and not resp.headers_sent:
+                    self._send(CONTINUE_100)
+                    continue_sent = True
+
             body = Body(self._receive_body, send_continue)
         else:
             body = Body(_no_body)
@@ -360,7 +364,7 @@ class HttpConnection:
             count = min(count, size)
         self._send(resp._make_head())
         # socket.sendfile refuses non-blocking sockets; it polls by itself.
-        self.sock.settimeout(self.worker.cfg.timeout or None)
+        self.sock.settimeout(self.worker.write_timeout or None)
         sent = self.sock.sendfile(wrapper.filelike, offset, count) if count else 0
         resp.bytes_sent = sent
         resp.finish()

@@ -137,6 +137,11 @@ class IOLoop:
         self.returned: deque[PooledConnection] = deque()
         #: True while the loop may be blocked in select(); see give_back().
         self.sleeping = False
+        #: Something in `returned` needs the loop now (a closed connection,
+        #: or any connection without a thread-safe poller): do not block.
+        #: Kept-alive connections a thread re-armed only need their idle
+        #: deadline, which can wait for the next wake-up.
+        self.urgent = False
         #: Open connections, wherever they are: the --worker-connections count.
         self.connections = 0
         self.accepting = False
@@ -167,9 +172,10 @@ class IOLoop:
         if keep and self.poller.threadsafe and not self.stopping:
             self.poller.arm(conn)
             return
-        # The loop sets `sleeping` before it looks at `returned` for the last
-        # time and selects; so either it sees this connection, or we see
-        # `sleeping` and wake it. A spare wake-up costs one empty iteration.
+        # The loop sets `sleeping` before it reads `urgent` and selects; so
+        # either it sees `urgent` (and does not block), or we see `sleeping`
+        # and wake it. A spare wake-up costs one empty iteration.
+        self.urgent = True
         if self.sleeping:
             self.worker.wake()
 
@@ -197,7 +203,7 @@ class IOLoop:
         if self.accept_backoff_until:
             wake_at = min(wake_at, self.accept_backoff_until)
         self.sleeping = True
-        timeout = 0.0 if self.returned else max(wake_at - now, 0.0)
+        timeout = 0.0 if self.urgent else max(wake_at - now, 0.0)
         ready = self.poller.poll(timeout)
         self.sleeping = False
         # Before the events: see give_back().
@@ -358,6 +364,7 @@ class IOLoop:
 
     def take_back(self) -> None:
         """Connections pool threads returned: watch them again, or count them closed."""
+        self.urgent = False  # before popping: a later give_back sets it again
         returned = self.returned
         while returned:
             conn = returned.popleft()

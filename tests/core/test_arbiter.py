@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import signal
 import time
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_workers_share_what_the_arbiter_imported_and_never_collect_it(tmp_path: 
         deadline = time.monotonic() + 10
         while not state.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        shared, arbiter_frozen = eval(state.read_text())  # noqa: S307 - our own repr
+        shared, arbiter_frozen = ast.literal_eval(state.read_text())
         assert shared is True
         assert arbiter_frozen == 0
         status, _, body = server.request("GET", "/")

@@ -60,6 +60,12 @@ CHECK_INTERVAL: Final = 0.25
 #: connection stays queued and the listener readable, so retrying at once
 #: would spin. Stop accepting for this long.
 ACCEPT_BACKOFF: Final = 0.1
+#: While every pool thread is taken (and as many requests queued) the loop
+#: stops watching the listeners, so that a connection goes to a worker with
+#: a thread free (IOLoop.saturate); but it still
+#: looks at their queues this often, so that under sustained load on every
+#: worker a new connection waits milliseconds, not until the load ends.
+SATURATED_PEEK: Final = 0.005
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: A deadline queue is not compacted below this length: compacting a short
 #: queue would cost more than the stale entries do.
@@ -144,6 +150,17 @@ class IOLoop:
         self.urgent = False
         #: Open connections, wherever they are: the --worker-connections count.
         self.connections = 0
+        #: Connections submitted to the pool and not yet given back.
+        self.in_threads = 0
+        self.threads: int = cfg.threads
+        #: saturate() at this many, and accept again once a thread is free:
+        #: the gap keeps a loaded worker from toggling its listeners (two
+        #: system calls each way) at every request.
+        self.saturation: int = 2 * cfg.threads
+        #: Too busy to accept: the listeners are not watched, only peeked
+        #: at, at `peek_at`; see saturate().
+        self.saturated = False
+        self.peek_at = math.inf
         self.accepting = False
         self.accept_backoff_until = 0.0
         self.stopping = False
@@ -171,6 +188,9 @@ class IOLoop:
         self.returned.append(conn)
         if keep and self.poller.threadsafe and not self.stopping:
             self.poller.arm(conn)
+            # No wake-up even when the loop stopped accepting for want of a
+            # thread (saturate()): under load it wakes soon for another
+            # event, and SATURATED_PEEK bounds the wait anyway.
             return
         # The loop sets `sleeping` before it reads `urgent` and selects; so
         # either it sees `urgent` (and does not block), or we see `sleeping`
@@ -202,6 +222,8 @@ class IOLoop:
         wake_at = min(next_check, self.header_deadlines.next(), self.idle_deadlines.next(), until)
         if self.accept_backoff_until:
             wake_at = min(wake_at, self.accept_backoff_until)
+        if self.saturated:
+            wake_at = min(wake_at, self.peek_at)
         self.sleeping = True
         timeout = 0.0 if self.urgent else max(wake_at - now, 0.0)
         ready = self.poller.poll(timeout)
@@ -226,6 +248,8 @@ class IOLoop:
         if self.accept_backoff_until and now >= self.accept_backoff_until:
             self.accept_backoff_until = 0.0
             self.resume_accepting()
+        if self.saturated and now >= self.peek_at:
+            self.peek(now)
         if now >= next_check:
             next_check = now + CHECK_INTERVAL
             self.watchdog.check()
@@ -240,9 +264,41 @@ class IOLoop:
             return
         if self.connections >= self.max_connections:
             return
+        if self.saturated and self.in_threads >= self.threads:
+            return  # until a thread is free: see saturate()
+        self.saturated = False
+        self.peek_at = math.inf
         for sock, data in self.listeners.items():
             self.poller.watch(sock.fileno(), data)
         self.accepting = True
+
+    def saturate(self) -> None:
+        """Every thread is taken and as many requests wait: leave new connections to others.
+
+        A connection accepted now would wait in this worker's queue while
+        another worker may have an idle thread; left in the kernel's listen
+        queue, it goes to whichever worker asks first. (With 2 workers and
+        `Connection: close` clients, accepting regardless split the load
+        3:2 and left threads idle: see docs/workers/gthread.md.) Idle and
+        slow connections hold no thread, so they never stop us accepting.
+        """
+        self.pause_accepting()
+        if not self.saturated:
+            self.saturated = True
+            self.peek_at = time.monotonic() + SATURATED_PEEK
+
+    def peek(self, now: float) -> None:
+        """Saturated for SATURATED_PEEK: take what waits in the listen queues, one batch.
+
+        Had another worker a thread free, it would have taken these
+        already; so every worker is busy, and they are served in turn here.
+        """
+        self.peek_at = now + SATURATED_PEEK
+        for data in self.listeners.values():
+            for _ in range(self.threads):
+                if (self.stopping or self.accept_backoff_until
+                        or self.connections >= self.max_connections or not self.accept(data)):
+                    break
 
     def pause_accepting(self) -> None:
         # Unregistered, the listeners' queued connections wait in the kernel
@@ -253,20 +309,21 @@ class IOLoop:
             self.poller.unwatch(sock.fileno())
         self.accepting = False
 
-    def accept(self, data: tuple[socket.socket, EnvironContext, bool]) -> None:
+    def accept(self, data: tuple[socket.socket, EnvironContext, bool]) -> bool:
+        """Accept one connection if one is queued; whether one was."""
         # One accept per readiness event: with several workers on one
         # listener, a greedy worker would take connections others could serve.
         listener, env, nodelay = data
         try:
             sock, peer = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return  # another worker took it, or it died in the queue
+            return False  # another worker took it, or it died in the queue
         except OSError as exc:
             if exc.errno in _RESOURCE_ERRNOS:
                 self.worker.log.error("accept() failed: %s; pausing for %s s", exc, ACCEPT_BACKOFF)
                 self.pause_accepting()
                 self.accept_backoff_until = time.monotonic() + ACCEPT_BACKOFF
-                return
+                return False
             raise
         sock.setblocking(False)
         if nodelay:
@@ -282,6 +339,7 @@ class IOLoop:
         # Clients usually send the request with (or right after) the
         # handshake: try now rather than after another trip through select().
         self.on_readable(conn, registered=False)
+        return True
 
     # -- connections -------------------------------------------------------------
 
@@ -338,6 +396,9 @@ class IOLoop:
         self.poller.disarm(conn)
         conn.deadline = -1.0
         conn.head_started = False
+        self.in_threads += 1
+        if self.in_threads >= self.saturation and not self.saturated:
+            self.saturate()
         self.submit(conn)
 
     def close(self, conn: PooledConnection) -> None:
@@ -368,6 +429,7 @@ class IOLoop:
         returned = self.returned
         while returned:
             conn = returned.popleft()
+            self.in_threads -= 1
             if not conn.open:
                 self.count_closed(conn)
             elif self.stopping:
@@ -389,6 +451,8 @@ class IOLoop:
         """
         self.stopping = True
         self.pause_accepting()
+        self.saturated = False
+        self.peek_at = math.inf
         self.worker.close_listeners()
         for conn in self.poller.armed():
             # Bytes may have arrived since the last select(): a request the

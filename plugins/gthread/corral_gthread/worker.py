@@ -13,7 +13,9 @@ How a worker runs, in its own process:
    the loop (keep-alive) or closes it.
 3. ``--worker-connections`` caps the connections a worker holds, idle or
    not; at the cap the loop stops accepting, and new connections wait in
-   the kernel's listen queue for this or another worker.
+   the kernel's listen queue for this or another worker. So do they while
+   the worker has twice ``--threads`` requests in hand, so that they go to
+   a worker with a thread free (see ``IOLoop.saturate``).
 
 The heartbeat is beaten by the loop, through a
 :class:`~corral.workers.watchdog.RequestWatchdog`: it keeps beating while

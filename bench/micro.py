@@ -9,6 +9,11 @@ request (see corral.workers.connection.HttpConnection.handle):
     environ   Body() for wsgi.input + build_environ()
     response  Response(), the app's start_response, write(), finish()
 
+and, for corral only, what a line of the access log adds when it is on
+(rendering, the buffer append, the writes to /dev/null it brings, as a
+worker calls it after each response): in gunicorn's default format and in
+JSON. Issue 5 asks that the log cost no more than a few percent.
+
 Each figure is the best of several timeit repeats (the minimum is the run
 least disturbed by the rest of the machine), in microseconds per request.
 "total" runs the three in one function, so it also pays the calls between
@@ -29,6 +34,7 @@ import timeit
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from corral.accesslog import DEFAULT_FORMAT, AccessLog
 from corral.http.parser import EndOfMessage, ParserLimits, RequestHead, RequestParser
 from corral.wsgi.body import Body
 from corral.wsgi.environ import EnvironContext, TrustedPeers, build_environ
@@ -153,12 +159,22 @@ def corral_cases() -> dict[str, Callable[[], object]]:
     assert wire.startswith(b"HTTP/1.1 200 OK\r\n") and wire.endswith(b"\r\n\r\n" + HELLO), wire
     assert env["HTTP_COOKIE"].startswith("sessionid=") and env["QUERY_STRING"] == "page=2&sort=recent"
 
+    done = Response(head, send, True)
+    for data in hello_app(env, done.start_response):
+        done.write(data)
+    done.finish()
+    sent.clear()
+    text_log = AccessLog("/dev/null", DEFAULT_FORMAT).log
+    json_log = AccessLog("/dev/null", "json").log
+
     return {
         "parse": parse_fresh,
         "parse (reused parser)": parse_reused,
         "environ": environ,
         "response": response,
         "total": total,
+        "access log line, text": lambda: text_log(head, env, done, 0.000123),
+        "access log line, json": lambda: json_log(head, env, done, 0.000123),
     }
 
 
@@ -263,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ratio_head = "    ratio" if len(cols) > 1 else ""
     print(f"{'us per request':24}" + "".join(f"{c:>12}" for c in cols) + ratio_head)
     for name in names:
-        row = f"{name:24}" + "".join(f"{results[c][name]:12.2f}" for c in cols)
-        if len(cols) > 1:
+        row = f"{name:24}" + "".join(f"{results[c][name]:12.2f}" if name in results[c] else f"{'-':>12}"
+                                     for c in cols)
+        if len(cols) > 1 and name in results["gunicorn"]:
             row += f"  {results['corral'][name] / results['gunicorn'][name]:6.2f}x"
         print(row)
     if gcases is None:

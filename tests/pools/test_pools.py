@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -130,9 +131,21 @@ def test_shared_listener_and_scale_one_pool(tmp_path: Path) -> None:
     # Two pools on the same (deployment) listener: the kernel spreads connections.
     args = ["--pool", "one:sync:1", "--pool", "two:sync:1", "-p", str(tmp_path / "c.pid")]
     with CorralProcess(APP, args, workdir=tmp_path, workers=None) as server:
-        server.wait_for_workers(2)
-        pools = {json.loads(server.request("GET", "/environ")[2])["corral.pool"] for _ in range(40)}
-        assert pools == {"one", "two"}
+        workers = server.wait_for_workers(2)
+        # Two requests at once, each holding its sync worker for 0.3 s: with
+        # both workers accepting, each takes one. (Sequential requests could
+        # all go to one worker: the kernel favours the waiter that just
+        # came back to accept().) Repeated while a worker is still booting.
+        served: set[int] = set()
+        deadline = time.monotonic() + 15
+        while served != set(workers):
+            assert time.monotonic() < deadline, (served, workers)
+            with ThreadPoolExecutor(2) as ex:
+                replies = list(ex.map(lambda _: server.request("GET", "/sleep?t=0.3"), range(2)))
+            served |= {int(body.split()[1]) for _, _, body in replies}
+        # One worker of each pool served.
+        assert sorted("[one: sync]" in _title(pid) for pid in workers) == [False, True]
+        assert sorted("[two: sync]" in _title(pid) for pid in workers) == [False, True]
         res = subprocess.run([sys.executable, "-m", "corral", "scale", str(tmp_path / "c.pid"), "two", "+2"],
                              capture_output=True, text=True, timeout=30)
         assert res.returncode == 0, res.stderr

@@ -143,7 +143,9 @@ def _plugin_manager(argv: Sequence[str]) -> tuple[pluggy.PluginManager, list[Loa
 
 
 def plugins_command(argv: Sequence[str]) -> int:
-    parser = _Parser(prog="corral plugins", description="List installed corral plugins.")
+    parser = _Parser(prog="corral plugins",
+                     description="List installed corral plugins. Exits 1 when a plugin was skipped "
+                                 "(each problem is printed), else 0.")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(list(argv))
     pm, loaded, problems = _plugin_manager([])
@@ -160,9 +162,13 @@ def plugins_command(argv: Sequence[str]) -> int:
         out.append({"name": plugin.name, "distribution": plugin.distribution,
                     "version": plugin.version, "workers": workers, "hooks": hooks,
                     "settings": added})
+    # Status 1 when a plugin was skipped, the listing printed all the same:
+    # a deployment script (or a CI job checking an image) should not need
+    # to read stderr to learn that a worker class it expects is missing.
+    status = 1 if problems else 0
     if args.json:
         print(json.dumps({"plugins": out, "problems": problems}, indent=2))
-        return 0
+        return status
     for item in out:
         print(f"{item['name']} ({item['distribution']} {item['version']})")
         for w in item["workers"]:
@@ -172,7 +178,7 @@ def plugins_command(argv: Sequence[str]) -> int:
             print(f"  settings: {', '.join(item['settings'])}")
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    return 0
+    return status
 
 
 def scale_command(argv: Sequence[str]) -> int:

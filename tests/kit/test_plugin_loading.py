@@ -10,6 +10,7 @@ fine-grained checks.
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from collections.abc import Callable
@@ -145,5 +146,11 @@ def test_startup_and_listing_say_why(install: Install) -> None:
     assert "corral: error: worker class 'tomorrow' is not available: plugin 'future'" in res.stderr
     assert f"needs corral plugin API {PLUGIN_API + 1}, but this corral" in res.stderr
     res = run_corral("plugins")
-    assert res.returncode == 0 and "sync (corral-sync" in res.stdout
+    # The healthy plugins are listed; the status says one was skipped.
+    assert res.returncode == 1 and "sync (corral-sync" in res.stdout
     assert "problem: plugin 'future' from distribution corral-future 2.0.0 is skipped" in res.stderr
+    res = run_corral("plugins", "--json")
+    assert res.returncode == 1
+    report = json.loads(res.stdout)
+    assert "sync" in [p["name"] for p in report["plugins"]]
+    assert [p for p in report["problems"] if "'future'" in p]

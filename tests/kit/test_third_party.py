@@ -73,8 +73,8 @@ def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, st
                           cwd=cwd, env=env, stdin=subprocess.DEVNULL)
 
 
-def check(res: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert res.returncode == 0, f"{res.args} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
+def check(res: subprocess.CompletedProcess[str], status: int = 0) -> subprocess.CompletedProcess[str]:
+    assert res.returncode == status, f"{res.args} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
     return res
 
 
@@ -305,7 +305,8 @@ def test_plugin_for_another_api_is_refused_at_startup(venv: Venv, misfit_plugins
     assert mismatch in error
     assert "unknown worker class" not in res.stderr
     # `corral plugins` lists the problem and still lists the rest.
-    res = check(venv.corral_cmd("plugins", plugin_dirs=[misfit_plugins]))
+    # (exiting 1, since a plugin was skipped)
+    res = check(venv.corral_cmd("plugins", plugin_dirs=[misfit_plugins]), status=1)
     assert any(line.startswith("problem: plugin 'future' from distribution corral-future 2.0.0")
                and mismatch in line for line in res.stderr.splitlines()), res.stderr
     assert f"{WORKER} (corral-asyncio-threads" in res.stdout and "future (" not in res.stdout
@@ -313,7 +314,7 @@ def test_plugin_for_another_api_is_refused_at_startup(venv: Venv, misfit_plugins
 
 def test_plugin_that_raises_is_reported_and_corral_runs_on(venv: Venv, misfit_plugins: Path,
                                                           tmp_path: Path) -> None:
-    data = json.loads(check(venv.corral_cmd("plugins", "--json", plugin_dirs=[misfit_plugins])).stdout)
+    data = json.loads(check(venv.corral_cmd("plugins", "--json", plugin_dirs=[misfit_plugins]), status=1).stdout)
     problems = "\n".join(data["problems"])
     assert ("plugin 'broken' from distribution corral-broken 0.0.1 is skipped: it failed to load: "
             "RuntimeError: corral-broken cannot start: its configuration is missing") in problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import statistics
@@ -187,6 +188,42 @@ def test_a_saturated_worker_leaves_new_connections_to_a_free_one(corral_server: 
     assert len(served) == 2, served
     low, high = sorted(served.values())
     assert low >= 0.85 * high, served
+
+
+def _open_sockets(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def test_a_saturated_worker_still_takes_new_connections_every_few_ms(corral_server: Server,
+                                                                     tmp_path: Path) -> None:
+    # One worker, one thread: a request running and one queued saturate it
+    # (twice --threads in hand), so it stops watching the listener. With no
+    # other worker to take a new connection, it must still accept it (the
+    # 5 ms peek) rather than leave it in the listen queue until both
+    # requests are done.
+    server = corral_server("--threads", "1")
+    (pid,) = server.wait_for_workers(1)
+    marker = tmp_path / "in-app"
+    with server.connect() as first, server.connect() as second:
+        first.sendall(GET % f"/sleep?t=2&marker={marker}".encode())
+        wait_for_file(marker)
+        second.sendall(GET % b"/sleep?t=0.1")
+        time.sleep(0.3)  # its head read and queued: the worker is saturated now
+        before = _open_sockets(pid)
+        with server.connect() as third:
+            third.sendall(GET % b"/pid")
+            deadline = time.monotonic() + 1.0
+            while _open_sockets(pid) == before:
+                assert time.monotonic() < deadline, "the saturated worker left the connection queued"
+                time.sleep(0.01)
+            assert read_response(first)[0] == 200
+            assert read_response(second)[0] == 200
+            assert read_response(third)[0] == 200
 
 
 def test_worker_connections_cap_stops_accepting(corral_server: Server) -> None:

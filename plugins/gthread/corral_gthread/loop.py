@@ -62,9 +62,9 @@ CHECK_INTERVAL: Final = 0.25
 ACCEPT_BACKOFF: Final = 0.1
 #: While every pool thread is taken (and as many requests queued) the loop
 #: stops watching the listeners, so that a connection goes to a worker with
-#: a thread free (IOLoop.saturate); but it still
-#: looks at their queues this often, so that under sustained load on every
-#: worker a new connection waits milliseconds, not until the load ends.
+#: a thread free (IOLoop.saturate); but it still looks at their queues this
+#: often, so that under sustained load on every worker a new connection
+#: waits milliseconds, not until the load ends.
 SATURATED_PEEK: Final = 0.005
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: A deadline queue is not compacted below this length: compacting a short
@@ -283,7 +283,7 @@ class IOLoop:
         slow connections hold no thread, so they never stop us accepting.
         """
         self.pause_accepting()
-        if not self.saturated:
+        if not self.saturated and not self.stopping:
             self.saturated = True
             self.peek_at = time.monotonic() + SATURATED_PEEK
 

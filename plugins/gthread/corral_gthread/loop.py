@@ -157,9 +157,8 @@ class IOLoop:
         #: the gap keeps a loaded worker from toggling its listeners (two
         #: system calls each way) at every request.
         self.saturation: int = 2 * cfg.threads
-        #: Too busy to accept: the listeners are not watched, only peeked
-        #: at, at `peek_at`; see saturate().
-        self.saturated = False
+        #: When the listeners are next peeked at while the worker is too busy
+        #: to watch them (see saturate()); infinity when it is not.
         self.peek_at = math.inf
         self.accepting = False
         self.accept_backoff_until = 0.0
@@ -222,8 +221,7 @@ class IOLoop:
         wake_at = min(next_check, self.header_deadlines.next(), self.idle_deadlines.next(), until)
         if self.accept_backoff_until:
             wake_at = min(wake_at, self.accept_backoff_until)
-        if self.saturated:
-            wake_at = min(wake_at, self.peek_at)
+        wake_at = min(wake_at, self.peek_at)
         self.sleeping = True
         timeout = 0.0 if self.urgent else max(wake_at - now, 0.0)
         ready = self.poller.poll(timeout)
@@ -248,7 +246,7 @@ class IOLoop:
         if self.accept_backoff_until and now >= self.accept_backoff_until:
             self.accept_backoff_until = 0.0
             self.resume_accepting()
-        if self.saturated and now >= self.peek_at:
+        if now >= self.peek_at:
             self.peek(now)
         if now >= next_check:
             next_check = now + CHECK_INTERVAL
@@ -264,9 +262,8 @@ class IOLoop:
             return
         if self.connections >= self.max_connections:
             return
-        if self.saturated and self.in_threads >= self.threads:
-            return  # until a thread is free: see saturate()
-        self.saturated = False
+        if self.peek_at != math.inf and self.in_threads >= self.threads:
+            return  # saturated until a thread is free: see saturate()
         self.peek_at = math.inf
         for sock, data in self.listeners.items():
             self.poller.watch(sock.fileno(), data)
@@ -283,8 +280,7 @@ class IOLoop:
         slow connections hold no thread, so they never stop us accepting.
         """
         self.pause_accepting()
-        if not self.saturated and not self.stopping:
-            self.saturated = True
+        if self.peek_at == math.inf and not self.stopping:
             self.peek_at = time.monotonic() + SATURATED_PEEK
 
     def peek(self, now: float) -> None:
@@ -296,8 +292,8 @@ class IOLoop:
         self.peek_at = now + SATURATED_PEEK
         for data in self.listeners.values():
             for _ in range(self.threads):
-                if (self.stopping or self.accept_backoff_until
-                        or self.connections >= self.max_connections or not self.accept(data)):
+                if (self.accept_backoff_until or self.connections >= self.max_connections
+                        or not self.accept(data)):
                     break
 
     def pause_accepting(self) -> None:
@@ -397,7 +393,7 @@ class IOLoop:
         conn.deadline = -1.0
         conn.head_started = False
         self.in_threads += 1
-        if self.in_threads >= self.saturation and not self.saturated:
+        if self.in_threads >= self.saturation and self.peek_at == math.inf:
             self.saturate()
         self.submit(conn)
 
@@ -451,8 +447,7 @@ class IOLoop:
         """
         self.stopping = True
         self.pause_accepting()
-        self.saturated = False
-        self.peek_at = math.inf
+        self.peek_at = math.inf  # no peeking at listeners about to close
         self.worker.close_listeners()
         for conn in self.poller.armed():
             # Bytes may have arrived since the last select(): a request the

@@ -223,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(spy, capture_output=True, timeout=args.duration + 60, check=True)
             else:
                 # strace -c prints its table when interrupted; SIGINT after the duration.
-                spy = [pyspy, "-c", "-o", str(tmp / "strace.txt"), "-p", str(worker_pid)]
+                # -f: every thread of the worker (gthread's pool threads send the
+                # responses), not only the main one that -p names.
+                spy = [pyspy, "-f", "-c", "-o", str(tmp / "strace.txt"), "-p", str(worker_pid)]
                 tracer = reaper.start(spy, log=tmp / "strace.log", env=env, cwd=tmp)
                 try:
                     tracer.wait(timeout=int(args.duration))

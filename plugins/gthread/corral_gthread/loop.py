@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Final
 
 from corral.http import errors as E
 from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
+from corral.sockets import Acceptor, acceptor
 from corral_gthread.connection import PooledConnection
 from corral_gthread.poller import make_poller
 
@@ -163,14 +164,15 @@ class IOLoop:
         self.accepting = False
         self.accept_backoff_until = 0.0
         self.stopping = False
-        #: Each listening socket with what its connections need: (itself, environ context, TCP_NODELAY?).
-        self.listeners: dict[socket.socket, tuple[socket.socket, EnvironContext, bool]] = {}
+        #: Each listening socket with what its connections need: (its accept
+        #: function, environ context, TCP_NODELAY?).
+        self.listeners: dict[socket.socket, tuple[Acceptor, EnvironContext, bool]] = {}
         for listener in worker.listeners:
             # Shared with the arbiter and the other workers (one open file
             # description): the sync worker sets the same.
             listener.sock.setblocking(False)
             nodelay = listener.sock.family in (socket.AF_INET, socket.AF_INET6)
-            self.listeners[listener.sock] = (listener.sock, worker.envs[id(listener)], nodelay)
+            self.listeners[listener.sock] = (acceptor(listener.sock), worker.envs[id(listener)], nodelay)
         self.poller.watch(worker._wake_r, None)
 
     # -- called from pool threads ----------------------------------------------
@@ -305,13 +307,13 @@ class IOLoop:
             self.poller.unwatch(sock.fileno())
         self.accepting = False
 
-    def accept(self, data: tuple[socket.socket, EnvironContext, bool]) -> bool:
+    def accept(self, data: tuple[Acceptor, EnvironContext, bool]) -> bool:
         """Accept one connection if one is queued; whether one was."""
         # One accept per readiness event: with several workers on one
         # listener, a greedy worker would take connections others could serve.
-        listener, env, nodelay = data
+        accept, env, nodelay = data
         try:
-            sock, peer = listener.accept()
+            sock, peer = accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return False  # another worker took it, or it died in the queue
         except OSError as exc:

@@ -13,6 +13,7 @@ import os
 import select
 import socket
 
+from corral.sockets import acceptor
 from corral.workers.base import Worker
 from corral.workers.connection import HttpConnection
 
@@ -24,6 +25,7 @@ class SyncWorker(Worker):
         listeners = {lst.sock: lst for lst in self.listeners}
         for sock in listeners:
             sock.setblocking(False)
+        accepts = {sock: acceptor(sock) for sock in listeners}
         waitables: list[object] = [*listeners, self._wake_r]
         # Wake at least this often to beat the heartbeat and check the parent.
         interval = min(1.0, (self.cfg.timeout or 2.0) / 2)
@@ -39,10 +41,11 @@ class SyncWorker(Worker):
                         os.read(self._wake_r, 64)
                     continue
                 assert isinstance(sock, socket.socket)
+                accept = accepts[sock]
                 # Serve every connection already queued before selecting again.
                 while self.alive:
                     try:
-                        client, peer = sock.accept()
+                        client, peer = accept()
                     except (BlockingIOError, InterruptedError):
                         break  # another worker took it
                     except OSError:

@@ -11,6 +11,7 @@ sockets; every wait has a deadline.
 
 from __future__ import annotations
 
+import ast
 import errno
 import json
 import os
@@ -391,3 +392,35 @@ def test_gevent_stays_in_gevent_workers(tmp_path: Path, deployment: str) -> None
             assert env["socket_patched"] is is_gevent
             seen.add(env["corral.worker_class"])
         assert seen == expected
+
+
+_FORK_HOOK = """\
+import os
+import sys
+
+def pre_fork(server, worker):
+    # In the arbiter, about to fork its second worker: what the first fork
+    # imported there, and so what every later worker inherits.
+    if worker.age != 2:
+        return
+    found = ({expr}, "ssl" in sys.modules, "subprocess" in sys.modules)
+    with open({path!r} + ".tmp", "w") as f:
+        f.write(repr(found))
+    os.replace({path!r} + ".tmp", {path!r})
+"""
+
+
+def test_gevent_workers_inherit_the_stdlib_modules_gevent_patches(tmp_path: Path) -> None:
+    # ssl alone is ~4 MiB private per process: imported by the arbiter before
+    # fork (WorkerSpec.shared_modules), each worker shares it instead; gevent
+    # itself still arrives only with the worker class, after fork.
+    inherited = tmp_path / "inherited"
+    config = tmp_path / "hooks.conf.py"
+    config.write_text(_FORK_HOOK.format(path=str(inherited), expr=_gevent_modules_expr()))
+    with CorralProcess("corral.testing.apps:app", ["-c", str(config)], workdir=tmp_path,
+                       worker_class="gevent", workers=2):
+        deadline = time.monotonic() + 10
+        while not inherited.exists():
+            assert time.monotonic() < deadline, "pre_fork did not run"
+            time.sleep(0.01)
+        assert ast.literal_eval(inherited.read_text()) == ([], True, True)

@@ -20,8 +20,13 @@ def corral_register_workers() -> list[WorkerSpec]:
             monkey_patches=False,
             preload_safe=True,
             tls=True,
-            # asyncio and corral's asyncio layer, imported by the arbiter before
-            # fork and shared by every worker; tornado itself stays out of it.
-            shared_modules=("corral.workers.asyncio_connection",),
+            # Imported by the arbiter before fork and shared by every worker:
+            # asyncio and corral's asyncio layer, and the stdlib modules
+            # tornado imports (idle worker private memory 8.4 -> 7.4 MiB).
+            # Tornado itself stays out of the arbiter.
+            shared_modules=(
+                "corral.workers.asyncio_connection", "corral.workers.watchdog",
+                "curses", "html.entities", "http.client", "http.cookies", "numbers",
+            ),
         )
     ]

@@ -21,7 +21,9 @@ The story of one TLS connection:
    and plain-HTTP clients make plenty of them) and the connection is closed:
    there is nobody to answer, since the client expects TLS records.
 
-``ssl`` is imported only when TLS is on, so a plain-HTTP arbiter never loads it.
+This module imports ``ssl`` only when TLS is on. (A gevent pool's arbiter
+imports it anyway, to share it with the workers: the gevent plugin's
+``shared_modules``.)
 """
 
 from __future__ import annotations

@@ -767,6 +767,11 @@ def bench_class(
                 # One side alone compares nothing: skip the class, keep the time.
                 return
         live = servers
+        mem = res.memory.setdefault(cls, {})
+        for sv in live:
+            # Before any request: what the worker costs by itself, apart from
+            # what serving leaves behind (threads started, buffers, caches).
+            mem[sv.name] = {"fresh": memory_snapshot(sv)}
         probe_routes(live, workloads, cls, res)
         # First warm-up: imports and allocations done lazily on the first
         # requests belong to the steady state, not to the first measured round.
@@ -778,9 +783,8 @@ def bench_class(
                 hello,
                 max(s.warmup, 1),
             )
-        mem = res.memory.setdefault(cls, {})
         for sv in live:
-            mem[sv.name] = {"idle": memory_snapshot(sv)}
+            mem[sv.name]["idle"] = memory_snapshot(sv)
         measure_pair(reaper, wrk, live, cls, s, workloads, modes, res)
         for sv in live:
             if sv.failed is None:
@@ -943,6 +947,7 @@ def memory_rows(res: Results) -> list[list[str]]:
         c, g = per.get("corral", {}), per.get("gunicorn", {})
         for label, phase, proc in (
             ("arbiter", "idle", "arbiter"),
+            ("worker, fresh", "fresh", "worker"),
             ("worker, idle", "idle", "worker"),
             ("worker, after the run", "after_load", "worker"),
         ):
@@ -1064,7 +1069,9 @@ def markdown_report(res: Results) -> str:
         lines += [
             "Resident memory (from /proc/PID/smaps_rollup; PSS counts pages shared after fork "
             "once, split among the processes sharing them; private is what the process holds "
-            "alone, i.e. what one more worker costs):",
+            "alone, i.e. what one more worker costs. A worker is measured fresh, before any "
+            "request; idle, after one request to each route and a second of hello world; and "
+            "after the run):",
             "",
             md_table(MEM_HEAD, memory_rows(res), 2),
             "",

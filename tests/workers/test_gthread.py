@@ -163,6 +163,35 @@ def test_threads_run_requests_concurrently(corral_server: Server) -> None:
     assert elapsed < 1.5
 
 
+def _os_threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts threads in /proc")
+def test_threads_start_when_the_concurrency_needs_them(corral_server: Server) -> None:
+    # Not all --threads at boot: requests one at a time leave the pool at
+    # one thread, or a few (a new request may reach the loop before the
+    # thread that served the last one has handed its connection back, and
+    # then counts as needing a thread of its own); 8 at once start the
+    # rest; 16 at once start no more than --threads.
+    server = corral_server("--threads", "8")
+    (pid,) = server.worker_pids()
+    for _ in range(20):
+        timed_get(server)
+    one_at_a_time = _os_threads(pid)
+
+    def burst(n: int) -> None:
+        with ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(lambda _: server.request("GET", "/sleep?t=0.3"), range(n)))
+        assert [r[0] for r in results] == [200] * n
+
+    burst(8)
+    eight_at_once = _os_threads(pid)
+    assert 4 <= eight_at_once - one_at_a_time <= 7
+    burst(16)
+    assert _os_threads(pid) == eight_at_once
+
+
 def test_a_saturated_worker_leaves_new_connections_to_a_free_one(corral_server: Server) -> None:
     # Two workers of two threads, more clients than threads, a new
     # connection per request. A worker whose threads are taken and whose

@@ -119,7 +119,9 @@ class Deadlines:
 class IOLoop:
     """Accepts, waits for heads, submits connections to the pool; see the module docstring.
 
-    :param submit: queues a connection for a pool thread (never blocks).
+    :param submit: queues a connection for a pool thread (never blocks),
+        given how many connections the pool then holds (it starts threads
+        on demand).
     :param watchdog: checked instead of beating the heartbeat directly, so a
         request stuck in a thread is noticed although the loop is fine.
     """
@@ -127,7 +129,7 @@ class IOLoop:
     def __init__(
         self,
         worker: ThreadWorker,
-        submit: Callable[[PooledConnection], None],
+        submit: Callable[[PooledConnection, int], None],
         watchdog: RequestWatchdog,
     ) -> None:
         cfg = worker.cfg
@@ -397,7 +399,7 @@ class IOLoop:
         self.in_threads += 1
         if self.in_threads >= self.saturation and self.peek_at == math.inf:
             self.saturate()
-        self.submit(conn)
+        self.submit(conn, self.in_threads)
 
     def close(self, conn: PooledConnection) -> None:
         self.poller.forget(conn)

@@ -42,6 +42,8 @@ from corral.workers.watchdog import RequestWatchdog
 from corral_gthread.loop import IOLoop
 
 if TYPE_CHECKING:
+    from logging import Logger
+
     from corral_gthread.connection import PooledConnection
 
 
@@ -50,9 +52,8 @@ class ThreadWorker(Worker):
 
     def run(self) -> None:
         self.watchdog = RequestWatchdog(self.heartbeat, self.cfg.timeout, self.log)
-        threads = RequestThreads(self.cfg.threads)
+        threads = RequestThreads(self.cfg.threads, self.serve_connection, self.log)
         self.loop = IOLoop(self, threads.submit, self.watchdog)
-        threads.start(self.serve_connection)
         try:
             self.loop.run()
         finally:
@@ -85,34 +86,60 @@ class ThreadWorker(Worker):
 
 
 class RequestThreads:
-    """A fixed set of threads taking connections from one queue.
+    """Up to ``count`` threads taking connections from one queue, started as needed.
 
     Lighter than concurrent.futures: no Future per request, and the queue
-    is the C-implemented SimpleQueue.
+    is the C-implemented SimpleQueue. Like gunicorn's pool, threads start
+    when the concurrency calls for them, not all at boot: a worker that
+    never has more than two requests at once keeps two threads (each one a
+    stack and its allocator arena, ~100 KiB touched).
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, serve: Callable[[PooledConnection], None], log: Logger) -> None:
         self.count = count
+        self._serve = serve
+        self._log = log
         self._queue: SimpleQueue[PooledConnection | None] = SimpleQueue()
-        #: Queue a connection for the next free thread; never blocks.
-        self.submit: Callable[[PooledConnection], None] = self._queue.put
         self._threads: list[threading.Thread] = []
+        self._start_one()  # one at once: the first request waits for no thread start
 
-    def start(self, serve: Callable[[PooledConnection], None]) -> None:
-        for i in range(self.count):
-            # Daemon threads: a request still running when the graceful
-            # timeout is over must not keep the process alive.
-            t = threading.Thread(target=self._work, args=(serve,), name=f"corral-request-{i}",
-                                 daemon=True)
+    def submit(self, conn: PooledConnection, in_hand: int) -> None:
+        """Queue a connection for the next free thread; never blocks.
+
+        :param in_hand: connections the loop has given to the pool and not
+            taken back, this one included. More than threads started means
+            none of them may be free: start another, up to ``count``. (A
+            thread that just finished counts as busy until the loop takes its
+            connection back, so a thread may start a little early, never late.)
+        """
+        started = len(self._threads)
+        if in_hand > started and started < self.count:
+            self._start_one()
+        self._queue.put(conn)
+
+    def _start_one(self) -> None:
+        i = len(self._threads)
+        # Daemon threads: a request still running when the graceful
+        # timeout is over must not keep the process alive.
+        t = threading.Thread(target=self._work, name=f"corral-request-{i}", daemon=True)
+        try:
             t.start()
-            self._threads.append(t)
+        except RuntimeError as exc:  # the process or user is out of threads
+            if not self._threads:
+                raise
+            self.count = len(self._threads)  # do not try again at every request
+            self._log.error("Could not start request thread %s (%s); serving with %s",
+                            i + 1, exc, self.count)
+            return
+        self._threads.append(t)
 
     def stop(self) -> None:
         """Let idle threads end; busy ones end with the process."""
         for _ in self._threads:
             self._queue.put(None)
 
-    def _work(self, serve: Callable[[PooledConnection], None]) -> None:
+    def _work(self) -> None:
         get = self._queue.get
+        serve = self._serve
         while (conn := get()) is not None:
             serve(conn)

@@ -92,7 +92,7 @@ class RequestThreads:
     is the C-implemented SimpleQueue. Like gunicorn's pool, threads start
     when the concurrency calls for them, not all at boot: a worker that
     never has more than two requests at once keeps two threads (each one a
-    stack and its allocator arena, ~100 KiB touched).
+    stack and its allocator arena: about 50 KiB touched each).
     """
 
     def __init__(self, count: int, serve: Callable[[PooledConnection], None], log: Logger) -> None:

@@ -76,7 +76,8 @@ _TRANSIENT_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EP
 #: 64 made a burst one long batch whose last connection waited for all the
 #: others (p99 1.5x gunicorn's on 1 MiB responses to closing clients); 1
 #: and 4 cost hello-world with closing clients about 10%; 16 costs nothing
-#: measurable and fixed the p99 (docs/workers/gevent.md).
+#: measurable and narrowed the p99 gap, which still shows in some runs
+#: (docs/performance.md).
 ACCEPT_BURST: Final = 16
 #: The heartbeat greenlet beats at most this far apart (and a quarter of
 #: --timeout when that is shorter), so a worker that is merely busy is never

@@ -22,10 +22,11 @@ class SyncWorker(Worker):
     multithread = False
 
     def run(self) -> None:
-        listeners = {lst.sock: lst for lst in self.listeners}
+        # Each listening socket with what its connections need: its accept
+        # function and its environ context, looked up once per wake-up.
+        listeners = {lst.sock: (acceptor(lst.sock), self.envs[id(lst)]) for lst in self.listeners}
         for sock in listeners:
             sock.setblocking(False)
-        accepts = {sock: acceptor(sock) for sock in listeners}
         waitables: list[object] = [*listeners, self._wake_r]
         # Wake at least this often to beat the heartbeat and check the parent.
         interval = min(1.0, (self.cfg.timeout or 2.0) / 2)
@@ -41,7 +42,7 @@ class SyncWorker(Worker):
                         os.read(self._wake_r, 64)
                     continue
                 assert isinstance(sock, socket.socket)
-                accept = accepts[sock]
+                accept, env = listeners[sock]
                 # Serve every connection already queued before selecting again.
                 while self.alive:
                     try:
@@ -50,8 +51,7 @@ class SyncWorker(Worker):
                         break  # another worker took it
                     except OSError:
                         break
-                    listener = listeners[sock]
-                    HttpConnection(self, client, peer, self.envs[id(listener)], keepalive=0).serve()
+                    HttpConnection(self, client, peer, env, keepalive=0).serve()
                     self.notify()
             if not self.parent_alive():
                 break

@@ -41,6 +41,7 @@ import contextlib
 import errno
 import os
 from socket import AF_INET, AF_INET6, IPPROTO_TCP, TCP_NODELAY
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final
 
 import gevent
@@ -70,15 +71,19 @@ ACCEPT_BACKOFF: Final = 0.1
 #: accept() errors about one connection that died in the queue (or a
 #: firewall refusing it): skip it and accept the next.
 _TRANSIENT_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
-#: After this many accepts in a row the accept greenlet yields, so that a
-#: burst of connections cannot starve the greenlets already serving (gevent's
-#: accept returns without switching while the kernel queue is not empty).
-#: 64 made a burst one long batch whose last connection waited for all the
-#: others (p99 1.5x gunicorn's on 1 MiB responses to closing clients); 1
-#: and 4 cost hello-world with closing clients about 10%; 16 costs nothing
-#: measurable and narrowed the p99 gap, which still shows in some runs
-#: (docs/performance.md).
+#: At most this many accepts in a row before the accept greenlet yields, so
+#: that a burst of connections cannot starve the greenlets already serving
+#: (gevent's accept returns without switching while the kernel queue is not
+#: empty). 64 made a burst one long batch whose last connection waited for
+#: all the others; 1 and 4 cost hello-world with closing clients 10-26%.
 ACCEPT_BURST: Final = 16
+#: The batch shrinks so that the greenlets it starts take about this long
+#: before the accept greenlet runs again. A batch is served one greenlet
+#: after another, so its last connection waits for all the others: 16 hello
+#: worlds take 1-4 ms, but 16 responses of 1 MiB took 12-40 ms, which was the
+#: p99 of 1 MiB files to closing clients (gunicorn accepts one connection per
+#: turn when it has several workers). Measured in docs/performance.md.
+ACCEPT_BATCH_TIME: Final = 0.005
 #: The heartbeat greenlet beats at most this far apart (and a quarter of
 #: --timeout when that is shorter), so a worker that is merely busy is never
 #: mistaken for a stuck one.
@@ -182,6 +187,7 @@ class GeventWorker(Worker):
         spawn = pool.spawn
         serve = self._serve
         burst = 0
+        batch = ACCEPT_BURST  # adapted to how long the previous batch kept this greenlet away
         starved = False  # out of fds (or memory): logged once per episode, not 10 times a second
         while self.alive:
             if pool.full():
@@ -212,9 +218,12 @@ class GeventWorker(Worker):
                     client.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
             spawn(serve, client, peer, env)
             burst += 1
-            if burst >= ACCEPT_BURST:
-                burst = 0
+            if burst >= batch:
+                started = perf_counter()
                 gevent.sleep(0)
+                away = max(perf_counter() - started, 1e-6)
+                batch = max(1, min(ACCEPT_BURST, int(burst * ACCEPT_BATCH_TIME / away)))
+                burst = 0
 
     def _serve(self, client: socket.socket, peer: Any, env: EnvironContext) -> None:
         conn = _Connection(self, client, peer, env, self.cfg.keepalive)

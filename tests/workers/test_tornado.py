@@ -432,6 +432,34 @@ def test_slow_wsgi_request_does_not_stall_the_loop(corral_server: Server, tmp_pa
     assert slow and slow[0][0] == 200
 
 
+MODULES_APP = """
+import os
+import sys
+
+def app(environ, start_response):
+    body = f"{os.getpid()} {sorted(m for m in sys.modules if m.split('.')[0] == 'tornado')}".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_wsgi_app_worker_runs_without_tornado_and_keeps_beating(corral_server: Server,
+                                                                  tmp_path: Path) -> None:
+    # A WSGI app runs on asyncio and corral's thread pool alone: importing
+    # tornado to learn that the app is not a tornado app cost each worker
+    # about 1 MiB. The heartbeat is the loop's own timer, and with
+    # --timeout 1 a worker left idle for 3 s must still be the same one.
+    (tmp_path / "modulesapp.py").write_text(MODULES_APP)
+    server = corral_server("--timeout", "1", app="modulesapp:app")
+    (pid,) = server.wait_for_workers(1)
+    status, _, body = server.request("GET", "/")
+    assert status == 200 and body == f"{pid} []".encode()
+    time.sleep(3)
+    assert server.request("GET", "/")[2] == f"{pid} []".encode()
+    assert server.worker_pids() == [pid]
+    assert "WORKER TIMEOUT" not in server.log()
+
+
 def test_default_pool_runs_wsgi_requests_concurrently(corral_server: Server) -> None:
     server = corral_server()
     start = time.monotonic()

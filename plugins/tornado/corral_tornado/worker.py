@@ -34,10 +34,8 @@ import errno
 import logging
 import os
 import socket
+import sys
 from typing import TYPE_CHECKING, Final
-
-from tornado.httputil import HTTPServerConnectionDelegate
-from tornado.ioloop import PeriodicCallback
 
 from corral.http import errors as E
 from corral.http import proxy
@@ -114,20 +112,19 @@ class TornadoWorker(Worker):
         for lst in self.listeners:
             lst.sock.setblocking(False)
         loop.add_reader(self._wake_r, self._on_wake)
-        beat = PeriodicCallback(self._beat, BEAT_INTERVAL * 1000)
-        beat.start()
+        self._beat_handle = loop.call_later(BEAT_INTERVAL, self._beat)
         self._resume_accepting()
         try:
             if self.alive:
                 await self._stopping
             await self._graceful_stop()
         finally:
-            beat.stop()
+            self._beat_handle.cancel()
             loop.remove_reader(self._wake_r)
 
     def _make_responder(self) -> Responder:
         app = self.wsgi
-        if isinstance(app, HTTPServerConnectionDelegate):
+        if _is_tornado_app(app):
             self.log.info("Serving %r as a native tornado app", self.pool.app_uri)
             _route_tornado_logs()
             from corral_tornado.native import TornadoResponder
@@ -259,6 +256,9 @@ class TornadoWorker(Worker):
     # -- liveness and stopping ---------------------------------------------------------
 
     def _beat(self) -> None:
+        # Re-armed first, so that an error below (logged by the loop's
+        # exception handler) cannot stop the heartbeat for good.
+        self._beat_handle = self.loop.call_later(BEAT_INTERVAL, self._beat)
         if self._watchdog is not None:
             self._watchdog.check()
         else:
@@ -290,6 +290,18 @@ class TornadoWorker(Worker):
             if self._open:
                 self.log.warning("Worker %s: %s connection(s) still open after the graceful timeout",
                                  self.pid, self._open)
+
+
+def _is_tornado_app(app: object) -> bool:
+    """Whether APP_MODULE is a tornado ``HTTPServerConnectionDelegate`` (an Application is one).
+
+    An app of that kind was built from tornado's modules, so they are loaded
+    by now; when they are not, the app is a WSGI app and tornado stays out of
+    the worker: a WSGI app runs on asyncio and corral's thread pool alone, and
+    importing tornado only to answer "no" cost each worker about 1 MiB.
+    """
+    httputil = sys.modules.get("tornado.httputil")
+    return httputil is not None and isinstance(app, httputil.HTTPServerConnectionDelegate)
 
 
 def _route_tornado_logs() -> None:

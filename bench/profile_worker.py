@@ -121,7 +121,10 @@ def strace_report(out: Path, mode: str, top: int) -> list[dict[str, Any]]:
     strace slows the worker, so wrk's rate says little about how many
     requests were traced; the trace itself does: with Connection: close each
     request is one successful accept4, and with keep-alive each small
-    response is one sendto.
+    response is one sendto. On an asyncio loop (tornado) a pool thread
+    waking the loop is a sendto too, on the loop's self-pipe: there the
+    count is "per response or wake-up", and fewer wake-ups look like more
+    calls per request.
     """
     rows = []
     for line in out.read_text().splitlines():

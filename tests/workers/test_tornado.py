@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import selectors
 import signal
 import socket
@@ -485,6 +486,51 @@ def test_worker_connections_cap_stops_accepting(corral_server: Server) -> None:
             third.recv(1)
         first.close()
         assert read_framed(third)[0] == 200
+
+
+FD_LIMIT_CONFIG = """
+import os
+import resource
+
+def post_worker_init(worker):
+    # Room for about three more file descriptors in this worker (listdir's
+    # own descriptor is counted too, so four in practice).
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 3, hard))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts fds in /proc/self/fd")
+def test_out_of_file_descriptors_waits_and_recovers(corral_server: Server, tmp_path: Path) -> None:
+    # accept() failing with EMFILE leaves the connection queued and the
+    # listener readable: the worker must neither spin nor give up, but say
+    # so once, and take the connection when a descriptor frees up.
+    config = tmp_path / "fdlimit.py"
+    config.write_text(FD_LIMIT_CONFIG)
+    server = corral_server("-c", str(config), "--keep-alive", "30")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(10):
+            sock = server.connect()
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                assert read_framed(sock, timeout=1.0)[0] == 200
+            except TimeoutError:
+                stalled = sock
+                break
+            held.append(sock)
+        else:
+            raise AssertionError("the worker never ran out of file descriptors")
+        assert 1 <= len(held) <= 5
+        server.wait_for_log(r"cannot accept on .*: Too many open files; retrying every")
+        held.pop().close()
+        assert read_framed(stalled, timeout=5.0)[0] == 200
+        stalled.close()
+    finally:
+        for sock in held:
+            sock.close()
+    assert server.log().count("cannot accept on") == 1  # said once, not ten times a second
+    assert server.request("GET", "/")[0] == 200
 
 
 def test_header_timeout_answers_408_and_keepalive_idle_closes(corral_server: Server) -> None:

@@ -25,7 +25,8 @@ def corral_register_workers() -> list[WorkerSpec]:
             # tornado imports (idle worker private memory 8.4 -> 7.4 MiB).
             # Tornado itself stays out of the arbiter.
             shared_modules=(
-                "corral.workers.asyncio_connection", "corral.workers.watchdog",
+                "corral.workers.asyncio_connection", "corral.workers.asyncio_worker",
+                "corral.workers.watchdog",
                 "curses", "html.entities", "http.client", "http.cookies", "numbers",
             ),
         )

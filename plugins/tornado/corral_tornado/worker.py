@@ -8,121 +8,30 @@ What APP_MODULE points at decides how requests run:
 - anything else is a WSGI app, run in a bounded thread pool
   (:class:`corral.workers.asyncio_connection.WsgiThreadResponder`) so that a
   slow request never stalls the loop. The pool has ``--threads`` threads
-  when that is above 1, else :data:`DEFAULT_WSGI_THREADS`.
+  when that is above 1, else ten
+  (:data:`corral.workers.asyncio_worker.DEFAULT_WSGI_THREADS`).
 
 Either way corral's parser reads every request and corral answers protocol
 errors, so the wire behaviour is that of every other worker class.
 
-Lifecycle on the loop: accept on every listener until ``--worker-connections``
-connections are open (then stop accepting until one closes); a periodic
-callback beats the heartbeat (through the request watchdog for WSGI apps,
-so a request stuck in a thread past ``--timeout`` gets the worker
-replaced; a native handler that blocks the loop stops the beat by itself)
-and checks the parent. When ``alive`` goes false (TERM, max-requests,
-reload, parent gone) the wake pipe or the next beat starts the graceful
-stop: listeners are closed at once, idle connections are closed, requests
-under way finish, and the worker exits when the last connection is gone or
-``--graceful-timeout`` has passed.
+The loop, accepting, TLS, the heartbeat and the graceful stop are those of
+:class:`corral.workers.asyncio_worker.AsyncioWorker`, which this class
+extends only with the choice above. For a native app the heartbeat is the
+loop's own timer: a handler that blocks the loop stops it, and the arbiter
+replaces the worker after ``--timeout``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
-import errno
 import logging
-import os
-import socket
 import sys
-from typing import TYPE_CHECKING, Final
 
-from corral.http import errors as E
-from corral.http import proxy
-from corral.http.parser import RequestParser
-from corral.http.proxy import ProxyInfo
-from corral.workers.asyncio_connection import (
-    AsyncHttpConnection,
-    ConnectionProtocol,
-    RequestThreadPool,
-    Responder,
-    WsgiThreadResponder,
-)
-from corral.workers.base import Worker
-from corral.workers.connection import proxy_trusted
-from corral.workers.tls import PROXY_MAX
-from corral.workers.watchdog import RequestWatchdog
-
-if TYPE_CHECKING:
-    from corral.sockets import Listener
-    from corral.wsgi.environ import EnvironContext
-
-#: Pool size for WSGI apps when --threads is left at 1. One thread would make
-#: a WSGI app strictly serial behind an event loop that accepts a thousand
-#: connections; ten lets a few slow requests (I/O waits, upstream calls)
-#: overlap while a CPU-bound app is still bounded by the GIL, not by the pool.
-DEFAULT_WSGI_THREADS: Final = 10
-#: Connections accepted per readiness event of a listener, so that one busy
-#: listener cannot starve the others (or the loop) under a connection storm.
-ACCEPT_BATCH: Final = 64
-#: After accept() ran out of file descriptors or memory, try again this much
-#: later (or as soon as one of our connections closes).
-ACCEPT_RETRY: Final = 0.1
-_ACCEPT_RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-#: Heartbeat period in seconds. The watchdog needs to look at least this
-#: often to replace a stuck worker "within about a second" of --timeout.
-BEAT_INTERVAL: Final = 0.5
+from corral.workers.asyncio_connection import Responder
+from corral.workers.asyncio_worker import AsyncioWorker
 
 
-class TornadoWorker(Worker):
-    #: WSGI apps run in a thread pool (wsgi.multithread).
-    multithread = True
-
-    def init_concurrency(self) -> None:
-        # The loop exists before the app is imported, so an app module that
-        # binds to IOLoop.current() or asyncio.get_event_loop() at import
-        # time gets the loop it will be served on.
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-
-    def run(self) -> None:
-        try:
-            self.loop.run_until_complete(self._serve())
-        finally:
-            executor = getattr(self, "_executor", None)
-            if executor is not None:
-                # Requests still running after the graceful timeout are abandoned.
-                executor.shutdown(wait=False, cancel_futures=True)
-
-    # -- serving ------------------------------------------------------------------
-
-    async def _serve(self) -> None:
-        loop = self.loop
-        self._executor: RequestThreadPool | None = None
-        self._watchdog: RequestWatchdog | None = None
-        self.responder = self._make_responder()
-        self._connections: set[AsyncHttpConnection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._open = 0  # accepted connections, including those still being set up
-        self._accepting = False
-        self._accept_trouble_logged = False
-        self._stopping = loop.create_future()
-        self._all_closed = asyncio.Event()
-        self._listener_fds = {lst.sock.fileno(): lst for lst in self.listeners}
-        for lst in self.listeners:
-            lst.sock.setblocking(False)
-        loop.add_reader(self._wake_r, self._on_wake)
-        self._beat_handle = loop.call_later(BEAT_INTERVAL, self._beat)
-        self._resume_accepting()
-        try:
-            if self.alive:
-                await self._stopping
-            await self._graceful_stop()
-        finally:
-            self._beat_handle.cancel()
-            loop.remove_reader(self._wake_r)
-
-    def _make_responder(self) -> Responder:
+class TornadoWorker(AsyncioWorker):
+    def make_responder(self) -> Responder:
         app = self.wsgi
         if _is_tornado_app(app):
             self.log.info("Serving %r as a native tornado app", self.pool.app_uri)
@@ -130,166 +39,7 @@ class TornadoWorker(Worker):
             from corral_tornado.native import TornadoResponder
 
             return TornadoResponder(self, app)
-        threads = self.cfg.threads if self.cfg.threads > 1 else DEFAULT_WSGI_THREADS
-        self._executor = RequestThreadPool(threads, "corral-wsgi")
-        self._watchdog = RequestWatchdog(self.heartbeat, self.cfg.timeout, self.log)
-        return WsgiThreadResponder(self, self._executor, self._watchdog)
-
-    def _accept(self, listener: Listener) -> None:
-        sock = listener.sock
-        env = self.envs[id(listener)]
-        cap = self.cfg.worker_connections
-        for _ in range(ACCEPT_BATCH):
-            if not self.alive:
-                # Stopping (max-requests, TERM) but the wake-up is still on its
-                # way: leave the connection queued for a worker that stays.
-                self._pause_accepting()
-                self._begin_stop()
-                return
-            if self._open >= cap:
-                self._pause_accepting()
-                return
-            try:
-                client, peer = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return  # the queue is empty, or another worker took it
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
-                    continue  # this one connection failed (ECONNABORTED...): take the next
-                # Out of file descriptors or memory: the listener stays readable,
-                # so stop watching it for a moment instead of spinning.
-                if not self._accept_trouble_logged:
-                    self._accept_trouble_logged = True
-                    self.log.warning("cannot accept on %s: %s; retrying every %s s",
-                                     listener.name, exc.strerror, ACCEPT_RETRY)
-                self._pause_accepting()
-                self.loop.call_later(ACCEPT_RETRY, self._resume_accepting)
-                return
-            self._open += 1
-            client.setblocking(False)
-            # The loop keeps only weak references to tasks.
-            task = self.loop.create_task(self._serve_client(client, peer, env))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _serve_client(self, client: socket.socket, peer: object, env: EnvironContext) -> None:
-        conn: AsyncHttpConnection | None = None
-        try:
-            proxied = None
-            if self.ssl_context is not None:
-                # asyncio does the handshake, within --ssl-handshake-timeout; a
-                # PROXY header comes before the TLS records and is read first.
-                if self.limits.proxy_protocol != "off":
-                    proxied = await self._read_proxy_header(client, peer)
-                    if proxied is None:
-                        client.close()
-                        return
-                _, protocol = await self.loop.connect_accepted_socket(
-                    lambda: ConnectionProtocol(self.loop), client, ssl=self.ssl_context,
-                    ssl_handshake_timeout=self.cfg.ssl_handshake_timeout)
-            else:
-                _, protocol = await self.loop.connect_accepted_socket(
-                    lambda: ConnectionProtocol(self.loop), client)
-            conn = AsyncHttpConnection(self, protocol, peer, env, self.cfg.keepalive, self.responder)
-            if proxied is not None:
-                conn.parser = RequestParser(dataclasses.replace(self.limits, proxy_protocol="off"))
-                conn.parser.proxy = proxied
-            self._connections.add(conn)
-            await conn.serve()
-        except Exception:
-            self.log.exception("Error serving a connection from %s", peer)
-            with contextlib.suppress(OSError):
-                client.close()
-        finally:
-            if conn is not None:
-                self._connections.discard(conn)
-            self._open -= 1
-            if not self.alive:
-                if self._open == 0:
-                    self._all_closed.set()
-            elif not self._accepting:
-                self._resume_accepting()
-
-    async def _read_proxy_header(self, client: socket.socket, peer: object) -> ProxyInfo | None:
-        """Read one PROXY header off the raw socket without touching the TLS bytes after it.
-
-        None when the sender is not trusted, the header is malformed, or it
-        does not arrive within --ssl-handshake-timeout (the connection is then
-        closed without an answer: no TLS session exists to answer on).
-        """
-        if not proxy_trusted(self, peer):
-            return None
-        fd = client.fileno()
-        buf = bytearray()
-        deadline = self.loop.time() + self.cfg.ssl_handshake_timeout
-        try:
-            while True:
-                ready = self.loop.create_future()
-                self.loop.add_reader(fd, ready.set_result, None)
-                try:
-                    await asyncio.wait_for(ready, max(deadline - self.loop.time(), 0))
-                finally:
-                    self.loop.remove_reader(fd)
-                data = client.recv(PROXY_MAX - len(buf), socket.MSG_PEEK)
-                if not data:
-                    return None
-                parsed = proxy.parse(buf + data, self.limits.proxy_protocol, eof=False)
-                take = len(data) if parsed is None else parsed[0] - len(buf)
-                buf += client.recv(take)  # already queued: returns at once
-                if parsed is not None:
-                    return parsed[1]
-        except (OSError, TimeoutError, E.HTTPError):
-            return None
-
-    def _pause_accepting(self) -> None:
-        if self._accepting:
-            self._accepting = False
-            for fd in self._listener_fds:
-                self.loop.remove_reader(fd)
-
-    def _resume_accepting(self) -> None:
-        if not self._accepting and self.alive:
-            self._accepting = True
-            for fd, lst in self._listener_fds.items():
-                self.loop.add_reader(fd, self._accept, lst)
-
-    # -- liveness and stopping ---------------------------------------------------------
-
-    def _beat(self) -> None:
-        # Re-armed first, so that an error below (logged by the loop's
-        # exception handler) cannot stop the heartbeat for good.
-        self._beat_handle = self.loop.call_later(BEAT_INTERVAL, self._beat)
-        if self._watchdog is not None:
-            self._watchdog.check()
-        else:
-            self.notify()
-        if self.alive and not self.parent_alive():
-            self.alive = False
-        if not self.alive:
-            self._begin_stop()
-
-    def _on_wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.read(self._wake_r, 512)
-        if not self.alive:
-            self._begin_stop()
-
-    def _begin_stop(self) -> None:
-        if not self._stopping.done():
-            self._stopping.set_result(None)
-
-    async def _graceful_stop(self) -> None:
-        self._pause_accepting()
-        self._listener_fds.clear()
-        self.close_listeners()
-        for conn in list(self._connections):
-            conn.stop_when_idle()
-        if self._open:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), self.cfg.graceful_timeout)
-            if self._open:
-                self.log.warning("Worker %s: %s connection(s) still open after the graceful timeout",
-                                 self.pid, self._open)
+        return super().make_responder()
 
 
 def _is_tornado_app(app: object) -> bool:

@@ -98,7 +98,11 @@ def _wait_for_notification(notify: socket.socket, predicate: Any, seen: list[str
 
 
 def _children(pid: int) -> set[int]:
-    return {c for c in map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split()) if _alive(c)}
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return set()
+    return {c for c in map(int, text.split()) if _alive(c)}
 
 
 def _parent(pid: int) -> int:
@@ -108,7 +112,9 @@ def _parent(pid: int) -> int:
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # Gone, or going: a process reaped between open() and read() makes
+        # the read fail with ESRCH.
         return False
     return state != "Z"
 

@@ -153,11 +153,13 @@ class CorralProcess:
         """The arbiter's live child processes (Linux /proc)."""
         try:
             text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             return []
         pids = []
         for pid in (int(p) for p in text.split()):
-            with contextlib.suppress(FileNotFoundError):
+            # A process reaped between open() and read() fails the read with
+            # ESRCH (ProcessLookupError), not ENOENT: gone either way.
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
                 if state != "Z":
                     pids.append(pid)

@@ -4,14 +4,16 @@ What the tornado worker (and any worker built on WsgiThreadResponder)
 relies on: every callback runs exactly once, on the loop, in the order one
 thread queued it; a burst from many threads wakes the loop once, not once
 per callback; a failing callback is reported and does not strand the rest;
-and a callback queued before a thread schedules something else directly on
-the loop (as sendfile does) still runs first.
+and code on the loop that flushes the inbox (as sendfile does before it
+starts, and the executor path before it reuses a connection) sees a
+thread's earlier callbacks first, however the other threads race.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 from corral.workers.asyncio_connection import LoopInbox
@@ -110,10 +112,11 @@ def test_a_failing_callback_is_reported_and_the_rest_still_run() -> None:
     assert len(reported) == 1 and isinstance(reported[0]["exception"], ValueError)
 
 
-def test_queued_callbacks_run_before_what_the_thread_schedules_next() -> None:
+def test_a_flush_runs_what_the_thread_queued_before_it_scheduled_directly() -> None:
     # ThreadBridge queues a response head through the inbox and then starts
-    # loop.sendfile with run_coroutine_threadsafe: the head must go first,
-    # whatever the other threads are doing with the inbox meanwhile.
+    # loop.sendfile with run_coroutine_threadsafe; the coroutine flushes the
+    # inbox first, so the head goes first whatever the other threads are
+    # doing with the inbox meanwhile.
     rounds = 300
 
     async def body(loop: asyncio.AbstractEventLoop) -> list[tuple[int, str]]:
@@ -122,10 +125,14 @@ def test_queued_callbacks_run_before_what_the_thread_schedules_next() -> None:
         stop = threading.Event()
 
         def noise() -> None:
+            # Other threads racing for the flag, as other connections' pool
+            # threads do; they yield between calls like real requests.
             while not stop.is_set():
                 inbox.call(lambda: None)
+                time.sleep(0)
 
         async def second(i: int) -> None:
+            inbox.flush()
             events.append((i, "direct"))
 
         def produce() -> None:
@@ -146,3 +153,28 @@ def test_queued_callbacks_run_before_what_the_thread_schedules_next() -> None:
 
     events = _run_on_loop(body)
     assert events == [(i, kind) for i in range(rounds) for kind in ("inbox", "direct")]
+
+
+def test_flush_runs_callbacks_whose_drain_another_thread_has_not_scheduled_yet() -> None:
+    # The race the flush exists for, made deterministic: another thread has
+    # set the flag and not yet scheduled its drain, so this thread's
+    # callback waits in the inbox with no drain of its own; a coroutine it
+    # then starts directly on the loop (sendfile) must still see it first.
+    async def body(loop: asyncio.AbstractEventLoop) -> list[str]:
+        inbox = LoopInbox(loop)
+        events: list[str] = []
+        inbox._scheduled = True  # the other thread's drain, still on its way
+
+        async def sendfile_like() -> None:
+            inbox.flush()
+            events.append("direct")
+
+        def thread() -> None:
+            inbox.call(events.append, "queued")
+            asyncio.run_coroutine_threadsafe(sendfile_like(), loop).result(5)
+
+        await asyncio.to_thread(thread)
+        inbox._drain()  # the other thread's drain arrives at last: nothing runs twice
+        return events
+
+    assert _run_on_loop(body) == ["queued", "direct"]

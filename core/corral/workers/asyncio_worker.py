@@ -36,6 +36,7 @@ from corral.http import errors as E
 from corral.http import proxy
 from corral.http.parser import RequestParser
 from corral.http.proxy import ProxyInfo
+from corral.sockets import Acceptor, acceptor
 from corral.workers.asyncio_connection import (
     AsyncHttpConnection,
     ConnectionProtocol,
@@ -124,9 +125,10 @@ class AsyncioWorker(Worker):
         self._accept_trouble_logged = False
         self._stopping = loop.create_future()
         self._all_closed = asyncio.Event()
-        self._listener_fds = {lst.sock.fileno(): lst for lst in self.listeners}
         for lst in self.listeners:
             lst.sock.setblocking(False)
+        # Each listener with its accept function, made once (corral.sockets.acceptor).
+        self._listener_fds = {lst.sock.fileno(): (lst, acceptor(lst.sock)) for lst in self.listeners}
         loop.add_reader(self._wake_r, self._on_wake)
         self._beat_handle = loop.call_later(BEAT_INTERVAL, self._beat)
         self._resume_accepting()
@@ -138,8 +140,7 @@ class AsyncioWorker(Worker):
             self._beat_handle.cancel()
             loop.remove_reader(self._wake_r)
 
-    def _accept(self, listener: Listener) -> None:
-        sock = listener.sock
+    def _accept(self, listener: Listener, accept: Acceptor) -> None:
         env = self.envs[id(listener)]
         cap = self.cfg.worker_connections
         for _ in range(self.accept_batch):
@@ -153,7 +154,7 @@ class AsyncioWorker(Worker):
                 self._pause_accepting()
                 return
             try:
-                client, peer = sock.accept()
+                client, peer = accept()
             except (BlockingIOError, InterruptedError):
                 return  # the queue is empty, or another worker took it
             except OSError as exc:
@@ -252,8 +253,8 @@ class AsyncioWorker(Worker):
     def _resume_accepting(self) -> None:
         if not self._accepting and self.alive:
             self._accepting = True
-            for fd, lst in self._listener_fds.items():
-                self.loop.add_reader(fd, self._accept, lst)
+            for fd, (lst, accept) in self._listener_fds.items():
+                self.loop.add_reader(fd, self._accept, lst, accept)
 
     # -- liveness and stopping ---------------------------------------------------------
 

@@ -56,6 +56,11 @@ class Listener:
 
 #: Accepts one connection from a listener: (socket, peer address).
 Acceptor = Callable[[], tuple[socket.socket, Any]]
+#: accept() errors that mean "out of a resource" (descriptors, memory), not
+#: "this connection" nor "this listener": the connection stays queued and
+#: the listener readable, so a worker that retried at once would spin. Every
+#: worker class backs off instead.
+ACCEPT_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def acceptor(sock: socket.socket) -> Acceptor:

@@ -656,19 +656,20 @@ class WsgiThreadResponder:
         if inbox is None:  # made here, on the loop, before any thread needs it
             inbox = self._inbox = LoopInbox(loop)
         if not isinstance(executor, RequestThreadPool):
-            keep = await loop.run_in_executor(executor, self._handle_in_thread, conn, head)
-            # The executor's result came by its own way: the response's last
-            # bytes may still wait in the inbox. They go out before the
-            # connection is reused or closed.
-            inbox.flush()
-            return keep
+            try:
+                return await loop.run_in_executor(executor, self._handle_in_thread, conn, head, inbox)
+            finally:
+                # The executor's result came by its own way: the response's
+                # last bytes may still wait in the inbox. They go out before
+                # the connection is reused or closed.
+                inbox.flush()
         done: asyncio.Future[bool] = loop.create_future()
 
         def run() -> None:  # in a pool thread
             result: bool | None = None
             error: BaseException | None = None
             try:
-                result = self._handle_in_thread(conn, head)
+                result = self._handle_in_thread(conn, head, inbox)
             except BaseException as exc:  # handed to the awaiting coroutine
                 error = exc
             try:
@@ -679,12 +680,9 @@ class WsgiThreadResponder:
         executor.submit(run)
         return await done
 
-    def _handle_in_thread(self, conn: AsyncHttpConnection, head: RequestHead) -> bool:
+    def _handle_in_thread(self, conn: AsyncHttpConnection, head: RequestHead, inbox: LoopInbox) -> bool:
         blocking: HttpConnection | None = conn.state
         if blocking is None:
-            inbox = self._inbox
-            if inbox is None:  # called without handle(): only then made off the loop
-                inbox = self._inbox = LoopInbox(conn.loop)
             bridge = cast("socket.socket", ThreadBridge(conn, inbox))
             blocking = _BridgedConnection(conn.worker, bridge, conn.peer, conn.env, conn.keepalive)
             blocking.parser = conn.parser

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import os
 import socket
 from concurrent.futures import Executor
@@ -36,7 +35,7 @@ from corral.http import errors as E
 from corral.http import proxy
 from corral.http.parser import RequestParser
 from corral.http.proxy import ProxyInfo
-from corral.sockets import Acceptor, acceptor
+from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
 from corral.workers.asyncio_connection import (
     AsyncHttpConnection,
     ConnectionProtocol,
@@ -64,7 +63,6 @@ ACCEPT_BATCH: Final = 64
 #: After accept() ran out of file descriptors or memory, try again this much
 #: later (or as soon as one of our connections closes).
 ACCEPT_RETRY: Final = 0.1
-_ACCEPT_RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Heartbeat period in seconds. The watchdog needs to look at least this
 #: often to replace a stuck worker "within about a second" of --timeout.
 BEAT_INTERVAL: Final = 0.5
@@ -158,7 +156,7 @@ class AsyncioWorker(Worker):
             except (BlockingIOError, InterruptedError):
                 return  # the queue is empty, or another worker took it
             except OSError as exc:
-                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                if exc.errno not in ACCEPT_RESOURCE_ERRNOS:
                     continue  # this one connection failed (ECONNABORTED...): take the next
                 # Out of file descriptors or memory: the listener stays readable,
                 # so stop watching it for a moment instead of spinning.

@@ -49,6 +49,7 @@ import gevent.socket
 from gevent import monkey
 from gevent.pool import Pool
 
+from corral.sockets import ACCEPT_RESOURCE_ERRNOS
 from corral.workers.base import Worker
 from corral.workers.connection import HttpConnection
 
@@ -61,11 +62,8 @@ if TYPE_CHECKING:
     from corral.sockets import Listener
     from corral.wsgi.environ import EnvironContext
 
-#: accept() errors that mean "out of a resource", not "this listener is
-#: broken". The connection stays queued in the kernel, so retrying at once
-#: would spin; the accept greenlet backs off instead (ACCEPT_BACKOFF).
-_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-#: How long to wait before retrying such an accept: long enough not to burn
+#: How long to wait before retrying an accept that ran out of a resource
+#: (corral.sockets.ACCEPT_RESOURCE_ERRNOS): long enough not to burn
 #: CPU, short enough that a closing connection's slot is used at once.
 ACCEPT_BACKOFF: Final = 0.1
 #: accept() errors about one connection that died in the queue (or a
@@ -200,7 +198,7 @@ class GeventWorker(Worker):
             except OSError as exc:
                 if exc.errno in _TRANSIENT_ERRNOS:
                     continue
-                if exc.errno in _RESOURCE_ERRNOS:
+                if exc.errno in ACCEPT_RESOURCE_ERRNOS:
                     if not starved:
                         starved = True
                         self.log.error("Worker %s cannot accept on %s: %s (%d connections open); "

@@ -32,7 +32,6 @@ or ``graceful_timeout`` has passed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import socket
@@ -43,7 +42,7 @@ from typing import TYPE_CHECKING, Final
 
 from corral.http import errors as E
 from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
-from corral.sockets import Acceptor, acceptor
+from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
 from corral_gthread.connection import PooledConnection
 from corral_gthread.poller import make_poller
 
@@ -67,7 +66,6 @@ ACCEPT_BACKOFF: Final = 0.1
 #: often, so that under sustained load on every worker a new connection
 #: waits milliseconds, not until the load ends.
 SATURATED_PEEK: Final = 0.005
-_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: A deadline queue is not compacted below this length: compacting a short
 #: queue would cost more than the stale entries do.
 COMPACT_MIN: Final = 1024
@@ -319,7 +317,7 @@ class IOLoop:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return False  # another worker took it, or it died in the queue
         except OSError as exc:
-            if exc.errno in _RESOURCE_ERRNOS:
+            if exc.errno in ACCEPT_RESOURCE_ERRNOS:
                 self.worker.log.error("accept() failed: %s; pausing for %s s", exc, ACCEPT_BACKOFF)
                 self.pause_accepting()
                 self.accept_backoff_until = time.monotonic() + ACCEPT_BACKOFF

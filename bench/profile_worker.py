@@ -84,10 +84,15 @@ def pyspy_report(raw: Path, rate: int, requests: float, top: int) -> list[dict[s
     """Self and inclusive time per function from py-spy's collapsed stacks."""
     self_samples: Counter[str] = Counter()
     incl_samples: Counter[str] = Counter()
-    total = 0
+    total = torn = 0
     for line in raw.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack:
+            continue
+        if not count_s.isdigit():
+            # --nonblocking reads the worker's memory while it runs, so now
+            # and then a frame name is torn and holds a newline or a space.
+            torn += 1
             continue
         count = int(count_s)
         total += count
@@ -100,6 +105,7 @@ def pyspy_report(raw: Path, rate: int, requests: float, top: int) -> list[dict[s
     print(
         f"\npy-spy: {total} samples at {rate} Hz over ~{requests:.0f} requests "
         f"({total * us_per_sample / requests:.1f} us on CPU per request)"
+        + (f"; {torn} torn lines skipped" if torn else "")
     )
     print(f"{'self us/req':>11} {'incl us/req':>11} {'self %':>6}  function")
     rows = []

@@ -504,6 +504,32 @@ def children(pid: int) -> list[int]:
     return sorted(set(kids))
 
 
+CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of pid and every live descendant, in seconds.
+
+    From /proc/PID/stat (utime, stime: fields 14 and 15, in clock ticks) of
+    each process in the tree, all of its threads included. A process that
+    exits between the listing and the read is skipped: the harness takes
+    this before and after a wrk run, and workers do not come and go then.
+    """
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:  # gone (ProcessLookupError is an OSError too)
+            continue
+        # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+        fields = stat.rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+        todo += children(p)
+    return total / CLOCK_TICKS
+
+
 def wait_ready(server: Server, workers: int, deadline: float) -> None:
     """Until the server answers a real request and has forked its workers (connect, never sleep-and-hope)."""
     assert server.proc is not None
@@ -580,8 +606,21 @@ def wrk_argv(wrk: str, port: int, workload: Workload, mode: str, s: Settings, du
     return [*argv, f"http://{HOST}:{port}{workload.path}"]
 
 
-def run_wrk(reaper: Reaper, argv: list[str], workload: Workload, duration: float) -> dict[str, Any]:
+def run_wrk(
+    reaper: Reaper, argv: list[str], workload: Workload, duration: float, server_pid: int | None = None
+) -> dict[str, Any]:
+    """One wrk run; with server_pid, also the CPU the server and wrk spent per request.
+
+    The server's CPU is its process tree's (tree_cpu_seconds) before and
+    after; wrk's comes from getrusage(RUSAGE_CHILDREN), which grows by a
+    child's CPU when it is reaped, and wrk is the only child the harness
+    reaps while it runs (the servers live on). Both share the machine's
+    cores during a run, so req/s alone mixes the server's cost with the
+    client's: these two figures separate them.
+    """
     env = {**os.environ, "BENCH_POST_BYTES": str(workload.post_bytes)}
+    cpu0 = tree_cpu_seconds(server_pid) if server_pid else 0.0
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = reaper.start(argv, log=None, env=env, cwd=BENCH_DIR)
     try:
         out, _ = proc.communicate(timeout=duration + WRK_GRACE)
@@ -595,12 +634,19 @@ def run_wrk(reaper: Reaper, argv: list[str], workload: Workload, duration: float
             reaper.procs.remove(proc)
     text = out.decode(errors="replace") if out else ""
     line = next((ln for ln in text.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    server_cpu = tree_cpu_seconds(server_pid) - cpu0 if server_pid else None
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0 or line is None:
         return {"error": f"wrk exited {proc.returncode}", "output": text[-2000:]}
     data: dict[str, Any] = json.loads(line[len("BENCH_JSON ") :])
     secs = data["duration_us"] / 1e6
     data["rps"] = data["requests"] / secs if secs else 0.0
     data["errors_total"] = sum(data["errors"].values())
+    if data["requests"]:
+        client_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        data["client_cpu_us"] = client_cpu * 1e6 / data["requests"]
+        if server_cpu is not None:
+            data["server_cpu_us"] = server_cpu * 1e6 / data["requests"]
     data["output"] = text
     return data
 
@@ -644,6 +690,10 @@ class Results:
                 # Errors are summed, not medianed: one bad round must show.
                 row["errors"] = sum(r["errors_total"] for r in good)
                 row["requests"] = sum(r["requests"] for r in good)
+                for key in ("server_cpu_us", "client_cpu_us"):
+                    values = [r[key] for r in good if key in r]
+                    if values:
+                        row[key] = statistics.median(values)
             out.append(row)
         return out
 
@@ -676,9 +726,10 @@ def measure_pair(
                 for sv in live:
                     if sv.failed is not None:
                         continue
+                    assert sv.proc is not None
                     argv = wrk_argv(wrk, sv.port, wl, mode, s, s.duration)
                     log(f"{cls:8} {wl.name:17} {mode:9} round {rnd + 1}/{s.rounds} {sv.name}")
-                    data = run_wrk(reaper, argv, wl, s.duration)
+                    data = run_wrk(reaper, argv, wl, s.duration, server_pid=sv.proc.pid)
                     data.update(
                         server=sv.name,
                         **{"class": cls},
@@ -693,10 +744,11 @@ def measure_pair(
                     else:
                         log(
                             f"  {sv.name}: {data['rps']:.0f} req/s, "
-                            f"p99 {data['latency_us']['p99'] / 1000:.2f} ms, errors {data['errors_total']}"
+                            f"p99 {data['latency_us']['p99'] / 1000:.2f} ms, errors {data['errors_total']}, "
+                            f"CPU/req server {data.get('server_cpu_us', 0):.0f} us, "
+                            f"wrk {data.get('client_cpu_us', 0):.0f} us"
                         )
                     res.runs.append(data)
-                    assert sv.proc is not None
                     if sv.proc.poll() is not None:
                         sv.failed = (
                             f"exited with {sv.proc.returncode} during {wl.name}/{mode}: {sv.last_error()}"
@@ -863,6 +915,13 @@ def comparison_rows(res: Results) -> list[dict[str, Any]]:
                 "gunicorn": g,
                 "rps_ratio": (c["rps"] / g["rps"]) if c.get("rps") and g.get("rps") else None,
                 "p99_ratio": (c["p99_ms"] / g["p99_ms"]) if c.get("p99_ms") and g.get("p99_ms") else None,
+                # gunicorn's CPU per request over corral's: how many times
+                # less work a request costs corral, whoever else shares the cores.
+                "cpu_ratio": (
+                    (g["server_cpu_us"] / c["server_cpu_us"])
+                    if c.get("server_cpu_us") and g.get("server_cpu_us")
+                    else None
+                ),
             }
         )
     return rows
@@ -883,6 +942,9 @@ TABLE_HEAD: Final = (
     "p50 ms (c / g)",
     "p99 ms (c / g)",
     "errors (c / g)",
+    "server CPU us/req (c / g)",
+    "CPU ratio",
+    "wrk CPU us/req (c / g)",
 )
 
 
@@ -899,6 +961,9 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         f"{_n(c, 'p50_ms', '.2f')} / {_n(g, 'p50_ms', '.2f')}",
         f"{_n(c, 'p99_ms', '.2f')} / {_n(g, 'p99_ms', '.2f')}",
         f"{_n(c, 'errors', 'd')} / {_n(g, 'errors', 'd')}",
+        f"{_n(c, 'server_cpu_us', '.0f')} / {_n(g, 'server_cpu_us', '.0f')}",
+        f"{row['cpu_ratio']:.2f}x" if row.get("cpu_ratio") else "-",
+        f"{_n(c, 'client_cpu_us', '.0f')} / {_n(g, 'client_cpu_us', '.0f')}",
     ]
 
 
@@ -922,6 +987,7 @@ def granian_lines(res: Results) -> list[str]:
             f"granian --interface wsgi, hello, {'keep-alive' if mode == 'keepalive' else 'close'}: "
             f"{gr['rps']:,.0f} req/s, p50 {gr['p50_ms']:.2f} ms, p99 {gr['p99_ms']:.2f} ms, "
             f"errors {gr['errors']}"
+            + (f", server CPU {gr['server_cpu_us']:.0f} us/req" if gr.get("server_cpu_us") else "")
         )
         if best:
             text += (
@@ -1002,9 +1068,18 @@ SYNC_NOTE: Final = (
 )
 
 
+CPU_NOTE: Final = (
+    "CPU us/req: user + system CPU per request of the server's whole process tree "
+    "(/proc/PID/stat before and after the run) and of wrk (getrusage of the reaped "
+    "child); the CPU ratio is gunicorn's server figure over corral's. wrk and the "
+    "server share the cores, so where the cores are saturated the req/s ratio is "
+    "pulled towards 1 by the client's own cost; the CPU ratio is not."
+)
+
+
 def text_report(res: Results) -> str:
     rows = [table_cells(r) for r in comparison_rows(res)]
-    parts = [plain_table(TABLE_HEAD, rows, 3), "", "* primary comparison. " + SYNC_NOTE]
+    parts = [plain_table(TABLE_HEAD, rows, 3), "", "* primary comparison. " + SYNC_NOTE, CPU_NOTE]
     parts += ["", *granian_lines(res)]
     if res.memory:
         parts += ["", plain_table(MEM_HEAD, memory_rows(res), 2)]
@@ -1059,7 +1134,7 @@ def markdown_report(res: Results) -> str:
         md_table(TABLE_HEAD, [table_cells(r) for r in comparison_rows(res)], 3),
         "",
         "\\* primary comparison. " + SYNC_NOTE + " Errors are non-2xx/3xx responses plus wrk's socket "
-        "errors (connect, read, write, timeout).",
+        "errors (connect, read, write, timeout). " + CPU_NOTE,
         "",
     ]
     g = granian_lines(res)

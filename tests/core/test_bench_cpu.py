@@ -1,0 +1,73 @@
+"""bench/run.py's CPU accounting counts a server's whole process tree.
+
+The harness reports CPU per request next to req/s (docs/performance.md);
+a server's CPU is mostly its workers', which are children (or, for some
+servers, grandchildren) of the process the harness started.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The parent sleeps; its child burns CPU (0.4 s of its own CPU time, however
+# long that takes on a busy machine), says so, and waits to be killed.
+TREE = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", '''
+    import sys, time
+    while time.process_time() < 0.4:
+        pass
+    print("burnt", flush=True)
+    time.sleep(60)
+    '''], stdout=sys.stdout)
+    child.wait()
+    """
+)
+
+
+def load_harness() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = mod  # its dataclasses look their module up there
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return mod
+
+
+def test_tree_cpu_counts_descendants_not_just_the_process_started() -> None:
+    harness = load_harness()
+    proc = subprocess.Popen([sys.executable, "-c", TREE], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "burnt"
+        own = Path(f"/proc/{proc.pid}/stat").read_text()
+        own_ticks = sum(int(x) for x in own.rpartition(")")[2].split()[11:13])
+        tree = harness.tree_cpu_seconds(proc.pid)
+        # The burning grandchild's 0.4 s is there; the parent alone has
+        # little (its start-up), so this fails if descendants are skipped.
+        assert tree >= 0.4, tree
+        assert own_ticks / harness.CLOCK_TICKS < 0.4
+        assert tree < 30
+    finally:
+        subprocess.run(["pkill", "-P", str(proc.pid)], check=False)
+        proc.kill()
+        proc.wait()
+
+
+def test_tree_cpu_of_a_process_that_is_gone_is_zero() -> None:
+    harness = load_harness()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert harness.tree_cpu_seconds(proc.pid) == 0.0

@@ -58,8 +58,12 @@ if TYPE_CHECKING:
 #: overlap while a CPU-bound app is still bounded by the GIL, not by the pool.
 DEFAULT_WSGI_THREADS: Final = 10
 #: Connections accepted per readiness event of a listener, so that one busy
-#: listener cannot starve the others (or the loop) under a connection storm.
-ACCEPT_BATCH: Final = 64
+#: listener cannot starve the others (or the loop) under a connection storm,
+#: and so that a burst is shared: while this worker sets up the connections
+#: it took, another can take the rest. A keep-alive connection stays with
+#: its worker; with 64 here, one worker took all of wrk's 64 connections in
+#: 7 of 30 runs and the other idled (0 of 34 with 16; docs/performance.md).
+ACCEPT_BATCH: Final = 16
 #: After accept() ran out of file descriptors or memory, try again this much
 #: later (or as soon as one of our connections closes).
 ACCEPT_RETRY: Final = 0.1

@@ -35,10 +35,12 @@ from corral.app import load_app
 from corral.config import Config
 from corral.errors import ConfigError, HaltServer
 from corral.heartbeat import Heartbeat
+from corral.listener_set import ListenerSet
 from corral.logs import apply_log_config, reopen_logs, setup_error_log
+from corral.pidfile import Pidfile
 from corral.plugins import WorkerSpec, load_worker_class, resolve_worker
 from corral.pool import Pool, WorkerHandle
-from corral.sockets import FD_ENV, Listener, bind, inherited_fds, listener_from_fd
+from corral.sockets import FD_ENV, Listener
 from corral.systemd import sd_notify
 from corral.workers.base import APP_LOAD_ERROR, WORKER_BOOT_ERROR, set_process_title
 
@@ -78,10 +80,7 @@ class Arbiter:
         self.log = setup_error_log(cfg.errorlog, cfg.loglevel)
         apply_log_config(cfg.logconfig, cfg.logconfig_json, cfg.logconfig_dict)
         self.pid = os.getpid()
-        #: Bound listeners by configured address; pools share them.
-        self.listeners: dict[str, Listener] = {}
-        self.inherited: list[Listener] | None = None
-        self.adopted_all = False
+        self.sockets = ListenerSet(self.log, self.pid)
         self.pools: list[Pool] = []
         self.workers: dict[int, WorkerHandle] = {}
         #: WorkerSpec.shared_modules already imported (see _import_shared_modules).
@@ -93,13 +92,18 @@ class Arbiter:
         self.winched = False
         self.reexec_pid = 0
         self.parent_pid = int(os.environ.pop(PARENT_ENV, "0") or 0)
-        self.pidfile: str | None = None
+        self.pidfile = Pidfile(self.pid)
         self.ready_notified = False
         self._wake_r, self._wake_w = os.pipe()
         self._ready_r, self._ready_w = os.pipe()
         for fd in (self._wake_r, self._wake_w, self._ready_r):
             os.set_blocking(fd, False)
         self.start_cwd = os.getcwd()
+
+    @property
+    def listeners(self) -> dict[str, Listener]:
+        """Bound listeners by configured address (for hooks, like gunicorn's ``LISTENERS``)."""
+        return self.sockets.by_address
 
     # -- start and run -----------------------------------------------------------
 
@@ -125,63 +129,15 @@ class Arbiter:
         self.install_signals()
         self.pm.hook.corral_on_starting(server=self)
         pools = self.build_pools(self.cfg)
-        self.bind_listeners(pools)
+        self.sockets.assign(pools)
         self.pools = pools
-        self.write_pidfile()
+        self.pidfile.write(self.cfg.pidfile, upgrading=bool(self.parent_pid))
         for pool in self.pools:
             self.log.info("Pool %s: %s x %s worker(s), app %s, at %s", pool.name, pool.size,
                           pool.spec.name, pool.app_uri, ", ".join(lst.name for lst in pool.listeners))
         set_process_title("master", self.cfg)
         self.manage_workers()
         self.pm.hook.corral_when_ready(server=self)
-
-    def bind_listeners(self, pools: list[Pool]) -> None:
-        """Give every pool its listeners, binding each address once (pools may share one).
-
-        Sockets inherited from a parent arbiter (USR2) or from systemd are used
-        first: with a single pool they are all of its listeners; with several,
-        each configured address takes the inherited socket bound to it.
-        """
-        if self.inherited is None:
-            self.inherited = [listener_from_fd(fd) for fd in inherited_fds()]
-            if self.inherited:
-                self.log.info("Inherited %s listener(s): %s", len(self.inherited),
-                              ", ".join(lst.name for lst in self.inherited))
-        if len(pools) == 1 and (self.adopted_all or (self.inherited and not self.listeners)):
-            # One pool takes every inherited socket, on this and later reloads.
-            if not self.adopted_all:
-                for listener in self.inherited or []:
-                    self.listeners[listener.name] = listener
-                self.adopted_all = True
-            pools[0].listeners = list(self.listeners.values())
-            return
-        for pool in pools:
-            pool.listeners = [self.listener_for(address, pool.cfg) for address in pool.addresses]
-        used = {id(lst) for pool in pools for lst in pool.listeners}
-        for address, listener in list(self.listeners.items()):
-            if id(listener) not in used:
-                # Old workers keep their own copy until they have drained.
-                self.log.info("No pool listens at %s any more; closing it", listener.name)
-                listener.close()
-                del self.listeners[address]
-
-    def listener_for(self, address: str, cfg: Config) -> Listener:
-        listener = self.listeners.get(address)
-        if listener is not None:
-            return listener
-        for candidate in list(self.inherited or []):
-            if candidate.name == address or candidate.name == _canonical(address):
-                self.inherited.remove(candidate)  # type: ignore[union-attr]
-                self.listeners[address] = candidate
-                return candidate
-        try:
-            listener = bind(address, backlog=cfg.backlog, reuse_port=cfg.reuse_port,
-                            unix_mode=cfg.unix_socket_mode, log=self.log)
-        except OSError as exc:
-            raise HaltServer(f"cannot listen on {address}: {exc.strerror or exc}", 1) from None
-        self.listeners[address] = listener
-        self.log.info("Listening at http://%s (pid %s)", listener.name, self.pid)
-        return listener
 
     def build_pools(self, cfg: Config) -> list[Pool]:
         pools = []
@@ -449,7 +405,7 @@ class Arbiter:
                 self.reexec_pid = 0
                 self.log.error("The new arbiter (pid %s) exited with status %s; carrying on",
                                pid, os.waitstatus_to_exitcode(status))
-                self._restore_pidfile()
+                self.pidfile.restore()
                 continue
             handle = self.workers.pop(pid, None)
             if handle is None:
@@ -519,7 +475,7 @@ class Arbiter:
         try:
             cfg = self.reload_config()
             pools = self.build_pools(cfg)
-            self.bind_listeners(pools)
+            self.sockets.assign(pools)
         except (ConfigError, HaltServer) as exc:
             msg = exc.reason if isinstance(exc, HaltServer) else str(exc)
             self.log.error("Reload failed, still running on the previous configuration: %s", msg)
@@ -577,36 +533,8 @@ class Arbiter:
         if self.parent_pid and os.getppid() != self.parent_pid:
             self.log.info("The old arbiter (pid %s) has exited; taking over", self.parent_pid)
             self.parent_pid = 0
-            if self.pidfile and self.cfg.pidfile:
-                with contextlib.suppress(OSError):
-                    os.rename(self.pidfile, self.cfg.pidfile)
-                self.pidfile = self.cfg.pidfile
+            self.pidfile.take_over(self.cfg.pidfile)
             sd_notify(f"MAINPID={self.pid}")
-
-    def write_pidfile(self) -> None:
-        path = self.cfg.pidfile
-        if not path:
-            return
-        if self.parent_pid:
-            path += ".2"  # the old arbiter still owns the real name
-        tmp = f"{path}.{self.pid}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{self.pid}\n")
-        os.rename(tmp, path)
-        self.pidfile = path
-
-    def _restore_pidfile(self) -> None:
-        if self.pidfile:
-            with contextlib.suppress(OSError), open(self.pidfile) as f:
-                if f.read().strip() != str(self.pid):
-                    self.write_pidfile()
-
-    def remove_pidfile(self) -> None:
-        if not self.pidfile:
-            return
-        with contextlib.suppress(OSError), open(self.pidfile) as f:
-            if f.read().strip() == str(self.pid):
-                os.unlink(self.pidfile)
 
     def stop(self, graceful: bool = True) -> None:
         """Stop accepting at once, then stop the workers (gracefully or not)."""
@@ -620,8 +548,7 @@ class Arbiter:
         # An upgraded arbiter that inherited the sockets still uses them; only
         # unlink unix sockets when nobody else will.
         unlink = self.reexec_pid == 0 and self.parent_pid == 0
-        for listener in self.listeners.values():
-            listener.close(unlink=unlink)
+        self.sockets.close_all(unlink=unlink)
         for handle in self.workers.values():
             handle.retiring = True
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
@@ -646,7 +573,7 @@ class Arbiter:
             self.log.info("Shutting down: master")
         with contextlib.suppress(Exception):
             self.pm.hook.corral_on_exit(server=self)
-        self.remove_pidfile()
+        self.pidfile.remove()
         return status
 
 
@@ -655,23 +582,6 @@ def scale_file(pid: int) -> str:
     import tempfile
 
     return os.path.join(tempfile.gettempdir(), f"corral-{pid}.scale")
-
-
-def _canonical(address: str) -> str:
-    """The name a socket bound to ``address`` reports, e.g. "localhost:80" -> "127.0.0.1:80"."""
-    from corral.addresses import parse_address
-
-    try:
-        addr = parse_address(address)
-        if addr.kind != "tcp":
-            return str(addr)
-        import socket
-
-        info = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        host = info[4][0]
-        return f"[{host}]:{addr.port}" if ":" in host else f"{host}:{addr.port}"
-    except (OSError, ValueError):
-        return address
 
 
 def _auto_workers() -> int:

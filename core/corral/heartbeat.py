@@ -12,8 +12,15 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Final
 
 from corral.settings import default_tmp_dir
+
+#: A worker blocked waiting for a client wakes at least this often to beat
+#: (corral.workers.connection, corral.workers.tls): waiting on a client
+#: with a deadline of its own is not being stuck. The shortest sensible
+#: --timeout is about twice this.
+WAIT_SLICE: Final = 0.5
 
 
 class Heartbeat:

@@ -304,7 +304,9 @@ def core_settings() -> list[Setting]:
           "Most simultaneous connections per worker (async and threaded classes).",
           ("--worker-connections",), "INT"),
         S("timeout", "Worker processes", seconds, 30.0,
-          "Workers silent for longer than this are killed and replaced (0 disables).",
+          "Workers silent for longer than this are killed and replaced (0 disables); a worker "
+          "waiting on a slow client is not silent. Also the longest wait for a client to take "
+          "more of a response.",
           ("-t", "--timeout"), "SECONDS"),
         S("graceful_timeout", "Worker processes", seconds, 30.0,
           "After a graceful stop signal, workers still running after this are killed.",

@@ -130,6 +130,26 @@ def test_sync_silent_client_holds_the_worker_only_until_the_handshake_timeout(
         assert silent.recv(1) == b""  # dropped without an answer
 
 
+def test_a_handshake_longer_than_timeout_does_not_kill_a_sync_worker(tmp_path: Path, certs: Certs) -> None:
+    # Waiting for a client's handshake is waiting, not being stuck: the
+    # worker beats meanwhile, and --ssl-handshake-timeout, longer than
+    # --timeout here, ends the wait. (It used to be killed at --timeout.)
+    server = CorralProcess(APP, tls_args(certs, "--timeout", "1", "--ssl-handshake-timeout", "3"),
+                           workdir=tmp_path, worker_class="sync").start()
+    try:
+        (pid,) = server.wait_for_workers(1)
+        with server.connect() as silent:
+            silent.settimeout(10)
+            started = time.monotonic()
+            assert silent.recv(1) == b""  # dropped without an answer...
+            assert time.monotonic() - started > 2.5  # ...at the handshake timeout
+        assert https(server, "/", certs.client_context())[0] == 200
+        assert server.worker_pids() == [pid]
+        assert "WORKER TIMEOUT" not in server.log()
+    finally:
+        server.kill()
+
+
 @needs_gevent
 def test_gevent_silent_and_stalled_handshakes_do_not_block_others(
         servers: dict[str, CorralProcess], certs: Certs) -> None:

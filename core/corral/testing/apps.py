@@ -137,7 +137,10 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     if path == "/file":
         size = int(p.get("size", "100000"))
         f = tempfile.TemporaryFile()  # noqa: SIM115 - the server closes it via the wrapper
-        f.write(bytes(i % 251 for i in range(size)))
+        if p.get("fill") == "zero":
+            f.truncate(size)  # large files at once, without a pattern to check
+        else:
+            f.write(bytes(i % 251 for i in range(size)))
         f.seek(0)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](f, 8192)
@@ -145,7 +148,8 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         # No file descriptor behind it: the server must iterate, not sendfile.
         size = int(p.get("size", "100000"))
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
-        return environ["wsgi.file_wrapper"](io.BytesIO(bytes(i % 251 for i in range(size))), 4096)
+        data = bytes(size) if p.get("fill") == "zero" else bytes(i % 251 for i in range(size))
+        return environ["wsgi.file_wrapper"](io.BytesIO(data), 65536 if p.get("fill") == "zero" else 4096)
     if path == "/bad-header":
         start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: x=1")])
         return [b"never"]

@@ -63,6 +63,7 @@ __all__ = [
     "test_proxy_protocol",
     "test_request_body_read_styles",
     "test_response_header_injection_refused",
+    "test_slow_clients_never_get_the_worker_killed",
     "test_streaming_response_is_chunked",
     "test_stuck_worker_is_killed_and_replaced",
     "test_term_finishes_inflight_request",
@@ -426,6 +427,102 @@ def test_stuck_worker_is_killed_and_replaced(corral_server: Callable[..., Corral
     server.wait_for_log(r"in app\n\s+while True")
     assert server.request("GET", "/")[0] == 200
     assert "WORKER TIMEOUT" in log
+
+
+def _read_slowly(sock: socket.socket, rate: float) -> bytes:
+    """Everything until the server closes, at about ``rate`` bytes a second."""
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+        time.sleep(len(data) / rate)
+
+
+def _small_window(server: CorralProcess) -> socket.socket:
+    """A connection whose receive buffer cannot absorb a large response."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+@pytest.mark.timeout(120)
+def test_slow_clients_never_get_the_worker_killed(corral_server: Callable[..., CorralProcess]) -> None:
+    # Waiting on a client is not being stuck: a worker waiting for bytes
+    # that trickle in, or for a client to read a large response, keeps
+    # beating (a threaded worker's watchdog does not count the wait), and
+    # the client's own deadlines end the wait: --header-timeout for each
+    # read (a 408), --timeout for each write without progress (dropped).
+    # With --timeout 2, all of these take longer than 2 s in all. (A sync
+    # worker used to be killed by any of them; gthread and tornado by the
+    # slow readers and a slow upload.) The clients run at once, so an
+    # event-driven worker takes about as long as the slowest; a sync worker
+    # serves them one after another.
+    server = corral_server("--timeout", "2", "--header-timeout", "4")
+    (pid,) = server.wait_for_workers(1)
+    size = 14 << 20  # the server's send buffer alone can take 4 MiB of it
+
+    def half_head() -> object:
+        with server.connect(timeout=60) as sock:
+            start = time.monotonic()
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow:")
+            statuses = [status for status, _, _ in parse_responses(read_until_close(sock, timeout=60))]
+            return statuses, time.monotonic() - start >= 3.5
+
+    def short_body() -> object:
+        with server.connect(timeout=60) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+            return [status for status, _, _ in parse_responses(read_until_close(sock, timeout=60))]
+
+    def slow_reader(path: str) -> object:
+        # Both ways a file leaves: sendfile (a real file), iteration (file-like).
+        with _small_window(server) as sock:
+            sock.sendall(f"GET {path}?size={size}&fill=zero HTTP/1.1\r\nHost: x\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            ((status, _, body),) = list(parse_responses(_read_slowly(sock, 2.5e6)))
+            return status, len(body) == size
+
+    def stops_reading() -> object:
+        with _small_window(server) as sock:
+            sock.sendall(f"GET /file?size={2 * size}&fill=zero HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            first = sock.recv(1)  # being served (a sync worker may take the others first)
+            time.sleep(5)
+            return first != b"" and 1 + len(read_until_close(sock, timeout=60)) < 2 * size
+
+    cases: dict[str, Callable[[], object]] = {
+        "half a head": half_head,
+        "a body that stops short": short_body,
+        "a slow reader of a file": lambda: slow_reader("/file"),
+        "a slow reader of a file-like object": lambda: slow_reader("/file-like"),
+        "a client that stops reading": stops_reading,
+    }
+    results: dict[str, object] = {}
+
+    def run(name: str, case: Callable[[], object]) -> None:
+        try:
+            results[name] = case()
+        except Exception as exc:  # reported below, with the others
+            results[name] = exc
+
+    threads = [threading.Thread(target=run, args=item) for item in cases.items()]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)  # a sync worker serves them in this order
+    for t in threads:
+        t.join(110)
+    assert results == {
+        "half a head": ([408], True),  # a 408, at the header timeout, not before
+        "a body that stops short": [408],
+        "a slow reader of a file": (200, True),  # the whole body
+        "a slow reader of a file-like object": (200, True),
+        "a client that stops reading": True,  # dropped: it got less than the file
+    }
+    assert server.worker_pids() == [pid]
+    assert "WORKER TIMEOUT" not in server.log()
+    assert server.request("GET", "/")[0] == 200
 
 
 def test_term_finishes_inflight_request(corral_server: Callable[..., CorralProcess], tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import threading
 from collections import deque
@@ -70,6 +71,11 @@ READ_HIGH_WATER: Final = 256 * 1024
 #: socket to take them: a typical response never waits, a large or slow one
 #: is paced by the client instead of piling up in memory.
 THREAD_SEND_HIGH_WATER: Final = 256 * 1024
+#: A file goes out through loop.sendfile in pieces of at most this many
+#: bytes; each finished piece is progress, and a transfer with none for the
+#: write timeout (--timeout) is given up, as a socket.sendfile wait would be.
+#: Large, because each piece costs a round of loop.sendfile's set-up.
+SENDFILE_PIECE: Final = 1 << 20
 #: A closed connection whose client does not read the rest of the response
 #: is dropped after this long without one (when the worker has no --timeout).
 DEFAULT_CLOSE_LINGER: Final = 30.0
@@ -506,6 +512,10 @@ class ThreadBridge:
         self._cond = threading.Condition(threading.Lock())
         #: Bytes handed to the loop that the transport has not yet taken.
         self._unsent = 0
+        watchdog = conn.worker.watchdog
+        self._client_wait = (
+            watchdog.client_wait if watchdog is not None and watchdog.timeout else contextlib.nullcontext
+        )
 
     def settimeout(self, timeout: float | None) -> None:
         self._timeout = timeout
@@ -530,7 +540,8 @@ class ThreadBridge:
             unsent = self._unsent
         self._call(self._write, data)
         if unsent > THREAD_SEND_HIGH_WATER:
-            with self._cond:
+            # A slow reader paces the app: its request is waiting, not stuck.
+            with self._client_wait(), self._cond:
                 if not self._cond.wait_for(self._may_send, self._timeout):
                     raise TimeoutError("timed out waiting for the client to read")
             if self._protocol.closed:
@@ -556,15 +567,36 @@ class ThreadBridge:
     def sendfile(self, file: IO[bytes], offset: int = 0, count: int | None = None) -> int:
         # Bytes handed earlier reach the transport first: _sendfile flushes
         # the inbox, and loop.sendfile waits for the buffer to empty.
-        future = asyncio.run_coroutine_threadsafe(self._sendfile(file, offset, count), self._loop)
-        return future.result()
+        progress = [0]
+        future = asyncio.run_coroutine_threadsafe(self._sendfile(file, offset, count, progress), self._loop)
+        timeout = self._timeout
+        seen = -1
+        # Waiting for a (slow) client to read: the request is not stuck. It is
+        # given up once a whole --timeout passes without a piece going out.
+        with self._client_wait():
+            while True:
+                try:
+                    return future.result(timeout)
+                except concurrent.futures.TimeoutError:
+                    if progress[0] == seen:
+                        future.cancel()
+                        raise TimeoutError("timed out waiting for the client to read") from None
+                    seen = progress[0]
 
-    async def _sendfile(self, file: IO[bytes], offset: int, count: int | None) -> int:
+    async def _sendfile(self, file: IO[bytes], offset: int, count: int | None, progress: list[int]) -> int:
         self._inbox.flush()
         transport = self._conn.transport
-        if transport.is_closing():
-            raise ConnectionResetError("the client closed the connection")
-        return await self._loop.sendfile(transport, file, offset, count)
+        total = 0
+        while count is None or total < count:
+            if transport.is_closing():
+                raise ConnectionResetError("the client closed the connection")
+            piece = SENDFILE_PIECE if count is None else min(SENDFILE_PIECE, count - total)
+            sent = await self._loop.sendfile(transport, file, offset + total, piece)
+            total += sent
+            progress[0] = total
+            if sent < piece:
+                break  # the end of the file
+        return total
 
     def close(self) -> None:
         """The loop owns the real socket; the connection closes it."""

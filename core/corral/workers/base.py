@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from corral.heartbeat import Heartbeat
     from corral.pool import Pool
     from corral.sockets import Listener
+    from corral.workers.watchdog import RequestWatchdog
 
 #: Exit status: the worker failed before it could serve (gunicorn's value).
 WORKER_BOOT_ERROR: Final = 3
@@ -67,6 +68,9 @@ class Worker:
 
     #: Whether several requests run at once in one process (wsgi.multithread).
     multithread: ClassVar[bool] = False
+    #: Watches requests that run in threads (set by such workers before they
+    #: accept); connections stop a request's clock while it waits on its client.
+    watchdog: RequestWatchdog | None = None
 
     def __init__(
         self,

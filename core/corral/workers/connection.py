@@ -16,6 +16,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from corral.heartbeat import WAIT_SLICE
 from corral.http import errors as E
 from corral.http.parser import (
     CONNECTION_CLOSED,
@@ -37,6 +38,8 @@ from corral.wsgi.response import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from corral.workers.base import Worker
 
 #: recv size. 64 KiB takes a typical head and a good slice of a body in one call.
@@ -46,6 +49,8 @@ RECV_SIZE: Final = 65536
 DRAIN_MAX_BYTES: Final = 1 << 20
 #: ...and draining may take at most this long.
 DRAIN_MAX_SECONDS: Final = 2.0
+#: Most bytes one os.sendfile call is asked for (the kernel sends what fits anyway).
+SENDFILE_CHUNK: Final = 1 << 30
 
 
 class _Timeout(Exception):
@@ -73,6 +78,9 @@ class HttpConnection:
         self.keepalive = keepalive
         self.parser = RequestParser(worker.limits, proxy_trusted=proxy_trusted(worker, peer))
         self.header_timeout = worker.header_timeout
+        watchdog = worker.watchdog
+        #: Stops the request's watchdog clock around waits for the client (None: no watchdog).
+        self._client_wait = watchdog.client_wait if watchdog is not None and watchdog.timeout else None
 
     # -- I/O -----------------------------------------------------------------
 
@@ -91,7 +99,11 @@ class HttpConnection:
                 raise _Timeout
             sock.settimeout(remaining)
             try:
-                data = sock.recv(RECV_SIZE)
+                if self._client_wait is None:
+                    data = sock.recv(RECV_SIZE)
+                else:
+                    with self._client_wait():
+                        data = sock.recv(RECV_SIZE)
             except TimeoutError:
                 raise _Timeout from None
             except OSError:
@@ -104,11 +116,11 @@ class HttpConnection:
                     data = sock.recv(RECV_SIZE)
                     break
                 except (BlockingIOError, InterruptedError):
-                    _wait(sock, select.POLLIN, deadline)
+                    self._wait(select.POLLIN, deadline)
                 except OSError as exc:
                     want = _ssl_want(exc)
                     if want:
-                        _wait(sock, want, deadline)
+                        self._wait(want, deadline)
                         continue
                     data = b""
                     break
@@ -122,7 +134,8 @@ class HttpConnection:
             sock.settimeout(timeout or None)
             # One send first: gevent's sendall asks the kernel for SO_SNDBUF
             # on every call, a second system call a short response never needs.
-            # (A cooperative socket's send may block until some bytes went.)
+            # (A cooperative socket's send may block until some bytes went;
+            # one that runs a watchdog stops the clock itself while it waits.)
             sent = sock.send(data)
             if sent < len(data):
                 sock.sendall(memoryview(data)[sent:])
@@ -135,15 +148,23 @@ class HttpConnection:
             try:
                 sent = sock.send(view)
             except (BlockingIOError, InterruptedError):
-                _wait(sock, select.POLLOUT, deadline)
+                self._wait(select.POLLOUT, deadline)
                 continue
             except OSError as exc:
                 want = _ssl_want(exc)
                 if not want:
                     raise
-                _wait(sock, want, deadline)
+                self._wait(want, deadline)
                 continue
             view = view[sent:]
+
+    def _wait(self, events: int, deadline: float) -> None:
+        """Block until the OS socket is ready for ``events``: waiting on the client, not stuck."""
+        if self._client_wait is None:
+            _wait(self.sock, events, deadline, self.worker.notify)
+        else:
+            with self._client_wait():
+                _wait(self.sock, events, deadline, self.worker.notify)
 
     def _read_head(self, first: bool) -> RequestHead | None:
         """The next request head, or None when the connection should just close."""
@@ -363,16 +384,51 @@ class HttpConnection:
         if size is not None:
             count = min(count, size)
         self._send(resp._make_head())
-        # socket.sendfile refuses non-blocking sockets; it polls by itself.
-        self.sock.settimeout(self.worker.write_timeout or None)
-        sent = self.sock.sendfile(wrapper.filelike, offset, count) if count else 0
+        if self.cooperative or _is_tls(self.sock):
+            # gevent's sendfile is cooperative; a TLS socket must encrypt, so
+            # socket.sendfile sends what it reads (it polls by itself).
+            self.sock.settimeout(self.worker.write_timeout or None)
+            sent = self.sock.sendfile(wrapper.filelike, offset, count) if count else 0
+        else:
+            sent = self._sendfile(fd, offset, count)
         resp.bytes_sent = sent
         resp.finish()
+
+    def _sendfile(self, fd: int, offset: int, count: int) -> int:
+        """os.sendfile on the non-blocking socket, waiting (and beating) only when it is full.
+
+        Not socket.sendfile: it waits in a selector of its own for as long
+        as the whole transfer takes, where no heartbeat can run, so a slow
+        client downloading a large file got a sync worker killed as stuck.
+        Each wait has its own --timeout, as with socket.sendfile: a client
+        that stops reading is dropped, one that reads slowly is served.
+        """
+        sock = self.sock
+        if sock.gettimeout() != 0.0:
+            sock.setblocking(False)
+        out = sock.fileno()
+        timeout = self.worker.write_timeout
+        sent = 0
+        while sent < count:
+            try:
+                n = os.sendfile(out, fd, offset + sent, min(count - sent, SENDFILE_CHUNK))
+            except (BlockingIOError, InterruptedError):
+                self._wait(select.POLLOUT, time.monotonic() + timeout if timeout else float("inf"))
+                continue
+            if n == 0:
+                break  # the file is shorter than it was: the client sees a short body
+            sent += n
+        return sent
 
     def _peer_str(self) -> str:
         if isinstance(self.peer, tuple):
             return f"{self.peer[0]}:{self.peer[1]}"
         return "unix socket"
+
+
+def _is_tls(sock: socket.socket) -> bool:
+    """An ssl.SSLSocket, judged without importing ssl (as _ssl_want does)."""
+    return type(sock).__name__ == "SSLSocket"
 
 
 def _ssl_want(exc: OSError) -> int:
@@ -389,15 +445,25 @@ def _ssl_want(exc: OSError) -> int:
     return 0
 
 
-def _wait(sock: socket.socket, events: int, deadline: float) -> None:
-    """Poll one socket until ``events`` or the deadline (_Timeout)."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise _Timeout
+def _wait(sock: socket.socket, events: int, deadline: float, beat: Callable[[], None]) -> None:
+    """Poll one socket until ``events`` or the deadline (_Timeout), beating the heartbeat meanwhile.
+
+    A worker waiting for a slow client is not stuck: its own deadline
+    (--header-timeout, or --timeout for a client that does not read) ends
+    the wait with a 408 or a close. Without the beats the arbiter would
+    kill it first whenever that deadline is longer than --timeout (a sync
+    worker, one connection at a time, was killed by any client that sent
+    half a head and waited).
+    """
     poller = select.poll()
     poller.register(sock, events)
-    if not poller.poll(remaining * 1000 if remaining != float("inf") else None):
-        raise _Timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Timeout
+        if poller.poll(min(remaining, WAIT_SLICE) * 1000):
+            return
+        beat()
 
 
 def proxy_trusted(worker: Worker, peer: Any) -> bool:

@@ -32,10 +32,11 @@ import contextlib
 import dataclasses
 import socket
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from corral.errors import ConfigError
+from corral.heartbeat import WAIT_SLICE
 from corral.http import errors as E
 from corral.http import proxy
 from corral.http.parser import RequestParser
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from corral.http.proxy import ProxyInfo
     from corral.plugins import WorkerSpec
     from corral.workers.connection import HttpConnection
+
+T = TypeVar("T")
 
 #: The most a PROXY header can take: v2's 16 fixed bytes and a 16-bit length.
 PROXY_MAX: Final = 16 + 0xFFFF
@@ -179,16 +182,16 @@ def _handshake(conn: HttpConnection, ctx: ssl.SSLContext) -> None:
 
         if not proxy_trusted(worker, conn.peer):
             raise E.Forbidden("PROXY protocol header from a peer not in proxy_allow_from")
-        info = read_proxy_header(conn.sock, limits.proxy_protocol, deadline)
+        info = read_proxy_header(conn.sock, limits.proxy_protocol, deadline, worker.notify)
         # The parser sees only decrypted bytes, which hold no PROXY header.
         conn.parser = RequestParser(dataclasses.replace(limits, proxy_protocol="off"))
         conn.parser.proxy = info
-    conn.sock = ctx.wrap_socket(conn.sock, server_side=True, do_handshake_on_connect=False)
-    _settimeout(conn.sock, deadline)
-    conn.sock.do_handshake()
+    conn.sock = tls_sock = ctx.wrap_socket(conn.sock, server_side=True, do_handshake_on_connect=False)
+    _beating(tls_sock, deadline, worker.notify, tls_sock.do_handshake)
 
 
-def read_proxy_header(sock: socket.socket, mode: str, deadline: float) -> ProxyInfo:
+def read_proxy_header(sock: socket.socket, mode: str, deadline: float,
+                      beat: Callable[[], None] = lambda: None) -> ProxyInfo:
     """Read exactly one PROXY header from ``sock``, not a byte of the TLS records after it.
 
     Peeks at what has arrived, then consumes only the bytes that belong to
@@ -198,8 +201,8 @@ def read_proxy_header(sock: socket.socket, mode: str, deadline: float) -> ProxyI
     """
     buf = bytearray()
     while True:
-        _settimeout(sock, deadline)
-        data = sock.recv(PROXY_MAX - len(buf), socket.MSG_PEEK)
+        want = PROXY_MAX - len(buf)
+        data = _beating(sock, deadline, beat, lambda: sock.recv(want, socket.MSG_PEEK))  # noqa: B023 (called at once)
         if not data:
             raise E.BadRequest("connection closed before the end of a PROXY header")
         parsed = proxy.parse(buf + data, mode, eof=False)
@@ -214,8 +217,19 @@ def read_proxy_header(sock: socket.socket, mode: str, deadline: float) -> ProxyI
             return parsed[1]
 
 
-def _settimeout(sock: socket.socket, deadline: float) -> None:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("TLS handshake not finished in time")
-    sock.settimeout(remaining)
+def _beating(sock: socket.socket, deadline: float, beat: Callable[[], None], call: Callable[[], T]) -> T:
+    """``call()`` on a blocking socket by ``deadline``, beating the heartbeat at least every WAIT_SLICE.
+
+    A worker waiting on a slow handshake is not stuck; without the beats a
+    --timeout shorter than --ssl-handshake-timeout would get it killed.
+    A timed-out recv or handshake step can be retried: nothing was consumed.
+    """
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("TLS handshake not finished in time")
+        sock.settimeout(min(remaining, WAIT_SLICE))
+        try:
+            return call()
+        except TimeoutError:
+            beat()

@@ -8,15 +8,24 @@ once a request has run longer than ``timeout``, the watchdog writes that
 thread's stack to the error log and expires the heartbeat, so the arbiter
 aborts the worker (all stacks logged again) and starts a replacement at its
 next check, within about a second.
+
+Time a request spends waiting on its client (a slow upload, a client that
+reads the response slowly) is not the app being stuck, and the connection's
+own deadlines bound it: the clock stops for :meth:`RequestWatchdog.client_wait`
+and starts again from zero after it, as a process-per-request worker beats
+while it waits on a client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,6 +50,22 @@ class RequestWatchdog:
         with self._lock:
             self._running.pop(threading.get_ident(), None)
 
+    @contextlib.contextmanager
+    def client_wait(self) -> Iterator[None]:
+        """Around a wait for the client, in the request's thread: the request's clock stops."""
+        ident = threading.get_ident()
+        with self._lock:
+            entry = self._running.get(ident)
+            if entry is not None:
+                self._running[ident] = (math.inf, entry[1])
+        try:
+            yield
+        finally:
+            if entry is not None:
+                with self._lock:
+                    if ident in self._running:
+                        self._running[ident] = (time.monotonic(), entry[1])
+
     def check(self) -> bool:
         """Beat if every request is within the timeout; False once one is not."""
         if self.tripped:
@@ -63,7 +88,8 @@ class RequestWatchdog:
             frame = frames.get(ident)
             stack = "".join(traceback.format_stack(frame)) if frame is not None else "(gone)\n"
             self.log.critical(
-                "Request %s has run for %.1f s (timeout %s s) in thread %s; the worker will be "
-                "replaced. Its stack:\n%s", what, now - start, self.timeout, ident, stack,
+                "Request %s has run for %.1f s (timeout %s s, time waiting on its client not "
+                "counted) in thread %s; the worker will be replaced. Its stack:\n%s",
+                what, now - start, self.timeout, ident, stack,
             )
         self.heartbeat.expire()

@@ -74,7 +74,7 @@ class ThreadWorker(Worker):
             keep = conn.run_requests(watchdog)
             if keep and conn.sock.gettimeout() != 0.0:
                 # The loop reads it without blocking; done here, off the loop's
-                # thread, and only when needed (sendfile leaves it blocking):
+                # thread, and only when needed (sendfile over TLS leaves it blocking):
                 # setblocking is a system call, and each one hands the GIL around.
                 conn.sock.setblocking(False)
         except (ClientDisconnected, OSError):

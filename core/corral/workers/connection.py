@@ -375,14 +375,14 @@ class HttpConnection:
             size = max(st.st_size - offset, 0)
         if resp.content_length is None and size is not None:
             resp.length_hint = size
-        count = resp.content_length if resp.content_length is not None else size
-        if count is None or resp.head.method == "HEAD" or resp.status_code in (204, 304):
+        if size is None or resp.head.method == "HEAD" or resp.status_code in (204, 304):
+            # Only a regular file can go through sendfile (a pipe or a
+            # socket behind the file-like object is read and sent).
             for data in wrapper:
                 resp.write(data)
             resp.finish()
             return
-        if size is not None:
-            count = min(count, size)
+        count = size if resp.content_length is None else min(resp.content_length, size)
         self._send(resp._make_head())
         if self.cooperative or _is_tls(self.sock):
             # gevent's sendfile is cooperative; a TLS socket must encrypt, so

@@ -144,6 +144,18 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         f.seek(0)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](f, 8192)
+    if path == "/pipe":
+        # A real file descriptor that sendfile cannot read from (a pipe),
+        # with its length declared: the server must read and send it.
+        size = min(int(p.get("size", "1000")), 60000)  # fits the pipe's buffer
+        r, w = os.pipe()
+        # Closed through the file object, not os.close: gevent's os.close
+        # defers closing a pipe until its hub runs, and the read below
+        # would then wait for an end of file that never comes.
+        with os.fdopen(w, "wb") as out:
+            out.write(bytes(i % 251 for i in range(size)))
+        start_response("200 OK", [("Content-Length", str(size))])
+        return environ["wsgi.file_wrapper"](os.fdopen(r, "rb"), 8192)
     if path == "/file-like":
         # No file descriptor behind it: the server must iterate, not sendfile.
         size = int(p.get("size", "100000"))

@@ -206,6 +206,9 @@ def test_file_wrapper_sends_whole_file(corral_shared_server: Shared, corral_work
     assert body == bytes(i % 251 for i in range(300000))
     status, headers, body = _get(server, "/file-like?size=70000")
     assert (status, body) == (200, bytes(i % 251 for i in range(70000)))
+    # A pipe has a file descriptor but no size: read and sent, not sendfile'd.
+    status, headers, body = _get(server, "/pipe?size=50000")
+    assert (status, body) == (200, bytes(i % 251 for i in range(50000)))
     data = server.raw(b"HEAD /file?size=5000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head, _, rest = data.partition(b"\r\n\r\n")
     assert b"content-length: 5000" in head.lower() and rest == b""

@@ -32,10 +32,8 @@ class Pidfile:
 
     def restore(self) -> None:
         """Write the pid again if the file now holds another (a failed upgrade wrote its own)."""
-        if self.path:
-            with contextlib.suppress(OSError), open(self.path) as f:
-                if f.read().strip() != str(self.pid):
-                    self._rewrite(self.path)
+        if self.path and self._holds_this_pid() is False:
+            self._rewrite(self.path)
 
     def take_over(self, configured: str | None) -> None:
         """An upgraded arbiter whose parent is gone: move ``PIDFILE.2`` to the real name."""
@@ -46,11 +44,18 @@ class Pidfile:
 
     def remove(self) -> None:
         """Remove the file if it still holds this arbiter's pid."""
-        if not self.path:
-            return
-        with contextlib.suppress(OSError), open(self.path) as f:
-            if f.read().strip() == str(self.pid):
+        if self.path and self._holds_this_pid():
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
+
+    def _holds_this_pid(self) -> bool | None:
+        """Whether the file holds this arbiter's pid; None when it cannot be read."""
+        assert self.path
+        try:
+            with open(self.path) as f:
+                return f.read().strip() == str(self.pid)
+        except OSError:
+            return None
 
     def _rewrite(self, path: str) -> None:
         tmp = f"{path}.{self.pid}.tmp"

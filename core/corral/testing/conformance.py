@@ -434,7 +434,7 @@ def test_stuck_worker_is_killed_and_replaced(corral_server: Callable[..., Corral
 
 def _read_slowly(sock: socket.socket, rate: float) -> bytes:
     """Everything until the server closes, at about ``rate`` bytes a second."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = sock.recv(65536)
         if not data:

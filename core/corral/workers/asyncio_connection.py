@@ -54,6 +54,7 @@ from corral.workers.connection import (
     HttpConnection,
     proxy_trusted,
 )
+from corral.workers.watchdog import clock_stopper
 from corral.wsgi.environ import EnvironContext
 from corral.wsgi.response import error_response
 
@@ -512,10 +513,7 @@ class ThreadBridge:
         self._cond = threading.Condition(threading.Lock())
         #: Bytes handed to the loop that the transport has not yet taken.
         self._unsent = 0
-        watchdog = conn.worker.watchdog
-        self._client_wait = (
-            watchdog.client_wait if watchdog is not None and watchdog.timeout else contextlib.nullcontext
-        )
+        self._client_wait = clock_stopper(conn.worker.watchdog) or contextlib.nullcontext
 
     def settimeout(self, timeout: float | None) -> None:
         self._timeout = timeout

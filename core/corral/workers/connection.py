@@ -27,6 +27,7 @@ from corral.http.parser import (
     RequestParser,
 )
 from corral.workers.tls import start_tls
+from corral.workers.watchdog import clock_stopper
 from corral.wsgi.body import Body
 from corral.wsgi.environ import EnvironContext, build_environ
 from corral.wsgi.filewrapper import FileWrapper
@@ -78,9 +79,8 @@ class HttpConnection:
         self.keepalive = keepalive
         self.parser = RequestParser(worker.limits, proxy_trusted=proxy_trusted(worker, peer))
         self.header_timeout = worker.header_timeout
-        watchdog = worker.watchdog
         #: Stops the request's watchdog clock around waits for the client (None: no watchdog).
-        self._client_wait = watchdog.client_wait if watchdog is not None and watchdog.timeout else None
+        self._client_wait = clock_stopper(worker.watchdog)
 
     # -- I/O -----------------------------------------------------------------
 

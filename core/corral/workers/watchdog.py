@@ -25,7 +25,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -93,3 +94,8 @@ class RequestWatchdog:
                 what, now - start, self.timeout, ident, stack,
             )
         self.heartbeat.expire()
+
+
+def clock_stopper(watchdog: RequestWatchdog | None) -> Callable[[], AbstractContextManager[None]] | None:
+    """``watchdog.client_wait`` when a watchdog runs with a timeout; None when nothing is watched."""
+    return watchdog.client_wait if watchdog is not None and watchdog.timeout else None

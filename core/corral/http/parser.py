@@ -287,6 +287,11 @@ class RequestParser:
         return bytes(self._buf), self._eof
 
     @property
+    def has_unread(self) -> bool:
+        """Bytes were received that no event has returned yet (a pipelined request, say)."""
+        return bool(self._buf)
+
+    @property
     def in_head(self) -> bool:
         """True while a head has started to arrive but is not complete."""
         return self._state == _HEAD and bool(self._buf)

@@ -55,13 +55,16 @@ def _stream(n: int, delay: float) -> Iterator[bytes]:
 class _Closing:
     """An iterable whose close() is observable through the X-Closed marker file."""
 
-    def __init__(self, marker: str) -> None:
+    def __init__(self, marker: str, delay: float = 0.0) -> None:
         self.marker = marker
+        self.delay = delay
 
     def __iter__(self) -> Iterator[bytes]:
         yield b"closing"
 
     def close(self) -> None:
+        if self.delay:
+            time.sleep(self.delay)  # cleanup that takes a while (closing a database session, say)
         with open(self.marker, "w") as f:
             f.write("closed")
 
@@ -173,7 +176,7 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         return [b"ok"]
     if path == "/closing":
         start_response("200 OK", [("Content-Type", "text/plain")])
-        return _Closing(p["marker"])
+        return _Closing(p["marker"], float(p.get("delay", "0")))
     return _text(start_response, b"not found", "404 Not Found")
 
 

@@ -605,9 +605,11 @@ class _BridgedConnection(HttpConnection):
 
     ``cooperative``: use the "socket's" own timeouts (settimeout, recv,
     sendall), as for gevent sockets; there is no real file descriptor to poll.
+    ``close_early`` off: the transport, not this thread, owns the socket.
     """
 
     cooperative = True
+    close_early = False
 
 
 class RequestThreadPool:

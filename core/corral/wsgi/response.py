@@ -96,6 +96,7 @@ class Response:
         "headers",
         "headers_sent",
         "keep_alive",
+        "last_send",
         "length_hint",
         "status",
         "status_code",
@@ -119,6 +120,9 @@ class Response:
         #: keep-alive off, so the client learns from "Connection: close" rather
         #: than from a closed connection it tries to reuse.
         self.alive_check: Callable[[], bool] | None = None
+        #: Sends the response's last bytes when the connection closes after
+        #: them, and closes it (the worker's choice; None: always ``send``).
+        self.last_send: Callable[[bytes], Any] | None = None
 
     # -- WSGI ------------------------------------------------------------------
 
@@ -208,11 +212,22 @@ class Response:
         if not self.headers_sent:
             if not data:
                 return
-            self._send(self._make_head() + self._frame(data))
+            out = self._make_head() + self._frame(data)
         elif data:
             out = self._frame(data)
-            if out:
-                self._send(out)
+            if not out:
+                return
+        else:
+            return
+        length = self.content_length
+        if self.last_send is not None and not self.keep_alive and (
+            self._no_body or (not self._chunked and length is not None and self.bytes_sent >= length)
+        ):
+            # Nothing can follow these bytes: _frame sends no more than the
+            # announced length, and a response without a body has nothing after its head.
+            self._end(out)
+        else:
+            self._send(out)
 
     def finish(self) -> None:
         """Send what is left: the head if nothing was sent yet, the last chunk."""
@@ -221,13 +236,32 @@ class Response:
                 raise ResponseError("the app returned without calling start_response()")
             if self.content_length is None and self.length_hint is None:
                 self.length_hint = 0
-            self._send(self._make_head())
+            head = self._make_head()
+            # Not chunked (the length is known by now): the head is all there is.
+            self._send_final(head)
         if self._chunked:
-            self._send(b"0\r\n\r\n")
-        elif self.content_length is not None and not self._no_body:
-            if self.bytes_sent < self.content_length:
-                # The client is waiting for bytes that will never come.
-                self.keep_alive = False
+            self._send_final(b"0\r\n\r\n")
+            return
+        if self.content_length is not None and not self._no_body and self.bytes_sent < self.content_length:
+            # The client is waiting for bytes that will never come.
+            self.keep_alive = False
+        if self.last_send is not None and not self.keep_alive:
+            # Complete, whichever write went last (a body without a length
+            # ends only when the connection does): close now, not after the
+            # app's close() and the hooks.
+            self._end(b"")
+
+    def _send_final(self, data: bytes) -> None:
+        if self.last_send is not None and not self.keep_alive:
+            self._end(data)
+        else:
+            self._send(data)
+
+    def _end(self, data: bytes) -> None:
+        """Send the last bytes through ``last_send``, once: after it the connection may be closed."""
+        last_send, self.last_send = self.last_send, None
+        assert last_send is not None
+        last_send(data)
 
     # -- serialisation ---------------------------------------------------------
 

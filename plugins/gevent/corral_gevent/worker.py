@@ -105,6 +105,9 @@ class _Connection(HttpConnection):
     waiting = False
     #: gevent sockets wait on the hub: their timeouts cost no system call.
     cooperative = True
+    #: They take send flags and close as OS sockets do: a closing response
+    #: ends with its FIN in the same segment (HttpConnection._send_last).
+    close_early = True
     #: The greenlet serving this connection, to kill it when it is idle at stop.
     greenlet: RawGreenlet | None = None
 

@@ -65,17 +65,19 @@ def hello_app(environ: dict[str, Any], start_response: StartResponse) -> Iterabl
     return [HELLO]
 
 
-def best_us(cases: dict[str, dict[str, Callable[[], object]]], repeat: int) -> dict[str, dict[str, float]]:
+def best_us(cases: dict[str, dict[str, Callable[[], object]]], repeat: int,
+            number: int | None = None) -> dict[str, dict[str, float]]:
     """Best-of-``repeat`` microseconds per call for every case.
 
     The repeats are interleaved (every case once, then every case again...),
     so a burst of load from elsewhere on the machine spoils one repeat of
-    many cases rather than every repeat of one; each repeat runs >= 0.2 s.
+    many cases rather than every repeat of one; each repeat runs >= 0.2 s
+    unless ``number`` fixes the calls per repeat (a smoke test's choice).
     """
     timers = {
         (server, name): timeit.Timer(fn) for server, named in cases.items() for name, fn in named.items()
     }
-    numbers = {key: timer.autorange()[0] for key, timer in timers.items()}
+    numbers = {key: number or timer.autorange()[0] for key, timer in timers.items()}
     best = dict.fromkeys(timers, float("inf"))
     for _ in range(repeat):
         for key, timer in timers.items():
@@ -257,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=7, help="timeit repeats; the best is reported")
     p.add_argument("--json", type=str, default=None, help="also write the figures here")
+    p.add_argument("--number", type=int, default=None,
+                   help="calls per repeat (default: as many as take >= 0.2 s); few give rough figures")
     args = p.parse_args(argv)
 
     import corral
@@ -267,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     labels["gunicorn"] = glabel
     if gcases is not None:
         cases["gunicorn"] = gcases
-    results = best_us(cases, args.repeat)
+    results = best_us(cases, args.repeat, args.number)
 
     print(f"request head: {len(REQUEST)} bytes; Python {platform.python_version()}; best of {args.repeat}")
     names = list(results["corral"])

@@ -151,7 +151,7 @@ def plugins_command(argv: Sequence[str]) -> int:
     pm, loaded, problems = _plugin_manager([])
     registry = worker_registry(pm)
     settings = collect_settings(pm, default_registry())
-    out = []
+    out: list[dict[str, Any]] = []
     for plugin in loaded:
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin.module) or [])
         added = sorted(s.name for s in settings if s.owner == plugin.name)

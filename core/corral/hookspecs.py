@@ -44,6 +44,7 @@ def corral_register_workers() -> list[WorkerSpec]:
 
     :return: a list of WorkerSpec; an empty list is fine.
     """
+    raise NotImplementedError  # a specification: pluggy never runs its body
 
 
 @hookspec(historic=True)

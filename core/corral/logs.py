@@ -16,9 +16,9 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 def setup_error_log(errorlog: str, level: str) -> logging.Logger:
     """Configure ``corral.error`` (and its children) once per process; idempotent."""
     logger = logging.getLogger("corral")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
     handler: logging.Handler
     if errorlog == "-":
         handler = logging.StreamHandler(sys.stderr)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,7 +234,7 @@ class SettingsRegistry:
     def __getitem__(self, name: str) -> Setting:
         return self.settings[name]
 
-    def __iter__(self) -> Iterable[Setting]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Setting]:
         return iter(self.settings.values())
 
 

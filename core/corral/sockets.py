@@ -78,7 +78,7 @@ def acceptor(sock: socket.socket) -> Acceptor:
     if sys.platform != "linux":
         return sock.accept
     family, kind, proto = int(sock.family), int(sock.type), sock.proto
-    raw_accept = sock._accept  # what socket.accept() itself calls
+    raw_accept = sock._accept  # type: ignore[attr-defined]  # what socket.accept() itself calls
     new = socket.socket
 
     def accept() -> tuple[socket.socket, Any]:

@@ -591,7 +591,8 @@ class RequestParser:
                 raise E.ContentTooLarge("request body larger than limit_request_body")
 
         if connection:
-            tokens = _CONNECTION_TOKENS.get(connection[0]) if len(connection) == 1 else None
+            tokens: frozenset[str] | set[str] | None = (
+                _CONNECTION_TOKENS.get(connection[0]) if len(connection) == 1 else None)
             if tokens is None:
                 tokens = {t.strip(" \t").lower() for t in ",".join(connection).split(",")}
             if "close" in tokens:

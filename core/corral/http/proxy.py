@@ -65,14 +65,16 @@ def parse(buf: bytearray, mode: str, eof: bool) -> tuple[int, ProxyInfo] | None:
     want_v1 = mode in ("v1", "auto")
     if want_v2 and buf[:12] == V2_SIGNATURE[: len(buf[:12])]:
         if len(buf) < 16:
-            return _need(eof)
+            _need(eof)
+            return None
         return _parse_v2(buf)
     if want_v1 and buf[:6] == b"PROXY "[: len(buf[:6])]:
         end = buf.find(b"\r\n", 0, V1_MAX)
         if end < 0:
             if len(buf) >= V1_MAX:
                 raise E.BadRequest("PROXY v1 header too long")
-            return _need(eof)
+            _need(eof)
+            return None
         m = _V1.fullmatch(bytes(buf[:end]))
         if m is None:
             raise E.BadRequest("malformed PROXY v1 header")
@@ -85,9 +87,9 @@ def parse(buf: bytearray, mode: str, eof: bool) -> tuple[int, ProxyInfo] | None:
 
 
 def _need(eof: bool) -> None:
+    """More bytes are needed: fine unless the client already closed."""
     if eof:
         raise E.BadRequest("connection closed inside a PROXY header")
-    return None
 
 
 def _parse_v2(buf: bytearray) -> tuple[int, ProxyInfo] | None:

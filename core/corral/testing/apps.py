@@ -139,14 +139,14 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         return [b"body that must not be sent for some statuses"]
     if path == "/file":
         size = int(p.get("size", "100000"))
-        f = tempfile.TemporaryFile()  # noqa: SIM115 - the server closes it via the wrapper
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 - the server closes it via the wrapper
         if p.get("fill") == "zero":
-            f.truncate(size)  # large files at once, without a pattern to check
+            tmp.truncate(size)  # large files at once, without a pattern to check
         else:
-            f.write(bytes(i % 251 for i in range(size)))
-        f.seek(0)
+            tmp.write(bytes(i % 251 for i in range(size)))
+        tmp.seek(0)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
-        return environ["wsgi.file_wrapper"](f, 8192)
+        return environ["wsgi.file_wrapper"](tmp, 8192)
     if path == "/pipe":
         # A real file descriptor that sendfile cannot read from (a pipe),
         # with its length declared: the server must read and send it.

@@ -69,7 +69,7 @@ class ThreadWorker(Worker):
 
     def serve_connection(self, conn: PooledConnection) -> None:
         """In a pool thread: run the connection's requests, then give it back to the loop."""
-        watchdog = self.watchdog if self.watchdog.timeout else None
+        watchdog = self.watchdog if self.watchdog is not None and self.watchdog.timeout else None
         try:
             keep = conn.run_requests(watchdog)
             if keep and conn.sock.gettimeout() != 0.0:

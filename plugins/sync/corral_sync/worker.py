@@ -27,7 +27,7 @@ class SyncWorker(Worker):
         listeners = {lst.sock: (acceptor(lst.sock), self.envs[id(lst)]) for lst in self.listeners}
         for sock in listeners:
             sock.setblocking(False)
-        waitables: list[object] = [*listeners, self._wake_r]
+        waitables: list[socket.socket | int] = [*listeners, self._wake_r]
         # Wake at least this often to beat the heartbeat and check the parent.
         interval = min(1.0, (self.cfg.timeout or 2.0) / 2)
         while self.alive:
@@ -36,13 +36,13 @@ class SyncWorker(Worker):
                 ready, _, _ = select.select(waitables, [], [], interval)
             except OSError:
                 break
-            for sock in ready:
-                if sock is self._wake_r:
+            for waitable in ready:
+                if waitable is self._wake_r:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 64)
                     continue
-                assert isinstance(sock, socket.socket)
-                accept, env = listeners[sock]
+                assert isinstance(waitable, socket.socket)
+                accept, env = listeners[waitable]
                 # Serve every connection already queued before selecting again.
                 while self.alive:
                     try:

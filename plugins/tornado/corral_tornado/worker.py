@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING, TypeGuard
 
 from corral.workers.asyncio_connection import Responder
 from corral.workers.asyncio_worker import AsyncioWorker
+
+if TYPE_CHECKING:  # the worker imports tornado only for a tornado app (see _is_tornado_app)
+    from tornado.httputil import HTTPServerConnectionDelegate
 
 
 class TornadoWorker(AsyncioWorker):
@@ -42,7 +46,7 @@ class TornadoWorker(AsyncioWorker):
         return super().make_responder()
 
 
-def _is_tornado_app(app: object) -> bool:
+def _is_tornado_app(app: object) -> TypeGuard[HTTPServerConnectionDelegate]:
     """Whether APP_MODULE is a tornado ``HTTPServerConnectionDelegate`` (an Application is one).
 
     An app of that kind was built from tornado's modules, so they are loaded

@@ -354,6 +354,19 @@ class Settings:
     duration: float
     warmup: float
     rounds: int
+    #: CPU lists for taskset ("" = no pinning): the servers' and wrk's.
+    server_cpus: str = ""
+    client_cpus: str = ""
+
+
+def pinned(argv: list[str], cpus: str) -> list[str]:
+    """``argv`` run on the CPUs ``cpus`` names (taskset's list syntax), or as is.
+
+    taskset execs the program, so the pid the harness watches (its CPU, its
+    memory, its workers) is the program's own; forked workers inherit the
+    affinity.
+    """
+    return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
 def free_port() -> int:
@@ -603,7 +616,7 @@ def wrk_argv(wrk: str, port: int, workload: Workload, mode: str, s: Settings, du
     ]
     if mode == "close":
         argv += ["-H", "Connection: close"]
-    return [*argv, f"http://{HOST}:{port}{workload.path}"]
+    return pinned([*argv, f"http://{HOST}:{port}{workload.path}"], s.client_cpus)
 
 
 def run_wrk(
@@ -690,10 +703,10 @@ class Results:
                 # Errors are summed, not medianed: one bad round must show.
                 row["errors"] = sum(r["errors_total"] for r in good)
                 row["requests"] = sum(r["requests"] for r in good)
-                for key in ("server_cpu_us", "client_cpu_us"):
-                    values = [r[key] for r in good if key in r]
+                for cpu_key in ("server_cpu_us", "client_cpu_us"):
+                    values = [r[cpu_key] for r in good if cpu_key in r]
                     if values:
-                        row[key] = statistics.median(values)
+                        row[cpu_key] = statistics.median(values)
             out.append(row)
         return out
 
@@ -804,7 +817,7 @@ def bench_class(
     for name, build in (("corral", corral_argv), ("gunicorn", gunicorn_argv)):
         port = free_port()
         logfile = tmp / f"{name}-{cls}.log"
-        servers.append(Server(name, cls, build(cls, port, s, logfile), port, logfile))
+        servers.append(Server(name, cls, pinned(build(cls, port, s, logfile), s.server_cpus), port, logfile))
     res.commands[cls] = {sv.name: shlex.join(sv.argv) for sv in servers}
     try:
         for sv in servers:
@@ -858,7 +871,8 @@ def bench_granian(
     res: Results,
 ) -> None:
     port = free_port()
-    sv = Server("granian", "wsgi", granian_argv(exe, port, s), port, tmp / "granian.log")
+    argv = pinned(granian_argv(exe, port, s), s.server_cpus)
+    sv = Server("granian", "wsgi", argv, port, tmp / "granian.log")
     res.commands["granian"] = {"granian": shlex.join(sv.argv)}
     try:
         start_server(reaper, sv, env)
@@ -1128,7 +1142,9 @@ def markdown_report(res: Results) -> str:
         f"{s['worker_connections']} worker connections, keep-alive {s['keep_alive']} s; wrk "
         f"{s['wrk_threads']} threads, {s['connections']} connections (1000 for sleep100ms-c1000), "
         f"{s['duration']} s per run, {s['warmup']} s warm-up, {s['rounds']} interleaved rounds "
-        "(corral, gunicorn, corral, ...); figures are medians of the rounds, errors are summed.",
+        "(corral, gunicorn, corral, ...); figures are medians of the rounds, errors are summed."
+        + (f" Servers pinned to CPUs {s['server_cpus']}." if s.get("server_cpus") else "")
+        + (f" wrk pinned to CPUs {s['client_cpus']}." if s.get("client_cpus") else ""),
         f"- Command: `{res.settings.get('command_line', 'python bench/run.py')}`",
         "",
         md_table(TABLE_HEAD, [table_cells(r) for r in comparison_rows(res)], 3),
@@ -1201,6 +1217,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-alive", type=int, default=5, help="server keep-alive timeout, both servers")
     p.add_argument("--connections", type=int, default=64, help="wrk connections")
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads")
+    p.add_argument("--server-cpus", default="", help="pin every server to these CPUs (taskset list, e.g. 1)")
+    p.add_argument("--client-cpus", default="", help="pin wrk to these CPUs (e.g. 0): a client of its own")
     p.add_argument("--no-granian", action="store_true", help="skip the granian reference")
     p.add_argument("--no-install", action="store_true", help="never install missing tools")
     p.add_argument("--check-tools", action="store_true", help="ensure the tools, report, exit")
@@ -1245,6 +1263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration=args.duration,
         warmup=args.warmup,
         rounds=args.rounds,
+        server_cpus=args.server_cpus,
+        client_cpus=args.client_cpus,
     )
     res = Results(
         settings={

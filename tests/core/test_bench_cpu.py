@@ -1,4 +1,4 @@
-"""bench/run.py's CPU accounting counts a server's whole process tree.
+"""bench/run.py's CPU accounting counts a server's whole process tree; its pinning holds for children.
 
 The harness reports CPU per request next to req/s (docs/performance.md);
 a server's CPU is mostly its workers', which are children (or, for some
@@ -8,11 +8,15 @@ servers, grandchildren) of the process the harness started.
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,3 +75,22 @@ def test_tree_cpu_of_a_process_that_is_gone_is_zero() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert harness.tree_cpu_seconds(proc.pid) == 0.0
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs taskset and two CPUs")
+def test_pinned_processes_and_their_children_run_on_the_named_cpus() -> None:
+    # --server-cpus / --client-cpus: a forked worker must inherit the pin,
+    # or the "client machine of its own" would still share the server's cores.
+    run = load_harness()
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    argv = run.pinned([sys.executable, "-c", "import os, sys\n"
+                       "pid = os.fork()\n"
+                       "if pid == 0:\n"
+                       "    print(sorted(os.sched_getaffinity(0)), flush=True)\n"
+                       "    os._exit(0)\n"
+                       "os.waitpid(pid, 0)\n"], str(cpu))
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([cpu])
+    assert run.pinned(["wrk"], "") == ["wrk"]

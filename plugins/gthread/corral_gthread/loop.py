@@ -159,8 +159,10 @@ class IOLoop:
         #: system calls each way) at every request.
         self.saturation: int = 2 * cfg.threads
         #: When the listeners are next peeked at while the worker is too busy
-        #: to watch them (see saturate()); infinity when it is not.
+        #: to watch them (see saturate()); infinity when no peek is due.
         self.peek_at = math.inf
+        #: Listeners left alone until a thread is free (see saturate()).
+        self.saturated = False
         self.accepting = False
         self.accept_backoff_until = 0.0
         self.stopping = False
@@ -264,9 +266,15 @@ class IOLoop:
             return
         if self.connections >= self.max_connections:
             return
-        if self.peek_at != math.inf and self.in_threads >= self.threads:
+        if self.saturated and self.in_threads >= self.threads:
             return  # saturated until a thread is free: see saturate()
-        self.peek_at = math.inf
+        # A peek already due stays due. Under keep-alive load a worker can
+        # go from saturated to free and back within one iteration (threads
+        # hand connections back, their next requests arrive with the same
+        # events), so its listeners are watched only between two polls and
+        # never report; clearing the peek here kept new connections in the
+        # listen queue for seconds (docs/workers/gthread.md).
+        self.saturated = False
         for sock, data in self.listeners.items():
             self.poller.watch(sock.fileno(), data)
         self.accepting = True
@@ -282,6 +290,7 @@ class IOLoop:
         slow connections hold no thread, so they never stop us accepting.
         """
         self.pause_accepting()
+        self.saturated = True
         if self.peek_at == math.inf and not self.stopping:
             self.peek_at = time.monotonic() + SATURATED_PEEK
 
@@ -291,12 +300,12 @@ class IOLoop:
         Had another worker a thread free, it would have taken these
         already; so every worker is busy, and they are served in turn here.
         """
-        self.peek_at = now + SATURATED_PEEK
         for data in self.listeners.values():
             for _ in range(self.threads):
                 if (self.accept_backoff_until or self.connections >= self.max_connections
                         or not self.accept(data)):
                     break
+        self.peek_at = now + SATURATED_PEEK if self.saturated and not self.stopping else math.inf
 
     def pause_accepting(self) -> None:
         # Unregistered, the listeners' queued connections wait in the kernel
@@ -395,7 +404,7 @@ class IOLoop:
         conn.deadline = -1.0
         conn.head_started = False
         self.in_threads += 1
-        if self.in_threads >= self.saturation and self.peek_at == math.inf:
+        if self.in_threads >= self.saturation and not self.saturated:
             self.saturate()
         self.submit(conn, self.in_threads)
 

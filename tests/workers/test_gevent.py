@@ -269,9 +269,20 @@ def test_a_slow_worker_leaves_queued_connections_to_the_others(corral_server: Se
     assert status == 200
     baseline = int(alone.split()[1])  # listener, pipes, logs, heartbeat, and this connection
     request = b"GET /?0.004 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    results = exchange_many(_address(server), request, 48, time.monotonic() + 20)
+    # Each request goes out with its connection. (Connecting all first and
+    # sending afterwards, as exchange_many does, let the worker accept the
+    # whole burst before any request arrived, whose greenlets then waited
+    # on their reads and left the accept greenlet running: 47 waiting, a
+    # failure of the test's timing, not of the batch.)
+    socks = []
+    for _ in range(48):
+        sock = socket.create_connection(_address(server), timeout=20)
+        sock.sendall(request)
+        socks.append(sock)
     waiting = {}
-    for _, data in results:
+    for sock in socks:
+        with sock:
+            data = read_until_close(sock, 20)
         ((status, _, body),) = list(parse_responses(data))
         assert status == 200
         seq, fds = map(int, body.split())

@@ -149,9 +149,15 @@ class HttpConnection:
             # on every call, a second system call a short response never needs.
             # (A cooperative socket's send may block until some bytes went;
             # one that runs a watchdog stops the clock itself while it waits.)
+            # Flags only when there are some: a stand-in socket (the tornado
+            # bridge, a plugin's own) may take none.
             sent = sock.send(data, flags) if flags else sock.send(data)
             if sent < len(data):
-                sock.sendall(memoryview(data)[sent:], flags)
+                rest = memoryview(data)[sent:]
+                if flags:
+                    sock.sendall(rest, flags)
+                else:
+                    sock.sendall(rest)
             return
         if sock.gettimeout() != 0.0:
             sock.setblocking(False)

@@ -83,3 +83,44 @@ def test_a_peek_while_saturated_schedules_the_next(loop: IOLoop) -> None:
     now = time.monotonic()
     loop.peek(now)
     assert loop.peek_at == now + SATURATED_PEEK
+
+
+def test_threads_freed_and_filled_in_one_iteration_leave_the_listeners_alone(loop: IOLoop) -> None:
+    """The flip between saturated and free within one iteration costs no system call.
+
+    Resuming at once, in take_back(), watched the listeners only for the
+    rest of that iteration's events to unwatch them again: two epoll_ctl
+    calls per listener for a watch no poll ever saw.
+    """
+    calls: list[tuple[str, int]] = []
+    watch, unwatch = loop.poller.watch, loop.poller.unwatch
+
+    def counting_watch(fd: int, data: object) -> None:
+        calls.append(("watch", fd))
+        watch(fd, data)
+
+    def counting_unwatch(fd: int) -> None:
+        calls.append(("unwatch", fd))
+        unwatch(fd)
+
+    loop.poller.watch = counting_watch  # type: ignore[method-assign]
+    loop.poller.unwatch = counting_unwatch  # type: ignore[method-assign]
+    loop.resume_accepting()
+    loop.in_threads = loop.saturation
+    loop.saturate()
+    calls.clear()
+    # The thread hands its connections back (closed ones, to keep this small) ...
+    for _ in range(loop.saturation):
+        loop.returned.append(SimpleNamespace(open=False, counted=True))  # type: ignore[arg-type]
+    loop.take_back()
+    assert loop.in_threads == 0 and not loop.accepting
+    # ... and the same poll's events bring as many requests again.
+    loop.in_threads = loop.saturation
+    loop.saturate()
+    assert calls == []
+    # With a thread still free when the loop next waits, it watches again first.
+    loop.in_threads = 0
+    loop.run_once(math.inf)
+    (listener,) = loop.listeners
+    assert loop.accepting and not loop.saturated
+    assert calls == [("watch", listener.fileno())]

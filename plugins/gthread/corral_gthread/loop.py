@@ -221,6 +221,14 @@ class IOLoop:
 
     def run_once(self, next_check: float, until: float = math.inf) -> float:
         """One wait and what it brought; returns when the next check is due."""
+        if not self.accepting:
+            # Listeners are watched again here, just before the wait, not
+            # the moment a thread or a slot frees up: under keep-alive load
+            # a worker often frees threads (take_back) and fills them again
+            # (the events of the same poll) within one iteration, and a
+            # resume there would cost an epoll_ctl each way per listener
+            # for a watch that no poll ever sees.
+            self.resume_accepting()
         now = time.monotonic()
         wake_at = min(next_check, self.header_deadlines.next(), self.idle_deadlines.next(), until)
         if self.accept_backoff_until:
@@ -248,8 +256,7 @@ class IOLoop:
         for conn in self.idle_deadlines.expired(now):
             self.timed_out(conn)
         if self.accept_backoff_until and now >= self.accept_backoff_until:
-            self.accept_backoff_until = 0.0
-            self.resume_accepting()
+            self.accept_backoff_until = 0.0  # accepting resumes before the next wait
         if now >= self.peek_at:
             self.peek(now)
         if now >= next_check:
@@ -412,8 +419,7 @@ class IOLoop:
         self.poller.forget(conn)
         conn.deadline = -1.0  # its queued deadlines are stale now
         conn.close()
-        self.count_closed(conn)
-        self.resume_accepting()
+        self.count_closed(conn)  # accepting resumes before the next wait (run_once)
 
     def count_closed(self, conn: PooledConnection) -> None:
         # Once per connection: one the loop closed at stop may still be in
@@ -445,7 +451,7 @@ class IOLoop:
                 self.set_deadline(conn, fresh=False)  # its thread re-armed it
             else:
                 self.wait(conn, fresh=False)
-        self.resume_accepting()
+        # Accepting resumes (if threads are free now) before the next wait: run_once.
 
     # -- stopping ----------------------------------------------------------------
 

@@ -265,6 +265,10 @@ class RequestParser:
     _remaining = 0  # body bytes left (length or current chunk)
     _body_read = 0
     _trailers: list[tuple[str, str]]  # set when a chunked body starts
+    #: A piece of a Content-Length body fed while the buffer was empty and
+    #: no longer than what the body still lacks: returned as it came, not
+    #: copied into the buffer and out again (a large upload arrives so).
+    _piece: bytes | None = None
 
     def __init__(self, limits: ParserLimits | None = None, *, proxy_trusted: bool = True) -> None:
         """:param proxy_trusted: whether the peer may send a PROXY header (--proxy-allow-from)."""
@@ -277,6 +281,13 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         if data:
+            if self._piece is not None:
+                self._buf += self._piece  # the buffer was empty: order kept
+                self._piece = None
+            elif (self._state == _BODY_LENGTH and not self._buf and type(data) is bytes
+                    and len(data) <= self._remaining):
+                self._piece = data
+                return
             self._buf += data
         else:
             self._eof = True
@@ -284,12 +295,14 @@ class RequestParser:
     @property
     def trailing_data(self) -> tuple[bytes, bool]:
         """Unparsed bytes and whether the peer closed; for tests and draining."""
+        if self._piece is not None:
+            return self._piece, self._eof
         return bytes(self._buf), self._eof
 
     @property
     def has_unread(self) -> bool:
         """Bytes were received that no event has returned yet (a pipelined request, say)."""
-        return bool(self._buf)
+        return bool(self._buf) or self._piece is not None
 
     @property
     def in_head(self) -> bool:
@@ -634,6 +647,11 @@ class RequestParser:
         if self._remaining == 0:
             self._state = _DONE
             return _END_WITHOUT_TRAILERS
+        piece = self._piece
+        if piece is not None:
+            self._piece = None
+            self._remaining -= len(piece)
+            return piece
         if self._buf:
             data = self._take(self._remaining)
             self._remaining -= len(data)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 from concurrent.futures import Executor
@@ -45,6 +46,7 @@ from corral.workers.asyncio_connection import (
 )
 from corral.workers.base import Worker
 from corral.workers.connection import proxy_trusted
+from corral.workers.memory import IdleTrim
 from corral.workers.tls import PROXY_MAX
 from corral.workers.watchdog import RequestWatchdog
 
@@ -132,6 +134,10 @@ class AsyncioWorker(Worker):
         # Each listener with its accept function, made once (corral.sockets.acceptor).
         self._listener_fds = {lst.sock.fileno(): (lst, acceptor(lst.sock)) for lst in self.listeners}
         loop.add_reader(self._wake_r, self._on_wake)
+        # The WSGI threads' malloc arenas keep what big bodies freed: give it
+        # back once the worker goes idle (corral.workers.memory).
+        debug = self.log.isEnabledFor(logging.DEBUG)
+        self._idle_trim = IdleTrim(self.log.debug if debug else None, self.pid)
         self._beat_handle = loop.call_later(BEAT_INTERVAL, self._beat)
         self._resume_accepting()
         try:
@@ -266,8 +272,10 @@ class AsyncioWorker(Worker):
         self._beat_handle = self.loop.call_later(BEAT_INTERVAL, self._beat)
         if self.watchdog is not None:
             self.watchdog.check()
+            self._idle_trim.check(self.loop.time(), self.nr, self.watchdog.busy)
         else:
             self.notify()
+            self._idle_trim.check(self.loop.time(), self.nr, False)
         if self.alive and not self.parent_alive():
             self.alive = False
         if not self.alive:

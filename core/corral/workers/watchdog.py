@@ -51,6 +51,11 @@ class RequestWatchdog:
         with self._lock:
             self._running.pop(threading.get_ident(), None)
 
+    @property
+    def busy(self) -> bool:
+        """Some request is running in a thread (read without the lock: a hint, for the idle trim)."""
+        return bool(self._running)
+
     @contextlib.contextmanager
     def client_wait(self) -> Iterator[None]:
         """Around a wait for the client, in the request's thread: the request's clock stops."""

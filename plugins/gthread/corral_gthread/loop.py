@@ -32,6 +32,7 @@ or ``graceful_timeout`` has passed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Final
 from corral.http import errors as E
 from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
+from corral.workers.memory import IdleTrim
 from corral_gthread.connection import PooledConnection
 from corral_gthread.poller import make_poller
 
@@ -153,6 +155,12 @@ class IOLoop:
         self.connections = 0
         #: Connections submitted to the pool and not yet given back.
         self.in_threads = 0
+        #: Connections submitted to the pool so far (for the idle trim).
+        self.submitted = 0
+        # Pool threads' malloc arenas keep what big bodies freed: give it
+        # back once the worker goes idle (corral.workers.memory).
+        debug = worker.log.isEnabledFor(logging.DEBUG)
+        self.idle_trim = IdleTrim(worker.log.debug if debug else None, os.getpid())
         self.threads: int = cfg.threads
         #: saturate() at this many, and accept again once a thread is free:
         #: the gap keeps a loaded worker from toggling its listeners (two
@@ -262,6 +270,7 @@ class IOLoop:
         if now >= next_check:
             next_check = now + CHECK_INTERVAL
             self.watchdog.check()
+            self.idle_trim.check(now, self.submitted, self.in_threads > 0)
             if self.worker.alive and not self.worker.parent_alive():
                 self.worker.alive = False
         return next_check
@@ -411,6 +420,7 @@ class IOLoop:
         conn.deadline = -1.0
         conn.head_started = False
         self.in_threads += 1
+        self.submitted += 1
         if self.in_threads >= self.saturation and not self.saturated:
             self.saturate()
         self.submit(conn, self.in_threads)

@@ -450,15 +450,27 @@ class HttpConnection:
             return
         count = size if resp.content_length is None else min(resp.content_length, size)
         self._send(resp._make_head())
-        if self.cooperative or _is_tls(self.sock):
-            # gevent's sendfile is cooperative; a TLS socket must encrypt, so
-            # socket.sendfile sends what it reads (it polls by itself).
+        if _is_tls(self.sock):
+            # A TLS socket must encrypt: socket.sendfile sends what it reads
+            # (it polls by itself).
             self.sock.settimeout(self.worker.write_timeout or None)
             sent = self.sock.sendfile(wrapper.filelike, offset, count) if count else 0
+        elif self.cooperative:
+            sent = self._sendfile_cooperative(wrapper.filelike, fd, offset, count) if count else 0
         else:
             sent = self._sendfile(fd, offset, count)
         resp.bytes_sent = sent
         resp.finish()
+
+    def _sendfile_cooperative(self, filelike: Any, fd: int, offset: int, count: int) -> int:
+        """Send a file over a cooperative socket; by default its own ``sendfile``.
+
+        A cooperative worker overrides this when its sockets' sendfile is
+        slow: gevent's reads and sends 8 KiB at a time, so the gevent
+        worker calls os.sendfile itself and waits on its hub.
+        """
+        self.sock.settimeout(self.worker.write_timeout or None)
+        return int(self.sock.sendfile(filelike, offset, count))
 
     def _sendfile(self, fd: int, offset: int, count: int) -> int:
         """os.sendfile on the non-blocking socket, waiting (and beating) only when it is full.

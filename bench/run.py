@@ -583,6 +583,30 @@ def smaps_rollup(pid: int) -> dict[str, int] | None:
     return out
 
 
+def wait_settled(pid: int, timeout: float = 5.0, interval: float = 0.2) -> bool:
+    """Wait until the private memory of every child of ``pid`` stops changing; whether it did.
+
+    A server answers as soon as one worker is up; another may still be
+    importing the app, and measured then it looks smaller than it will
+    be. Both servers are given the same wait before their fresh
+    snapshot, so neither is caught mid-boot.
+    """
+    deadline = time.monotonic() + timeout
+    last: tuple[tuple[int, int], ...] | None = None
+    while time.monotonic() < deadline:
+        now = []
+        for kid in children(pid):
+            rollup = smaps_rollup(kid)
+            if rollup is not None:
+                now.append((kid, rollup.get("uss_kib", 0)))
+        sample = tuple(now)
+        if sample and sample == last:
+            return True
+        last = sample
+        time.sleep(interval)
+    return False
+
+
 def memory_snapshot(server: Server) -> dict[str, Any]:
     assert server.proc is not None
     kids = children(server.proc.pid)
@@ -835,7 +859,10 @@ def bench_class(
         mem = res.memory.setdefault(cls, {})
         for sv in live:
             # Before any request: what the worker costs by itself, apart from
-            # what serving leaves behind (threads started, buffers, caches).
+            # what serving leaves behind (threads started, buffers, caches);
+            # once every worker has finished booting (wait_settled).
+            assert sv.proc is not None
+            wait_settled(sv.proc.pid)
             mem[sv.name] = {"fresh": memory_snapshot(sv)}
         probe_routes(live, workloads, cls, res)
         # First warm-up: imports and allocations done lazily on the first

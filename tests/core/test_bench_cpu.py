@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -94,3 +95,47 @@ def test_pinned_processes_and_their_children_run_on_the_named_cpus() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str([cpu])
     assert run.pinned(["wrk"], "") == ["wrk"]
+
+
+# The parent sleeps; its child grows for about a second (a worker importing
+# its app), says when it is done, and waits to be killed.
+GROWING = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", '''
+    import sys, time
+    held = []
+    for _ in range(10):
+        held.append(bytearray(2 << 20))  # 2 MiB more, touched
+        time.sleep(0.1)
+    print("grown", flush=True)
+    time.sleep(60)
+    '''], stdout=sys.stdout)
+    child.wait()
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="reads /proc/PID/smaps_rollup")
+def test_the_fresh_snapshot_waits_for_workers_still_booting() -> None:
+    harness = load_harness()
+    proc = subprocess.Popen([sys.executable, "-c", GROWING], stdout=subprocess.PIPE, text=True)
+    try:
+        kids: list[int] = []
+        for _ in range(100):
+            kids = harness.children(proc.pid)
+            if kids:
+                break
+            time.sleep(0.02)
+        assert kids, "the child did not start"
+        assert harness.wait_settled(proc.pid, timeout=10, interval=0.2)
+        # It returned once the child had stopped growing (20 MiB), not while it grew.
+        private = harness.smaps_rollup(kids[0])["uss_kib"]
+        assert private >= 20 << 10, private
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "grown"
+    finally:
+        for kid in harness.children(proc.pid):
+            os.kill(kid, 9)
+        proc.kill()
+        proc.wait()

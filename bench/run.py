@@ -139,10 +139,18 @@ MODES: Final = ("keepalive", "close")
 class Reaper:
     """Starts processes in their own process groups and kills every group on exit.
 
-    Each child is a session leader (start_new_session), so Ctrl-C in the
-    terminal reaches only this script, and killing the group also kills the
-    workers a server forked (corral and gunicorn keep workers in the
-    arbiter's group).
+    Each child leads a process group of its own, so Ctrl-C in the terminal
+    reaches only this script, and killing the group also kills the workers
+    a server forked (corral and gunicorn keep workers in the arbiter's
+    group). Not a session of its own: with the kernel's autogroup
+    scheduling (sched_autogroup_enabled, on by default) every session is
+    a scheduling group that gets an equal share of the CPUs, so a server
+    in one session and wrk in another were held to half the machine each,
+    whatever their threads, and a gthread server's figures depended on
+    that split (hello keep-alive, one server: 49,636 req/s with server and
+    wrk in one session, 19,160-33,008 in separate ones). In one session
+    the scheduler shares the CPUs among threads, as it does for programs
+    started from one shell.
     """
 
     def __init__(self) -> None:
@@ -154,7 +162,7 @@ class Reaper:
         out = open(log, "wb") if log is not None else subprocess.PIPE  # noqa: SIM115 - handed to Popen
         try:
             proc = subprocess.Popen(
-                list(argv), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+                list(argv), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, process_group=0
             )
         finally:
             if log is not None:

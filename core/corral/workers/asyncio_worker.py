@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import os
 import socket
 from concurrent.futures import Executor
@@ -136,8 +135,7 @@ class AsyncioWorker(Worker):
         loop.add_reader(self._wake_r, self._on_wake)
         # The WSGI threads' malloc arenas keep what big bodies freed: give it
         # back once the worker goes idle (corral.workers.memory).
-        debug = self.log.isEnabledFor(logging.DEBUG)
-        self._idle_trim = IdleTrim(self.log.debug if debug else None, self.pid)
+        self._idle_trim = IdleTrim(self.log, self.pid)
         self._beat_handle = loop.call_later(BEAT_INTERVAL, self._beat)
         self._resume_accepting()
         try:

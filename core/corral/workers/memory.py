@@ -18,6 +18,7 @@ cost each worker nothing of its own. Where the C library has no
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Final
 
@@ -77,12 +78,13 @@ class IdleTrim:
 
     __slots__ = ("_count", "_idle_since", "_log", "_pid", "due")
 
-    def __init__(self, log: Callable[..., None] | None = None, pid: int = 0) -> None:
+    def __init__(self, log: logging.Logger | None = None, pid: int = 0) -> None:
         self._count = 0
         self._idle_since = 0.0
         #: Requests were served since the last trim.
         self.due = False
-        self._log = log
+        # Reading /proc for the message costs only when debug is on.
+        self._log = log.debug if log is not None and log.isEnabledFor(logging.DEBUG) else None
         self._pid = pid
 
     def check(self, now: float, started: int, busy: bool) -> bool:

@@ -32,7 +32,6 @@ or ``graceful_timeout`` has passed.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import socket
@@ -155,12 +154,9 @@ class IOLoop:
         self.connections = 0
         #: Connections submitted to the pool and not yet given back.
         self.in_threads = 0
-        #: Connections submitted to the pool so far (for the idle trim).
-        self.submitted = 0
         # Pool threads' malloc arenas keep what big bodies freed: give it
         # back once the worker goes idle (corral.workers.memory).
-        debug = worker.log.isEnabledFor(logging.DEBUG)
-        self.idle_trim = IdleTrim(worker.log.debug if debug else None, os.getpid())
+        self.idle_trim = IdleTrim(worker.log, os.getpid())
         self.threads: int = cfg.threads
         #: saturate() at this many, and accept again once a thread is free:
         #: the gap keeps a loaded worker from toggling its listeners (two
@@ -270,7 +266,7 @@ class IOLoop:
         if now >= next_check:
             next_check = now + CHECK_INTERVAL
             self.watchdog.check()
-            self.idle_trim.check(now, self.submitted, self.in_threads > 0)
+            self.idle_trim.check(now, self.worker.nr, self.in_threads > 0)
             if self.worker.alive and not self.worker.parent_alive():
                 self.worker.alive = False
         return next_check
@@ -420,7 +416,6 @@ class IOLoop:
         conn.deadline = -1.0
         conn.head_started = False
         self.in_threads += 1
-        self.submitted += 1
         if self.in_threads >= self.saturation and not self.saturated:
             self.saturate()
         self.submit(conn, self.in_threads)

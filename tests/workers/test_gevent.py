@@ -491,3 +491,66 @@ def test_gevent_workers_inherit_the_stdlib_modules_gevent_patches(tmp_path: Path
             assert time.monotonic() < deadline, "pre_fork did not run"
             time.sleep(0.01)
         assert ast.literal_eval(inherited.read_text()) == ([], True, True)
+
+
+def test_graceful_timeout_ends_requests_still_running(corral_server: ServerFactory,
+                                                      tmp_path: Path) -> None:
+    # A request that outlives --graceful-timeout is killed, the client's
+    # connection closed without a response, and the worker exits: a stop
+    # is bounded by graceful_timeout (plus a second for the killed
+    # greenlets to unwind), not by the app.
+    server = corral_server("--graceful-timeout", "1")
+    marker = tmp_path / "in-app"
+    with server.connect(10) as busy:
+        busy.sendall(f"GET /sleep?t=30&marker={marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        deadline = time.monotonic() + 10
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the request never reached the app"
+            time.sleep(0.01)
+        start = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert read_until_close(busy, 10) == b""
+        assert server.wait_exit(10) == 0
+    assert time.monotonic() - start < 5
+    assert "still busy after graceful_timeout" in server.log()
+
+
+GREENLET_APP = """
+from contextvars import ContextVar
+
+from greenlet import getcurrent
+
+user = ContextVar("user", default="nobody")
+
+def app(environ, start_response):
+    # How many requests the greenlet running this one has served, and what
+    # an earlier request left in a context variable.
+    me = getcurrent()
+    me.corral_test_served = getattr(me, "corral_test_served", 0) + 1
+    body = f"{me.corral_test_served} {user.get()}".encode()
+    user.set("alice")
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_serving_greenlets_outlive_their_connections(corral_server: ServerFactory,
+                                                     tmp_path: Path) -> None:
+    # A greenlet that finished a connection waits for the next one instead
+    # of dying (a new greenlet per connection cost a fifth of the worker's
+    # CPU with clients that close after each response). Connections one
+    # after another are then served by the same greenlet, each in a fresh
+    # contextvars context as in a greenlet of its own, and a stop still ends
+    # the worker at once, spare greenlets and all.
+    (tmp_path / "greenletapp.py").write_text(GREENLET_APP)
+    server = corral_server("--graceful-timeout", "20", app="greenletapp:app")
+    counts = []
+    for _ in range(5):
+        ((status, _, body),) = list(parse_responses(read_until_close(_send_get(server, "/"), 5)))
+        assert status == 200
+        counts.append(body.decode())
+    assert counts == ["1 nobody", "2 nobody", "3 nobody", "4 nobody", "5 nobody"]
+    start = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    assert server.wait_exit(10) == 0
+    assert time.monotonic() - start < 3

@@ -13,11 +13,12 @@ How a worker runs, in its own process:
    gevent sockets and starts one accept greenlet per listener, a heartbeat
    greenlet, and then waits on the worker's wake pipe.
 3. Each accepted connection is served by corral's shared
-   :class:`~corral.workers.connection.HttpConnection` in a greenlet of a
-   :class:`gevent.pool.Pool` of ``--worker-connections`` greenlets. When the
-   pool is full the accept greenlets stop accepting; new connections wait in
-   the kernel's listen queue (``--backlog``), where another worker may take
-   them.
+   :class:`~corral.workers.connection.HttpConnection` in a serving greenlet,
+   at most ``--worker-connections`` at once. With every slot taken the
+   accept greenlets stop accepting; new connections wait in the kernel's
+   listen queue (``--backlog``), where another worker may take them. A
+   serving greenlet that finished its connection waits for the next one
+   (up to :data:`MAX_SPARES` of them) rather than dying.
 
 Stopping (TERM, max-requests, the parent gone): the accept greenlets are
 killed and the listeners closed at once; connections that are idle between
@@ -47,7 +48,8 @@ from typing import TYPE_CHECKING, Any, Final
 import gevent
 import gevent.socket
 from gevent import monkey
-from gevent.pool import Pool
+from gevent.event import Event
+from gevent.lock import Semaphore
 from gevent.socket import wait_write
 
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS
@@ -93,6 +95,14 @@ STOP_POLL: Final = 1.0
 #: When the graceful timeout is over, greenlets still running get this long
 #: to unwind after being killed before the process exits anyway.
 KILL_GRACE: Final = 1.0
+#: At most this many serving greenlets wait, idle, for the next connection.
+#: A greenlet that finished a connection takes the next one instead of
+#: dying: a new greenlet costs an allocation of its own Python frame stack
+#: (an mmap and a munmap of 16 KiB, and the page faults to touch it) and
+#: gevent's bookkeeping, which with clients that close after each response
+#: was a fifth of the worker's CPU. The spares are bounded so that a burst
+#: of a thousand connections leaves no thousand idle greenlets behind.
+MAX_SPARES: Final = 64
 
 
 class _Connection(HttpConnection):
@@ -179,8 +189,13 @@ class GeventWorker(Worker):
         if not monkey.patch_all():
             # A gevent plugin subscribed to the patch events vetoed it.
             self.log.warning("gevent's monkey-patching was cancelled; blocking calls will block")
-        self._pool = Pool(self.cfg.worker_connections)
+        #: One slot per connection being served (--worker-connections).
+        self._slots = Semaphore(self.cfg.worker_connections)
         self._connections: set[_Connection] = set()
+        #: Serving greenlets waiting in the hub for their next connection.
+        self._spares: list[RawGreenlet] = []
+        self._active = 0  # connections being served
+        self._all_done = Event()  # set when _active drops to 0 while stopping
 
     # -- serving -----------------------------------------------------------------
 
@@ -212,40 +227,50 @@ class GeventWorker(Worker):
         # chunk); with Nagle on, a keep-alive client's delayed ACK would hold
         # each later piece back by up to 40 ms.
         nodelay = sock.family in (AF_INET, AF_INET6)
-        pool = self._pool
-        spawn = pool.spawn
-        serve = self._serve
+        slots = self._slots
+        spares = self._spares
+        run_callback = gevent.get_hub().loop.run_callback
+        serve = self._serve_loop
         burst = 0
         batch = ACCEPT_BURST  # adapted to how long the previous batch kept this greenlet away
         starved = False  # out of fds (or memory): logged once per episode, not 10 times a second
         while self.alive:
-            if pool.full():
-                # Leave further connections in the kernel queue until a
-                # slot frees up; another worker may take them meanwhile.
-                pool.wait_available()
+            if slots.locked():
                 burst = 0
+            # With every slot taken, leave further connections in the kernel
+            # queue until one frees up; another worker may take them meanwhile.
+            slots.acquire()
             try:
                 client, peer = sock.accept()
             except OSError as exc:
+                slots.release()
                 if exc.errno in _TRANSIENT_ERRNOS:
                     continue
                 if exc.errno in ACCEPT_RESOURCE_ERRNOS:
                     if not starved:
                         starved = True
                         self.log.error("Worker %s cannot accept on %s: %s (%d connections open); "
-                                       "retrying", self.pid, name, exc.strerror, len(pool))
+                                       "retrying", self.pid, name, exc.strerror, self._active)
                     gevent.sleep(ACCEPT_BACKOFF)
                     continue
                 if self.alive:
                     self.log.exception("Worker %s stops accepting on %s", self.pid, name)
                 return
+            except BaseException:
+                slots.release()
+                raise
             if starved:
                 starved = False
                 self.log.info("Worker %s accepts on %s again", self.pid, name)
             if nodelay:
                 with contextlib.suppress(OSError):  # the client may be gone already
                     client.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
-            spawn(serve, client, peer, env)
+            self._active += 1
+            job = (client, peer, env)
+            if spares:
+                run_callback(spares.pop().switch, job)
+            else:
+                gevent.spawn_raw(serve, job)
             burst += 1
             if burst >= batch:
                 started = perf_counter()
@@ -253,6 +278,37 @@ class GeventWorker(Worker):
                 away = max(perf_counter() - started, 1e-6)
                 batch = max(1, min(ACCEPT_BURST, int(burst * ACCEPT_BATCH_TIME / away)))
                 burst = 0
+
+    def _serve_loop(self, job: tuple[socket.socket, Any, EnvironContext] | None) -> None:
+        """Serve connections one after another in this greenlet, waiting between them as a spare."""
+        hub = gevent.get_hub()
+        spares = self._spares
+        me = gevent.getcurrent()
+        while job is not None:
+            try:
+                self._serve(*job)
+            finally:
+                job = None
+                self._active -= 1
+                self._slots.release()
+                if not self.alive and not self._active:
+                    self._all_done.set()
+            if not self.alive or len(spares) >= MAX_SPARES:
+                return
+            spares.append(me)
+            try:
+                # The accept greenlet hands the next connection over with a
+                # callback that switches back here; None means stop.
+                job = hub.switch()
+            except BaseException:
+                if me in spares:  # killed while waiting
+                    spares.remove(me)
+                raise
+            # Each connection starts in an empty contextvars context, as it
+            # did in a greenlet of its own (thread-locals, gevent.local
+            # included, carry over, as between the requests of one
+            # connection and in any thread pool).
+            me.gr_context = None
 
     def _serve(self, client: socket.socket, peer: Any, env: EnvironContext) -> None:
         conn = _Connection(self, client, peer, env, self.cfg.keepalive)
@@ -292,15 +348,20 @@ class GeventWorker(Worker):
 
     def _drain(self) -> None:
         """Close idle connections, give in-flight requests graceful_timeout, kill the rest."""
-        pool = self._pool
+        run_callback = gevent.get_hub().loop.run_callback
+        for spare in self._spares:
+            run_callback(spare.switch, None)
         for conn in list(self._connections):
             # A connection whose greenlet waits for the first byte of its next
             # request is killed in that recv; serve()'s finally closes it.
             if conn.idle and conn.greenlet is not None:
                 gevent.kill(conn.greenlet)
-        if not pool.join(timeout=self.cfg.graceful_timeout):
+        if self._active and not self._all_done.wait(timeout=self.cfg.graceful_timeout):
             self.log.warning(
                 "Worker %s: %d connection(s) still busy after graceful_timeout (%s s); closing them",
-                self.pid, len(pool), self.cfg.graceful_timeout,
+                self.pid, self._active, self.cfg.graceful_timeout,
             )
-            pool.kill(timeout=KILL_GRACE)
+            for conn in list(self._connections):
+                if conn.greenlet is not None:
+                    gevent.kill(conn.greenlet)
+            self._all_done.wait(timeout=KILL_GRACE)

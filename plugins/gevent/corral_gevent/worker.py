@@ -41,6 +41,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
+import time
 from socket import AF_INET, AF_INET6, IPPROTO_TCP, TCP_NODELAY
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final
@@ -50,11 +52,11 @@ import gevent.socket
 from gevent import monkey
 from gevent.event import Event
 from gevent.lock import Semaphore
-from gevent.socket import wait_write
+from gevent.socket import wait_read, wait_write
 
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS
 from corral.workers.base import Worker
-from corral.workers.connection import SENDFILE_CHUNK, HttpConnection
+from corral.workers.connection import HttpConnection, _Timeout
 
 if TYPE_CHECKING:
     import socket
@@ -62,7 +64,6 @@ if TYPE_CHECKING:
     from greenlet import greenlet as RawGreenlet
 
     from corral.http.parser import RequestHead
-    from corral.sockets import Listener
     from corral.wsgi.environ import EnvironContext
 
 #: How long to wait before retrying an accept that ran out of a resource
@@ -106,7 +107,16 @@ MAX_SPARES: Final = 64
 
 
 class _Connection(HttpConnection):
-    """HttpConnection that tells when it is waiting for the next request.
+    """HttpConnection on a plain non-blocking OS socket that waits on gevent's hub.
+
+    Not a gevent socket: corral's connection already tries each call first
+    and waits only when the kernel says it would block (``cooperative``
+    off), so gevent's wrapper would only add its cost: two event watchers
+    built for every connection (each checks its fd with a system call),
+    a Python frame around every recv and send, a settimeout before each,
+    and a deferred close. The waits, the only place that must yield, go to
+    the hub here (:meth:`_wait`). Files go through the shared non-blocking
+    ``os.sendfile`` loop, which waits through the same method.
 
     A graceful stop closes connections that sit idle between requests at
     once (they would otherwise keep the worker up to --keep-alive seconds)
@@ -114,8 +124,6 @@ class _Connection(HttpConnection):
     """
 
     waiting = False
-    #: gevent sockets wait on the hub: their timeouts cost no system call.
-    cooperative = True
     #: They take send flags and close as OS sockets do: a closing response
     #: ends with its FIN in the same segment (HttpConnection._send_last).
     close_early = True
@@ -143,32 +151,23 @@ class _Connection(HttpConnection):
     def idle(self) -> bool:
         return self.waiting and not self.parser.in_head
 
-    def _sendfile_cooperative(self, filelike: Any, fd: int, offset: int, count: int) -> int:
-        """os.sendfile on the socket's non-blocking descriptor, waiting for room on the hub.
+    def _wait(self, events: int, deadline: float) -> None:
+        """Yield to other greenlets until the socket is ready for ``events``, or the deadline.
 
-        gevent's own socket.sendfile reads the file and sends it 8 KiB at
-        a time (it avoids os.sendfile as not cooperative; on a non-blocking
-        descriptor it is, with the wait done here): a 1 MiB file cost 128
-        reads and 128 sends, and as much CPU per request as gunicorn's
-        worker. Each wait for room is bounded by --timeout, as a write is.
+        The heartbeat has a greenlet of its own, so there is nothing to beat here.
         """
-        out = self.sock.fileno()  # gevent keeps its sockets non-blocking in the OS
-        timeout = self.worker.write_timeout or None
-        sent = 0
-        while sent < count:
-            try:
-                n = os.sendfile(out, fd, offset + sent, min(count - sent, SENDFILE_CHUNK))
-            except (BlockingIOError, InterruptedError):
-                if self._client_wait is None:
-                    wait_write(out, timeout=timeout)
-                else:
-                    with self._client_wait():
-                        wait_write(out, timeout=timeout)
-                continue
-            if n == 0:
-                break  # the file is shorter than it was: the client sees a short body
-            sent += n
-        return sent
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Timeout
+        wait = wait_read if events & select.POLLIN else wait_write
+        try:
+            if self._client_wait is None:
+                wait(self.sock.fileno(), timeout=remaining)
+            else:
+                with self._client_wait():
+                    wait(self.sock.fileno(), timeout=remaining)
+        except TimeoutError:
+            raise _Timeout from None
 
 
 class GeventWorker(Worker):
@@ -202,8 +201,9 @@ class GeventWorker(Worker):
     def run(self) -> None:
         accepters = []
         for listener in self.listeners:
-            sock = self._cooperative(listener)
-            accepters.append(gevent.spawn(self._accept_loop, sock, listener.name, self.envs[id(listener)]))
+            listener.sock.setblocking(False)
+            accepters.append(gevent.spawn(self._accept_loop, listener.sock, listener.name,
+                                          self.envs[id(listener)]))
         heartbeat = gevent.spawn(self._heartbeat_loop)
         try:
             self._wait_for_stop()
@@ -213,16 +213,15 @@ class GeventWorker(Worker):
         finally:
             heartbeat.kill()
 
-    def _cooperative(self, listener: Listener) -> socket.socket:
-        """Replace the listener's socket, made before patching, by a gevent socket on the same fd.
-
-        ``detach`` hands the fd over, so exactly one object owns and closes it.
-        """
-        sock = gevent.socket.socket(fileno=listener.sock.detach())
-        listener.sock = sock
-        return sock
-
     def _accept_loop(self, sock: socket.socket, name: str, env: EnvironContext) -> None:
+        # The listener, made before patching, stays a plain non-blocking OS
+        # socket, and so do the connections (see _Connection): accept() is
+        # tried first, and only an empty queue waits, on the hub.
+        new_socket = monkey.get_original("socket", "socket")
+        family, kind, proto = int(sock.family), int(sock.type), sock.proto
+        raw_accept = sock._accept  # type: ignore[attr-defined]  # what socket.accept() calls
+        hub = gevent.get_hub()
+        readable = hub.loop.io(sock.fileno(), 1)
         # Responses may go out in several sends (a streamed body, the final
         # chunk); with Nagle on, a keep-alive client's delayed ACK would hold
         # each later piece back by up to 40 ms.
@@ -241,7 +240,12 @@ class GeventWorker(Worker):
             # queue until one frees up; another worker may take them meanwhile.
             slots.acquire()
             try:
-                client, peer = sock.accept()
+                fd, peer = raw_accept()
+                client = new_socket(family, kind, proto, fd)
+            except BlockingIOError:
+                slots.release()
+                hub.wait(readable)
+                continue
             except OSError as exc:
                 slots.release()
                 if exc.errno in _TRANSIENT_ERRNOS:

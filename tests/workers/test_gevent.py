@@ -537,8 +537,8 @@ def app(environ, start_response):
 def test_serving_greenlets_outlive_their_connections(corral_server: ServerFactory,
                                                      tmp_path: Path) -> None:
     # A greenlet that finished a connection waits for the next one instead
-    # of dying (a new greenlet per connection cost a fifth of the worker's
-    # CPU with clients that close after each response). Connections one
+    # of dying (a new greenlet per connection nearly doubled the worker's
+    # CPU per request with clients that close after each one). Connections one
     # after another are then served by the same greenlet, each in a fresh
     # contextvars context as in a greenlet of its own, and a stop still ends
     # the worker at once, spare greenlets and all.

@@ -229,7 +229,7 @@ class GeventWorker(Worker):
         nodelay = sock.family in (AF_INET, AF_INET6)
         slots = self._slots
         spares = self._spares
-        run_callback = gevent.get_hub().loop.run_callback
+        run_callback = hub.loop.run_callback
         serve = self._serve_loop
         burst = 0
         batch = ACCEPT_BURST  # adapted to how long the previous batch kept this greenlet away

@@ -12,6 +12,7 @@ sockets; every wait has a deadline.
 from __future__ import annotations
 
 import ast
+import contextlib
 import errno
 import json
 import os
@@ -554,3 +555,25 @@ def test_serving_greenlets_outlive_their_connections(corral_server: ServerFactor
     server.send_signal(signal.SIGTERM)
     assert server.wait_exit(10) == 0
     assert time.monotonic() - start < 3
+
+
+def test_a_pipelining_client_does_not_hold_the_worker(corral_server: ServerFactory) -> None:
+    # A connection whose next request is always already there never waits,
+    # so its greenlet yields by itself after each request that did not give
+    # the CPU away: another client is answered long before the first one's
+    # 500 pipelined requests are all served (without the yield, after all
+    # of them).
+    server = corral_server()
+    count = 500
+    with server.connect(10) as busy, server.connect(10) as other:
+        busy.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+        other.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        ((status, _, body),) = list(parse_responses(read_until_close(other, 10)))
+        assert (status, body) == (200, b"Hello, World!")
+        busy.setblocking(False)
+        received = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := busy.recv(1 << 20):
+                received += chunk
+    served_before = received.count(b"HTTP/1.1 200 ")
+    assert served_before < count // 2, f"{served_before} of {count} pipelined requests served first"

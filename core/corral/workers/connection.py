@@ -465,9 +465,10 @@ class HttpConnection:
     def _sendfile_cooperative(self, filelike: Any, fd: int, offset: int, count: int) -> int:
         """Send a file over a cooperative socket; by default its own ``sendfile``.
 
-        A cooperative worker overrides this when its sockets' sendfile is
-        slow: gevent's reads and sends 8 KiB at a time, so the gevent
-        worker calls os.sendfile itself and waits on its hub.
+        A worker overrides this when its sockets' sendfile is slow (gevent's
+        socket.sendfile reads and sends 8 KiB at a time; that is one reason
+        the gevent worker keeps OS sockets and overrides :meth:`_wait`
+        instead, so that files take the os.sendfile loop of :meth:`_sendfile`).
         """
         self.sock.settimeout(self.worker.write_timeout or None)
         return int(self.sock.sendfile(filelike, offset, count))

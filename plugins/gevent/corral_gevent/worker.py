@@ -9,8 +9,9 @@ How a worker runs, in its own process:
    (socket, ssl, time.sleep, select, threading, queue, subprocess, signal,
    os.fork...) before the application is imported, so that the app's own
    blocking calls, and those of pure-Python drivers, yield to other greenlets.
-2. :meth:`GeventWorker.run` turns the inherited listening sockets into
-   gevent sockets and starts one accept greenlet per listener, a heartbeat
+2. :meth:`GeventWorker.run` makes the inherited listening sockets
+   non-blocking (they stay OS sockets, as do the connections: only waits go
+   to the hub) and starts one accept greenlet per listener, a heartbeat
    greenlet, and then waits on the worker's wake pipe.
 3. Each accepted connection is served by corral's shared
    :class:`~corral.workers.connection.HttpConnection` in a serving greenlet,

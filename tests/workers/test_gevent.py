@@ -302,17 +302,22 @@ def _send_get(server: CorralProcess, path: str) -> socket.socket:
     return sock
 
 
+def _start_sleep(sock: socket.socket, seconds: int, marker: Path) -> None:
+    """Send a request that sleeps in the app, and return once it is there (the app touches ``marker``)."""
+    sock.sendall(f"GET /sleep?t={seconds}&marker={marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the request never reached the app"
+        time.sleep(0.01)
+
+
 def test_term_closes_idle_connections_and_finishes_inflight(corral_server: ServerFactory,
                                                             tmp_path: Path) -> None:
     server = corral_server("--keep-alive", "60", "--graceful-timeout", "10")
     marker = tmp_path / "in-app"
     with server.connect(10) as idle, server.connect(10) as busy:
         _keepalive_get(idle)
-        busy.sendall(f"GET /sleep?t=1&marker={marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        deadline = time.monotonic() + 10
-        while not marker.exists():
-            assert time.monotonic() < deadline, "the request never reached the app"
-            time.sleep(0.01)
+        _start_sleep(busy, 1, marker)
         start = time.monotonic()
         server.send_signal(signal.SIGTERM)
         # The idle connection is closed at once, not after --keep-alive.
@@ -353,11 +358,7 @@ def test_quit_and_usr1_reach_a_patched_worker(corral_server: ServerFactory, tmp_
     # QUIT stops the worker at once, even with a request in flight.
     marker = tmp_path / "in-app"
     with server.connect(10) as busy:
-        busy.sendall(f"GET /sleep?t=30&marker={marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        deadline = time.monotonic() + 10
-        while not marker.exists():
-            assert time.monotonic() < deadline, "the request never reached the app"
-            time.sleep(0.01)
+        _start_sleep(busy, 30, marker)
         os.kill(pid, signal.SIGQUIT)
         assert read_until_close(busy, 5) == b""
     server.wait_for_log(rf"Worker {pid} \(pool main\) exited")
@@ -503,11 +504,7 @@ def test_graceful_timeout_ends_requests_still_running(corral_server: ServerFacto
     server = corral_server("--graceful-timeout", "1")
     marker = tmp_path / "in-app"
     with server.connect(10) as busy:
-        busy.sendall(f"GET /sleep?t=30&marker={marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        deadline = time.monotonic() + 10
-        while not marker.exists():
-            assert time.monotonic() < deadline, "the request never reached the app"
-            time.sleep(0.01)
+        _start_sleep(busy, 30, marker)
         start = time.monotonic()
         server.send_signal(signal.SIGTERM)
         assert read_until_close(busy, 10) == b""

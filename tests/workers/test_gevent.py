@@ -510,7 +510,10 @@ def test_graceful_timeout_ends_requests_still_running(corral_server: ServerFacto
         assert read_until_close(busy, 10) == b""
         assert server.wait_exit(10) == 0
     assert time.monotonic() - start < 5
-    assert "still busy after graceful_timeout" in server.log()
+    # The worker's own deadline and the arbiter's (SIGKILL at
+    # graceful_timeout after TERM) fall together; either may end it.
+    log = server.log()
+    assert "still busy after graceful_timeout" in log or "was killed by SIGKILL" in log
 
 
 GREENLET_APP = """

@@ -78,13 +78,18 @@ class HttpConnection:
         peer: Any,
         env: EnvironContext,
         keepalive: float,
+        parser: RequestParser | None = None,
     ) -> None:
         self.worker = worker
         self.sock = sock
         self.peer = peer
         self.env = env
         self.keepalive = keepalive
-        self.parser = RequestParser(worker.limits, proxy_trusted=proxy_trusted(worker, peer))
+        #: ``parser``: one the caller already reads the connection with (an
+        #: event-loop worker's, handed to a pool thread); by default a new one.
+        if parser is None:
+            parser = RequestParser(worker.limits, proxy_trusted=proxy_trusted(worker, peer))
+        self.parser = parser
         self.header_timeout = worker.header_timeout
         #: Stops the request's watchdog clock around waits for the client (None: no watchdog).
         self._client_wait = clock_stopper(worker.watchdog)

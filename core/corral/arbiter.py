@@ -51,7 +51,8 @@ HANDLED_SIGNALS: Final = (
 )
 #: Longest sleep of the main loop; heartbeats are checked at least this often.
 LOOP_INTERVAL: Final = 1.0
-#: After SIGABRT, a worker that has not died after this long gets SIGKILL.
+#: After SIGABRT, a worker that has not died after this long gets SIGKILL;
+#: after graceful_timeout (a stop, a reload), one that has not exited yet.
 ABORT_GRACE: Final = 1.0
 #: Environment variable through which a new arbiter learns its parent's pid (USR2).
 PARENT_ENV: Final = "CORRAL_PARENT_PID"
@@ -552,12 +553,21 @@ class Arbiter:
         for handle in self.workers.values():
             handle.retiring = True
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
-        limit = time.monotonic() + (self.cfg.graceful_timeout if graceful else 2.0)
+        # Workers keep graceful_timeout themselves where they can (the
+        # gthread, gevent and asyncio classes cut what is still running at
+        # its end and log how many connections they cut); ABORT_GRACE more
+        # lets them exit in order before the SIGKILL, as on a reload
+        # (murder_workers). The SIGKILL is for those that cannot: a sync
+        # worker inside a long request, an app that ignores the stop.
+        limit = time.monotonic() + (self.cfg.graceful_timeout + ABORT_GRACE if graceful else 2.0)
         self.kill_workers(sig)
         while self.workers and time.monotonic() < limit:
             with contextlib.suppress(HaltServer):
                 self.reap_workers()
             time.sleep(0.05)
+        if graceful:
+            for pid in self.workers:
+                self.log.warning("Worker %s did not stop within graceful_timeout; killing", pid)
         self.kill_workers(signal.SIGKILL)
         deadline = time.monotonic() + 2.0
         while self.workers and time.monotonic() < deadline:

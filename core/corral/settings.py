@@ -309,7 +309,8 @@ def core_settings() -> list[Setting]:
           "more of a response.",
           ("-t", "--timeout"), "SECONDS"),
         S("graceful_timeout", "Worker processes", seconds, 30.0,
-          "After a graceful stop signal, workers still running after this are killed.",
+          "Seconds workers get to finish requests in flight after a graceful stop signal (TERM, "
+          "or a reload replacing them); one still running a second later is killed.",
           ("--graceful-timeout",), "SECONDS"),
         S("keepalive", "Worker processes", seconds, 2.0,
           "Seconds to wait for the next request on a keep-alive connection.",

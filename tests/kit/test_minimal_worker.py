@@ -21,6 +21,8 @@ import pytest
 
 from corral.testing import run_corral
 from corral.testing.conformance import *  # noqa: F403
+from corral.testing.conformance import stop_outliving_graceful_timeout
+from corral.testing.plugin import ServerFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "examples" / "minimal-worker"
@@ -79,3 +81,10 @@ def test_listed_as_installed() -> None:
     assert (plugin["distribution"], plugin["version"]) == ("corral-minimal", "0.1.0")
     assert [w["name"] for w in plugin["workers"]] == ["minimal"]
     assert data["problems"] == []
+
+
+def test_says_what_the_graceful_timeout_cut(corral_server: ServerFactory, tmp_path: Path) -> None:
+    # The guide asks a worker to log the connections it cut at the deadline; its example does.
+    log = stop_outliving_graceful_timeout(corral_server, tmp_path).log()
+    assert "1 connection(s) still busy after graceful_timeout" in log
+    assert "SIGKILL" not in log

@@ -495,27 +495,6 @@ def test_gevent_workers_inherit_the_stdlib_modules_gevent_patches(tmp_path: Path
         assert ast.literal_eval(inherited.read_text()) == ([], True, True)
 
 
-def test_graceful_timeout_ends_requests_still_running(corral_server: ServerFactory,
-                                                      tmp_path: Path) -> None:
-    # A request that outlives --graceful-timeout is killed, the client's
-    # connection closed without a response, and the worker exits: a stop
-    # is bounded by graceful_timeout (plus a second for the killed
-    # greenlets to unwind), not by the app.
-    server = corral_server("--graceful-timeout", "1")
-    marker = tmp_path / "in-app"
-    with server.connect(10) as busy:
-        _start_sleep(busy, 30, marker)
-        start = time.monotonic()
-        server.send_signal(signal.SIGTERM)
-        assert read_until_close(busy, 10) == b""
-        assert server.wait_exit(10) == 0
-    assert time.monotonic() - start < 5
-    # The worker's own deadline and the arbiter's (SIGKILL at
-    # graceful_timeout after TERM) fall together; either may end it.
-    log = server.log()
-    assert "still busy after graceful_timeout" in log or "was killed by SIGKILL" in log
-
-
 GREENLET_APP = """
 from contextvars import ContextVar
 

@@ -52,6 +52,7 @@ __all__ = [
     "test_file_wrapper_sends_whole_file",
     "test_flask_app",
     "test_forwarded_scheme_from_trusted_peers_only",
+    "test_graceful_timeout_bounds_the_stop",
     "test_head_and_bodyless_statuses",
     "test_hello",
     "test_iterable_close_is_called",
@@ -546,6 +547,33 @@ def test_term_finishes_inflight_request(corral_server: Callable[..., CorralProce
     assert result and result[0][0] == 200  # type: ignore[index]
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+
+
+def stop_outliving_graceful_timeout(corral_server: Callable[..., CorralProcess], tmp_path: Path) -> CorralProcess:
+    """Stop a server (``--graceful-timeout 1``) while a request sleeps 30 s; the stopped server.
+
+    Asserts what every class must do: the request's connection is closed
+    unanswered, and the arbiter exits 0 within graceful_timeout plus the
+    second (ABORT_GRACE) it leaves workers to exit in order before it kills
+    them. Who cut the request, the worker itself or the arbiter's SIGKILL,
+    is the class's to choose (its log says which).
+    """
+    server = corral_server("--graceful-timeout", "1")
+    marker = tmp_path / "in-app"
+    with server.connect(timeout=10) as busy:
+        busy.sendall(f"GET /sleep?t=30&marker={marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        wait_for_file(marker)
+        start = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert read_until_close(busy, timeout=10) == b""
+        assert server.wait_exit(10) == 0
+    assert time.monotonic() - start < 1 + 1 + 2
+    return server
+
+
+def test_graceful_timeout_bounds_the_stop(corral_server: Callable[..., CorralProcess], tmp_path: Path) -> None:
+    # A request that outlives --graceful-timeout does not hold the stop up.
+    stop_outliving_graceful_timeout(corral_server, tmp_path)
 
 
 def test_max_requests_recycles_worker(corral_server: Callable[..., CorralProcess]) -> None:

@@ -300,5 +300,5 @@ class AsyncioWorker(Worker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), self.cfg.graceful_timeout)
             if self._open:
-                self.log.warning("Worker %s: %s connection(s) still open after the graceful timeout",
+                self.log.warning("Worker %s: %s connection(s) still busy after graceful_timeout; exiting",
                                  self.pid, self._open)

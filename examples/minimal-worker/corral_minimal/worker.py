@@ -52,6 +52,9 @@ class ThreadPerConnectionWorker(Worker):
         deadline = time.monotonic() + self.cfg.graceful_timeout
         for thread in threads:  # daemon threads: whatever is left dies with the process
             thread.join(max(0.0, deadline - time.monotonic()))
+        if busy := sum(t.is_alive() for t in threads):
+            self.log.warning("Worker %s: %s connection(s) still busy after graceful_timeout; exiting",
+                             self.pid, busy)
 
     def serve(self, conn: HttpConnection, slots: threading.BoundedSemaphore) -> None:
         try:

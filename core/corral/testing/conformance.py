@@ -29,6 +29,7 @@ given as ``package.module:Class`` has no declaration to check against).
 from __future__ import annotations
 
 import json
+import random
 import signal
 import socket
 import threading
@@ -61,6 +62,7 @@ __all__ = [
     "test_limit_request_body",
     "test_malformed_requests",
     "test_max_requests_recycles_worker",
+    "test_mutated_requests_never_crash_or_hang",
     "test_proxy_protocol",
     "test_request_body_read_styles",
     "test_response_header_injection_refused",
@@ -302,6 +304,70 @@ def test_malformed_requests(corral_shared_server: Shared, corral_worker_class: s
     assert b"\r\nconnection: close" in head.lower()
     # Exactly one response: nothing after the error was parsed.
     assert body.count(b"HTTP/1.1") == 0
+
+
+#: Requests the mutation test starts from: a body by length, a chunked body
+#: with a trailer, HTTP/1.0 keep-alive, and a PROXY line (refused unless
+#: enabled: a 400).
+_MUTATION_SEEDS = (
+    b"GET /echo?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+)
+#: What the mutations insert: line ends alone and in pairs, separators,
+#: framing fields, bogus numbers, a token longer than any limit.
+_MUTATION_TOKENS = (
+    b"\r\n", b"\n", b"\r", b"\x00", b" ", b"\t", b":", b";", b"chunked", b"Content-Length: 3\r\n",
+    b"Transfer-Encoding: chunked\r\n", b"\xff", b"9" * 30, b"-1", b"0x10", b"HTTP/1.1",
+    b"Expect: 100-continue\r\n", b"%00", b"/../", b"A" * 9000,
+)
+
+
+def _mutations(count: int, seed: int) -> list[bytes]:
+    """``count`` requests, each a seed request with 1-4 random edits (the same list for the same seed)."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(count):
+        data = bytearray(rnd.choice(_MUTATION_SEEDS))
+        for _ in range(rnd.randint(1, 4)):
+            op, pos = rnd.random(), rnd.randint(0, len(data))
+            if op < 0.3:
+                data[pos:pos] = rnd.choice(_MUTATION_TOKENS)
+            elif op < 0.5:
+                del data[pos:pos + rnd.randint(1, 5)]
+            elif op < 0.7 and pos < len(data):
+                data[pos] = rnd.randrange(256)
+            elif op < 0.8:
+                del data[pos:]
+            else:
+                data[pos:pos] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 8)))
+        out.append(bytes(data))
+    return out
+
+
+def test_mutated_requests_never_crash_or_hang(corral_server: Callable[..., CorralProcess]) -> None:
+    # Hundreds of damaged requests, each on its own connection and followed
+    # by the client's end of stream: every one gets an HTTP/1.1 answer or a
+    # close, within seconds; nothing reaches the error log as a crash; and
+    # the worker still serves afterwards, the same one (never replaced).
+    server = corral_server("--header-timeout", "2")
+    (pid,) = server.wait_for_workers(1)
+    for raw in _mutations(300, seed=7):
+        with server.connect(timeout=5) as sock:
+            try:
+                sock.sendall(raw)
+                sock.shutdown(socket.SHUT_WR)
+                data = read_until_close(sock, timeout=5)
+            except ConnectionResetError:
+                continue  # closed with input unread: a reset is a close
+            except TimeoutError:
+                pytest.fail(f"no answer and no close within 5 s for {raw[:200]!r}")
+        assert not data or data.startswith(b"HTTP/1.1 "), (raw[:200], data[:200])
+    assert server.request("GET", "/")[0] == 200
+    assert server.worker_pids() == [pid]
+    log = server.log()
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
 
 
 def test_limit_request_body(corral_server: Callable[..., CorralProcess]) -> None:

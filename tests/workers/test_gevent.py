@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.testing.process import CorralProcess, parse_responses, read_until_close
+from corral.testing.process import CorralProcess, parse_responses, read_until_close, wait_for_file
 
 pytest.importorskip("corral_gevent", reason="corral-gevent is not installed (pip install ./plugins/gevent)")
 
@@ -305,10 +305,7 @@ def _send_get(server: CorralProcess, path: str) -> socket.socket:
 def _start_sleep(sock: socket.socket, seconds: int, marker: Path) -> None:
     """Send a request that sleeps in the app, and return once it is there (the app touches ``marker``)."""
     sock.sendall(f"GET /sleep?t={seconds}&marker={marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    deadline = time.monotonic() + 10
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the request never reached the app"
-        time.sleep(0.01)
+    wait_for_file(marker)
 
 
 def test_term_closes_idle_connections_and_finishes_inflight(corral_server: ServerFactory,

@@ -9,6 +9,7 @@ could not be loaded.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import shlex
@@ -40,7 +41,20 @@ _FLAG_ONLY = ("check_config", "print_config", "disable_plugin")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n(see '{self.prog} --help')\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._suggest_flag(message)}\n"
+                     f"(see '{self.prog} --help')\n")
+
+    def _suggest_flag(self, message: str) -> str:
+        """"; did you mean --x?" for a misspelled long option, as a config file's typo gets."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        for word in message.split(":", 1)[1].split():
+            if word.startswith("--"):
+                match = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.75)
+                if match:
+                    return f"; did you mean {match[0]}?"
+        return ""
 
 
 def build_argparser(registry: SettingsRegistry) -> argparse.ArgumentParser:

@@ -73,6 +73,18 @@ def test_unknown_flag_exits_2() -> None:
     assert res.returncode == 2 and "unrecognized arguments: --no-such-flag" in res.stderr
 
 
+@pytest.mark.parametrize("flag,suggestion", [
+    ("--graceful-timout", "--graceful-timeout"),
+    ("--wokers=3", "--workers"),
+    ("--keepalive", "--keep-alive"),
+])
+def test_misspelled_flag_suggests_the_right_one(flag: str, suggestion: str) -> None:
+    res = run(flag, *([] if "=" in flag else ["5"]), "corral.testing.apps:app")
+    assert res.returncode == 2
+    assert f"unrecognized arguments: {flag}" in res.stderr
+    assert f"did you mean {suggestion}?" in res.stderr
+
+
 def test_config_file_typo_suggests_setting(tmp_path: Path) -> None:
     conf = tmp_path / "c.py"
     conf.write_text("worker = 3\n")

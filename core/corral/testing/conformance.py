@@ -59,6 +59,7 @@ __all__ = [
     "test_iterable_close_is_called",
     "test_keepalive_and_pipelining",
     "test_killed_worker_is_replaced",
+    "test_large_response_reaches_a_slow_reader_intact",
     "test_limit_request_body",
     "test_malformed_requests",
     "test_max_requests_recycles_worker",
@@ -517,6 +518,23 @@ def _small_window(server: CorralProcess) -> socket.socket:
     sock.settimeout(30)
     sock.connect(("127.0.0.1", server.port))
     return sock
+
+
+def test_large_response_reaches_a_slow_reader_intact(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    # A body the app returns whole, larger than the socket's send buffer:
+    # the first send takes only part of it, and the rest must follow from
+    # exactly where it stopped. Bytes that differ everywhere, so that a
+    # piece sent twice or skipped cannot go unnoticed.
+    server = corral_shared_server(corral_worker_class)
+    data = random.Random(3).randbytes(6 << 20)
+    with _small_window(server) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        ((status, _, body),) = list(parse_responses(_read_slowly(sock, 40e6)))
+    assert status == 200
+    assert len(body) == len(data)
+    assert body == data
+    assert server.request("GET", "/")[0] == 200
 
 
 @pytest.mark.timeout(120)

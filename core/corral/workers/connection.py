@@ -166,8 +166,20 @@ class HttpConnection:
             return
         if sock.gettimeout() != 0.0:
             sock.setblocking(False)
+        # The usual case first: the whole response fits the socket's buffer
+        # and goes out in one call; the deadline and the view are for the rest.
+        try:
+            sent = sock.send(data, flags) if data else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            if not _ssl_want(exc):
+                raise
+            sent = 0
+        if sent == len(data):
+            return
         deadline = time.monotonic() + timeout if timeout else float("inf")
-        view = memoryview(data)
+        view = memoryview(data)[sent:]
         while view:
             try:
                 sent = sock.send(view, flags)

@@ -133,6 +133,30 @@ def test_idle_timeouts_close_without_a_word(corral_server: Server) -> None:
         assert closed_by_server(silent, timeout=5)
 
 
+def test_an_app_setting_a_default_socket_timeout_does_not_block_the_loop(corral_server: Server,
+                                                                        tmp_path: Path) -> None:
+    # After socket.setdefaulttimeout() (some libraries call it at import)
+    # every accepted socket starts with that timeout, and CPython polls
+    # before each recv on such a socket: a loop that read a new connection
+    # as accepted would wait there, whenever the client has sent nothing
+    # yet, for the whole timeout. (It makes each socket non-blocking first;
+    # reading plain blocking sockets with MSG_DONTWAIT instead, tried in
+    # session 13, failed this test until it checked the timeout too.)
+    (tmp_path / "timeoutapp.py").write_text(
+        "import socket\nsocket.setdefaulttimeout(20)\nfrom corral.testing.apps import app\n")
+    server = corral_server("--threads", "2", app="timeoutapp:app")
+    with server.connect() as silent, server.connect() as partial, server.connect() as client:
+        # The loop tries each new connection at once: `silent` has nothing to read.
+        assert silent.fileno() >= 0
+        partial.sendall(b"GET / HT")  # a head begun, then nothing
+        for _ in range(3):  # keep-alive: back to the loop between requests
+            start = time.monotonic()
+            client.sendall(GET % b"/")
+            assert read_response(client)[0] == 200
+            assert time.monotonic() - start < 2
+    assert timed_get(server) < 2
+
+
 def test_pipelined_head_split_across_reads(corral_server: Server) -> None:
     server = corral_server("--threads", "2")
     with server.connect() as sock:

@@ -140,8 +140,9 @@ def test_an_app_setting_a_default_socket_timeout_does_not_block_the_loop(corral_
     # before each recv on such a socket: a loop that read a new connection
     # as accepted would wait there, whenever the client has sent nothing
     # yet, for the whole timeout. (It makes each socket non-blocking first;
-    # reading plain blocking sockets with MSG_DONTWAIT instead, tried in
-    # session 13, failed this test until it checked the timeout too.)
+    # reading sockets left blocking with MSG_DONTWAIT instead, tried and
+    # dropped in docs/performance.md, fails this test unless it checks the
+    # timeout too.)
     (tmp_path / "timeoutapp.py").write_text(
         "import socket\nsocket.setdefaulttimeout(20)\nfrom corral.testing.apps import app\n")
     server = corral_server("--threads", "2", app="timeoutapp:app")

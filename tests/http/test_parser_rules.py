@@ -758,6 +758,57 @@ def test_field_line_cache_stays_bounded() -> None:
     assert f"X-N: {P._FIELD_LINES_MAX + 9}" in P._FIELD_LINES
 
 
+# -- the request-line cache -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [
+    b"GET /a/b?x=1&y=2 HTTP/1.1",
+    b"HEAD http://h.example:8080/p?q HTTP/1.0",
+    b"CONNECT h.example:443 HTTP/1.1",
+    b"OPTIONS * HTTP/1.1",
+])
+def test_a_request_line_from_the_cache_parses_as_the_first_time(line: bytes) -> None:
+    # Every form of target, computed once and then found in the cache: the
+    # two heads agree on every field, and share nothing mutable.
+    from corral.http import parser as P
+
+    P._REQUEST_LINES.clear()
+    first = _head_of(req(line, HOST))
+    assert line.decode() in P._REQUEST_LINES
+    second = _head_of(req(line, HOST))
+    assert second == first
+    assert second is not first and second.headers is not first.headers
+    assert second.dropped is not first.dropped
+
+
+@pytest.mark.parametrize(("line", "status"), [
+    (b"GET /a#frag HTTP/1.1", 400),
+    (b"GET / HTTP/2.0", 505),
+    (b"G\\T / HTTP/1.1", 400),
+])
+def test_a_refused_request_line_is_refused_every_time(parse: Parse, line: bytes, status: int) -> None:
+    from corral.http import parser as P
+
+    P._REQUEST_LINES.clear()
+    for _ in range(2):
+        assert parse(req(line, HOST)).status == status
+    assert not P._REQUEST_LINES
+
+
+def test_request_line_cache_stays_bounded() -> None:
+    from corral.http import parser as P
+
+    P._REQUEST_LINES.clear()
+    long_path = b"/" + b"p" * P._REQUEST_LINE_CACHED_LEN
+    assert _head_of(req(b"GET " + long_path + b" HTTP/1.1", HOST)).path == long_path.decode()
+    assert not P._REQUEST_LINES  # long lines never kept
+    for i in range(P._REQUEST_LINES_MAX + 10):
+        assert _head_of(req(b"GET /n/%d HTTP/1.1" % i, HOST)).path == f"/n/{i}"
+    assert len(P._REQUEST_LINES) <= P._REQUEST_LINES_MAX
+    # Cleared when full, so the most recent lines are the ones kept.
+    assert f"GET /n/{P._REQUEST_LINES_MAX + 9} HTTP/1.1" in P._REQUEST_LINES
+
+
 def test_a_body_piece_fed_whole_comes_back_uncopied_and_in_order() -> None:
     """A Content-Length body arriving in pieces skips the buffer, and nothing reorders.
 

@@ -97,6 +97,16 @@ _FIELD_LINES: dict[str, tuple[tuple[str, str], str]] = {}
 _FIELD_LINES_MAX: Final = 4096
 _FIELD_LINE_CACHED_LEN: Final = 160
 
+#: A request line as sent -> its checked parts (method, target, path, query,
+#: version, host, target scheme). The lines of a site's busy pages, its API
+#: calls and its health checks repeat all day, and a lookup replaces the
+#: regex match and the checks of _judge_request_line. Only valid lines get
+#: here; bounded and cleared when full, as _FIELD_LINES is.
+_RequestLineParts = tuple[str, str, str, str, str, str | None, str | None]
+_REQUEST_LINES: dict[str, _RequestLineParts] = {}
+_REQUEST_LINES_MAX: Final = 4096
+_REQUEST_LINE_CACHED_LEN: Final = 256
+
 
 def _field_line(line: str) -> tuple[tuple[str, str], str]:
     name, _, value = line.partition(":")
@@ -438,51 +448,14 @@ class RequestParser:
 
     def _parse_request_line(self, line: str) -> RequestHead:
         """``line``: the latin-1 text of the request line (ASCII-only patterns judge it)."""
-        m = _REQUEST_LINE_STR.fullmatch(line)
-        if m is None:
-            raise E.BadRequest("malformed request line")
-        method, target, major, minor = m.groups()
-        if len(method) > MAX_METHOD:
-            raise E.MethodNotImplemented("method too long")
-        if major != "1":
-            if major == "0":
-                raise E.BadRequest("HTTP/0.x is not supported")
-            raise E.VersionNotSupported("only HTTP/1.x is served here")
-        version = "HTTP/1.0" if minor == "0" else "HTTP/1.1"
-        host: str | None = None
-        scheme: str | None = None
-        if target[0] == "/":
-            if "#" in target:
-                raise E.BadRequest("fragment in request target")
-            if method == "CONNECT":
-                raise E.BadRequest("CONNECT needs an authority-form target")
-            path, _, query = target.partition("?")
-        elif target == "*":
-            if method != "OPTIONS":
-                raise E.BadRequest("asterisk-form target is only for OPTIONS")
-            path, query = "*", ""
-        elif method == "CONNECT":
-            # authority-form = uri-host ":" port (RFC 9112 3.2.3); the colons
-            # inside an IPv6 literal are no port, so look after its "]".
-            if (_AUTHORITY_STR.fullmatch(target) is None or ":" not in target.rpartition("]")[2]
-                    or target[0] == ":"):  # no host: ":443"
-                raise E.BadRequest("malformed CONNECT target")
-            path, query, host = "", "", target
-        else:
-            am = _ABSOLUTE_FORM_STR.fullmatch(target)
-            if am is None:
-                raise E.BadRequest("malformed request target")
-            scheme, authority, rest = am.groups()
-            scheme = scheme.lower()
-            if scheme not in ("http", "https") or not authority:
-                raise E.BadRequest("absolute-form target must be an http(s) URI")
-            if _AUTHORITY_STR.fullmatch(authority) is None:
-                raise E.BadRequest("malformed authority in request target")
-            if rest and rest[0] not in "/?":
-                raise E.BadRequest("malformed request target")
-            path, _, query = rest.partition("?")
-            path = path or "/"
-            host = authority
+        parts = _REQUEST_LINES.get(line)
+        if parts is None:
+            parts = _judge_request_line(line)
+            if len(line) <= _REQUEST_LINE_CACHED_LEN:
+                if len(_REQUEST_LINES) >= _REQUEST_LINES_MAX:
+                    _REQUEST_LINES.clear()
+                _REQUEST_LINES[line] = parts
+        method, target, path, query, version, host, scheme = parts
         # Positional: measurably cheaper than keywords on this per-request path.
         # Order: method, target, path, query, version, headers, host,
         # target_scheme, content_length, chunked, keep_alive, expect_continue.
@@ -734,3 +707,53 @@ class RequestParser:
         if name.lower() in _FORBIDDEN_TRAILERS:
             raise E.BadRequest("forbidden field in trailers")
         self._trailers.append((name.decode("ascii"), value.decode("latin-1")))
+
+
+def _judge_request_line(line: str) -> _RequestLineParts:
+    """Check a request line (its latin-1 text) and split it; raises the HTTPError it deserves."""
+    m = _REQUEST_LINE_STR.fullmatch(line)
+    if m is None:
+        raise E.BadRequest("malformed request line")
+    method, target, major, minor = m.groups()
+    if len(method) > MAX_METHOD:
+        raise E.MethodNotImplemented("method too long")
+    if major != "1":
+        if major == "0":
+            raise E.BadRequest("HTTP/0.x is not supported")
+        raise E.VersionNotSupported("only HTTP/1.x is served here")
+    version = "HTTP/1.0" if minor == "0" else "HTTP/1.1"
+    host: str | None = None
+    scheme: str | None = None
+    if target[0] == "/":
+        if "#" in target:
+            raise E.BadRequest("fragment in request target")
+        if method == "CONNECT":
+            raise E.BadRequest("CONNECT needs an authority-form target")
+        path, _, query = target.partition("?")
+    elif target == "*":
+        if method != "OPTIONS":
+            raise E.BadRequest("asterisk-form target is only for OPTIONS")
+        path, query = "*", ""
+    elif method == "CONNECT":
+        # authority-form = uri-host ":" port (RFC 9112 3.2.3); the colons
+        # inside an IPv6 literal are no port, so look after its "]".
+        if (_AUTHORITY_STR.fullmatch(target) is None or ":" not in target.rpartition("]")[2]
+                or target[0] == ":"):  # no host: ":443"
+            raise E.BadRequest("malformed CONNECT target")
+        path, query, host = "", "", target
+    else:
+        am = _ABSOLUTE_FORM_STR.fullmatch(target)
+        if am is None:
+            raise E.BadRequest("malformed request target")
+        scheme, authority, rest = am.groups()
+        scheme = scheme.lower()
+        if scheme not in ("http", "https") or not authority:
+            raise E.BadRequest("absolute-form target must be an http(s) URI")
+        if _AUTHORITY_STR.fullmatch(authority) is None:
+            raise E.BadRequest("malformed authority in request target")
+        if rest and rest[0] not in "/?":
+            raise E.BadRequest("malformed request target")
+        path, _, query = rest.partition("?")
+        path = path or "/"
+        host = authority
+    return method, target, path, query, version, host, scheme

@@ -194,6 +194,52 @@ def test_connection_close_from_app_is_honoured() -> None:
     assert data.count(b"Connection: close") == 1
 
 
+def test_a_field_validated_before_goes_out_the_same_and_keeps_its_role() -> None:
+    # The second response finds its fields among those already validated:
+    # the head is byte for byte the first one's, the app's own Server and
+    # Date still replace corral's, and the fields the app sees are its own.
+    from corral.wsgi import response as R
+
+    R._VALID_FIELDS.clear()
+    headers = [("Content-Type", "text/plain"), ("Server", "mine"), ("Date", "Thu, 01 Jan 1970 00:00:00 GMT"),
+               ("X-Custom", "a b"), ("Content-Length", "1")]
+    first = _run([b"x"], "200 OK", headers)
+    assert ("X-Custom", "a b") in R._VALID_FIELDS and ("Content-Length", "1") not in R._VALID_FIELDS
+    second = _run([b"x"], "200 OK", headers)
+    assert second == first
+    assert first.count(b"Server:") == 1 and b"Server: mine\r\n" in first
+    assert first.count(b"Date:") == 1
+    resp = Response(_head(), lambda b: None, True)
+    resp.start_response("200 OK", headers)
+    assert resp.headers == headers
+
+
+@pytest.mark.parametrize("field", [("Connection", "close"), ("Keep-Alive", "5"), ("X-A", "a\r\nB: 1")])
+def test_hop_by_hop_and_refused_fields_are_judged_every_time(field: tuple[str, str]) -> None:
+    from corral.wsgi import response as R
+
+    R._VALID_FIELDS.clear()
+    for _ in range(2):
+        resp = Response(_head(), lambda b: None, True)
+        if field[0] == "Connection":
+            resp.start_response("200 OK", [field])
+            assert resp.keep_alive is False and resp.headers == []
+        else:
+            with pytest.raises(ResponseError):
+                resp.start_response("200 OK", [field])
+    assert not R._VALID_FIELDS
+
+
+def test_a_list_pair_is_refused_even_when_its_values_were_seen() -> None:
+    from corral.wsgi import response as R
+
+    R._VALID_FIELDS.clear()
+    _run([b"x"], "200 OK", [("X-A", "1")])
+    resp = Response(_head(), lambda b: None, True)
+    with pytest.raises(ResponseError, match="tuple"):
+        resp.start_response("200 OK", [["X-A", "1"]])  # type: ignore[list-item]
+
+
 def test_environ_script_name_and_decoding() -> None:
     p = RequestParser()
     p.feed(b"GET /app/caf%C3%A9?q=%20 HTTP/1.1\r\nHost: example.com:8080\r\nX-Multi: a\r\nX-Multi: b\r\n\r\n")

@@ -35,11 +35,14 @@ _HOP_BY_HOP: Final = frozenset(
 )
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: (name, value) pairs already validated -> lowercased name. Apps send the
-#: same fields again and again (Content-Type, Cache-Control...), so the
-#: regular expressions run once per distinct pair; bounded so that values
-#: that vary (dates, ETags) cannot grow it without end.
-_VALID_FIELDS: dict[tuple[str, str], tuple[str, str]] = {}
+#: (name, value) pairs already validated -> (which of _HAS_SERVER and
+#: _HAS_DATE the field is, its head line). Apps send the same fields again
+#: and again (Content-Type, Cache-Control...), so a field found here skips
+#: every check: the regular expressions run once per distinct pair. Never
+#: Content-Length (its value is parsed every time) nor hop-by-hop fields
+#: (each needs a decision). Bounded so that values that vary (dates, ETags)
+#: cannot grow it without end.
+_VALID_FIELDS: dict[tuple[str, str], tuple[int, str]] = {}
 _VALID_FIELDS_MAX: Final = 4096
 #: Status lines already found valid, with their code: apps send a handful.
 _STATUS_CODES: dict[str, int] = {}
@@ -155,42 +158,48 @@ class Response:
         own = 0
         valid = _VALID_FIELDS
         for item in headers:
-            if type(item) is not tuple or len(item) != 2:
+            if type(item) is not tuple:
+                raise ResponseError(f"header {item!r} is not a (name, value) tuple")
+            # A hit is a pair equal to one of str found valid before: its
+            # line is the one to send, whatever the item's own types.
+            known = valid.get(item)
+            if known is not None:
+                own |= known[0]
+                checked.append(item)
+                lines.append(known[1])
+                continue
+            if len(item) != 2:
                 raise ResponseError(f"header {item!r} is not a (name, value) tuple")
             name, value = item
             if type(name) is not str or type(value) is not str:
                 raise ResponseError(f"header {item!r}: name and value must be str")
-            known = valid.get(item)
-            if known is not None:
-                lname, line = known
-            elif name == "Content-Length" or name == "content-length":
-                lname, line = "content-length", ""  # its value varies: checked below, never cached
+            if name == "Content-Length" or name == "content-length":
+                lname = "content-length"  # its value varies: checked below, never cached
             else:
                 if _FIELD_NAME.fullmatch(name) is None:
                     raise ResponseError(f"invalid header name {name!r}")
                 if _FIELD_VALUE.fullmatch(value) is None:
                     raise ResponseError(f"invalid value for header {name}: CR, LF and controls are refused")
                 lname = name.lower()
-                line = f"{name}: {value}\r\n"
-                if len(valid) < _VALID_FIELDS_MAX and lname != "content-length":
-                    valid[item] = (lname, line)
             if lname in _HOP_BY_HOP:
                 if lname == "connection" and value.strip().lower() == "close":
                     keep_alive = False
                     continue
                 raise ResponseError(f"hop-by-hop header {name!r} is the server's to send")
+            line = f"{name}: {value}\r\n"
             if lname == "content-length":
                 if not value.isascii() or not value.isdigit():
                     raise ResponseError(f"invalid Content-Length {value!r}")
                 content_length = int(value)
                 if code < 200 or code == 204:
                     continue  # these never carry a body, nor a length
-            elif lname == "server":
-                own |= _HAS_SERVER
-            elif lname == "date":
-                own |= _HAS_DATE
+            else:
+                bit = _HAS_SERVER if lname == "server" else _HAS_DATE if lname == "date" else 0
+                own |= bit
+                if len(valid) < _VALID_FIELDS_MAX:
+                    valid[(name, value)] = (bit, line)
             checked.append((name, value))
-            lines.append(line or f"{name}: {value}\r\n")
+            lines.append(line)
         self._own = own
         self._lines = lines
         self.status = status

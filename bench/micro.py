@@ -6,7 +6,7 @@ bytes of head) and a hello-world app, in the pieces a worker runs for every
 request (see corral.workers.connection.HttpConnection.handle):
 
     parse     RequestParser: feed, the head, the end of the (empty) body
-    environ   Body() for wsgi.input + build_environ()
+    environ   build_environ() (wsgi.input: the shared empty body)
     response  Response(), the app's start_response, write(), finish()
 
 and, for corral only, what a line of the access log adds when it is on
@@ -36,7 +36,7 @@ from typing import Any, Final
 
 from corral.accesslog import DEFAULT_FORMAT, AccessLog
 from corral.http.parser import EndOfMessage, ParserLimits, RequestHead, RequestParser
-from corral.wsgi.body import Body
+from corral.wsgi.body import EMPTY_BODY
 from corral.wsgi.environ import EnvironContext, TrustedPeers, build_environ
 from corral.wsgi.response import Response
 
@@ -91,10 +91,6 @@ def best_us(cases: dict[str, dict[str, Callable[[], object]]], repeat: int,
 # -- corral ----------------------------------------------------------------------
 
 
-def _no_body() -> bytes:
-    return b""
-
-
 def corral_cases() -> dict[str, Callable[[], object]]:
     limits = ParserLimits()
     # As a worker builds it for a TCP listener (Worker.environ_context).
@@ -129,7 +125,7 @@ def corral_cases() -> dict[str, Callable[[], object]]:
     head = parse_fresh()
 
     def environ() -> dict[str, Any]:
-        return build_environ(head, ctx, Body(_no_body), PEER)
+        return build_environ(head, ctx, EMPTY_BODY, PEER)
 
     env = environ()
 
@@ -149,7 +145,7 @@ def corral_cases() -> dict[str, Callable[[], object]]:
 
     def total() -> None:
         h = parse_fresh()
-        respond_to(h, build_environ(h, ctx, Body(_no_body), PEER))
+        respond_to(h, build_environ(h, ctx, EMPTY_BODY, PEER))
 
     # Sanity: the pieces produce what a client expects.
     resp = Response(head, send, True)

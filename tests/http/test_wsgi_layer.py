@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -32,6 +33,23 @@ def test_body_read_styles() -> None:
     assert list(body_of(data)) == [b"one\n", b"two\n", b"three\n", b"four"]
     b = body_of(data)
     assert b.read(100) == data and b.read() == b"" and b.readline() == b""
+
+
+def test_the_empty_body_answers_as_a_body_with_nothing_in_it() -> None:
+    # wsgi.input of every bodyless request: one shared, stateless instance
+    # that must behave as a Body over an empty source in every call.
+    from corral.wsgi.body import EMPTY_BODY
+
+    def calls(body: object) -> list[object]:
+        b: Any = body
+        return [b.read(), b.read(5), b.read(None), b.readline(), b.readline(3), b.readlines(),
+                b.readlines(10), list(b), b.complete, b.trailers]
+
+    assert calls(EMPTY_BODY) == calls(Body(lambda: b""))
+    with pytest.raises(AttributeError):
+        EMPTY_BODY.anything = 1  # type: ignore[attr-defined]
+    EMPTY_BODY.trailers.append(("X", "y"))  # a copy each time: nothing is shared
+    assert EMPTY_BODY.trailers == []
 
 
 def test_body_calls_on_first_read_once() -> None:

@@ -14,7 +14,16 @@ from collections.abc import Iterator
 
 import pytest
 
+from corral.http.parser import RequestHead, RequestParser
 from corral.workers.watchdog import RequestWatchdog
+
+
+def _head(line: bytes) -> RequestHead:
+    parser = RequestParser()
+    parser.feed(line + b"\r\nHost: h\r\n\r\n")
+    head = parser.next_event()
+    assert isinstance(head, RequestHead)
+    return head
 
 
 class Heartbeat:
@@ -60,7 +69,8 @@ def test_a_request_over_the_timeout_is_logged_with_its_stack_and_expires_the_hea
     release = threading.Event()
 
     def stuck_request() -> None:
-        dog.started("GET /spin")
+        # As the workers pass it: the head itself, named only if it is logged.
+        dog.started(_head(b"GET /spin?x=1 HTTP/1.1"))
         release.wait(5)
         dog.finished()
 
@@ -73,11 +83,22 @@ def test_a_request_over_the_timeout_is_logged_with_its_stack_and_expires_the_hea
         assert hb.expired and hb.beats == 0
         assert dog.check() is False  # tripped for good: the worker is about to be replaced
         text = caplog.text
-        assert "Request GET /spin has run for" in text
+        assert "Request GET /spin?x=1 has run for" in text
         assert "stuck_request" in text  # the thread's own stack, not the checker's
     finally:
         release.set()
         t.join()
+
+
+def test_a_stuck_request_named_by_a_string_is_logged_by_it(caplog: pytest.LogCaptureFixture) -> None:
+    hb = Heartbeat()
+    dog = RequestWatchdog(hb, 0.01, logging.getLogger("test.watchdog"))  # type: ignore[arg-type]
+    dog.started("job 42")
+    time.sleep(0.05)
+    with caplog.at_level(logging.CRITICAL, logger="test.watchdog"):
+        assert dog.check() is False
+    dog.finished()
+    assert "Request job 42 has run for" in caplog.text
 
 
 def test_time_waiting_on_the_client_does_not_count() -> None:

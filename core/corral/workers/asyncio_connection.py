@@ -726,7 +726,7 @@ class WsgiThreadResponder:
             blocking = _BridgedConnection(conn.worker, bridge, conn.peer, conn.env, conn.keepalive,
                                           conn.parser)
             conn.state = blocking
-        self.watchdog.started(f"{head.method} {head.target}")
+        self.watchdog.started(head)
         try:
             return blocking.handle(head)
         finally:

@@ -30,7 +30,7 @@ from corral.http.parser import (
 )
 from corral.workers.tls import start_tls
 from corral.workers.watchdog import clock_stopper
-from corral.wsgi.body import Body
+from corral.wsgi.body import EMPTY_BODY, Body, EmptyBody
 from corral.wsgi.environ import EnvironContext, build_environ
 from corral.wsgi.filewrapper import FileWrapper
 from corral.wsgi.response import (
@@ -278,8 +278,9 @@ class HttpConnection:
                     raise E.RequestTimeout("request body not received in time") from None
                 continue
             assert isinstance(event, EndOfMessage)
-            if event.trailers:
-                self._body.trailers = list(event.trailers)
+            body = self._body
+            if event.trailers and isinstance(body, Body):  # only a Body reads from here
+                body.trailers = list(event.trailers)
             return b""
 
     def _drain(self) -> bool:
@@ -287,10 +288,14 @@ class HttpConnection:
         parser = self.parser
         if parser.done:
             return True
+        # Most often only the end of the message is left (no body, or one the
+        # app read to its end): one event, and nothing to set up for reading.
+        event = parser.next_event()
+        if parser.done:
+            return True
         deadline = 0.0  # set when the first read is due: most calls only take the end of message
         budget = DRAIN_MAX_BYTES
-        while not parser.done:
-            event = parser.next_event()
+        while True:
             if type(event) is bytes:
                 budget -= len(event)
                 if budget < 0:
@@ -302,7 +307,9 @@ class HttpConnection:
                     self._recv(deadline)
                 except _Timeout:
                     return False
-        return True
+            if parser.done:
+                return True
+            event = parser.next_event()
 
     # -- the request loop ----------------------------------------------------
 
@@ -366,10 +373,11 @@ class HttpConnection:
                 early = not _is_tls(self.sock)
             if early:
                 resp.last_send = self._send_last
-        self._has_body = head.has_body
+        self._has_body = has_body = head.has_body
         continue_sent = False
 
-        if head.has_body:
+        body: Body | EmptyBody
+        if has_body:
             def send_continue() -> None:
                 nonlocal continue_sent
                 if head.expect_continue and not resp.headers_sent:
@@ -378,7 +386,7 @@ class HttpConnection:
 
             body = Body(self._receive_body, send_continue)
         else:
-            body = Body(_no_body)
+            body = EMPTY_BODY
         self._body = body
         if head.dropped:
             worker.log.debug("dropped header fields with '_': %s", ", ".join(head.dropped))
@@ -568,7 +576,4 @@ def proxy_trusted(worker: Worker, peer: Any) -> bool:
         return True
     return not isinstance(peer, tuple) or peer[0] in worker.proxy_peers
 
-
-def _no_body() -> bytes:
-    return b""
 

@@ -29,6 +29,8 @@ from threading import get_ident
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from corral.http.parser import RequestHead
+
 if TYPE_CHECKING:
     from corral.heartbeat import Heartbeat
 
@@ -38,7 +40,7 @@ class RequestWatchdog:
         self.heartbeat = heartbeat
         self.timeout = timeout
         self.log = log
-        self._running: dict[int, tuple[float, str]] = {}
+        self._running: dict[int, tuple[float, object]] = {}
         self.tripped = False
 
     # No lock: each thread writes only its own entry, with one dict store
@@ -46,8 +48,13 @@ class RequestWatchdog:
     # check() reads a copy taken in one call. A lock cost two acquisitions
     # per request, about 2% of a hello-world request's CPU in a gthread worker.
 
-    def started(self, what: str) -> None:
-        """Call in the thread that runs the request, before the app is called."""
+    def started(self, what: object) -> None:
+        """Call in the thread that runs the request, before the app is called.
+
+        :param what: names the request in the log if it gets stuck: a string,
+            or a :class:`~corral.http.parser.RequestHead` (then "METHOD
+            target", formatted only if it is ever logged).
+        """
         self._running[get_ident()] = (monotonic(), what)
 
     def finished(self) -> None:
@@ -86,7 +93,7 @@ class RequestWatchdog:
         self.heartbeat.notify()
         return True
 
-    def _trip(self, stuck: list[tuple[int, float, str]], now: float) -> None:
+    def _trip(self, stuck: list[tuple[int, float, object]], now: float) -> None:
         self.tripped = True
         frames = sys._current_frames()
         for ident, start, what in stuck:
@@ -95,9 +102,15 @@ class RequestWatchdog:
             self.log.critical(
                 "Request %s has run for %.1f s (timeout %s s, time waiting on its client not "
                 "counted) in thread %s; the worker will be replaced. Its stack:\n%s",
-                what, now - start, self.timeout, ident, stack,
+                _describe(what), now - start, self.timeout, ident, stack,
             )
         self.heartbeat.expire()
+
+
+def _describe(what: object) -> str:
+    if isinstance(what, RequestHead):
+        return f"{what.method} {what.target}"
+    return str(what)
 
 
 def clock_stopper(watchdog: RequestWatchdog | None) -> Callable[[], AbstractContextManager[None]] | None:

@@ -172,4 +172,39 @@ class Body:
         return self._done
 
 
-EMPTY_BODY_SOURCE: Callable[[], bytes] = lambda: b""  # noqa: E731 - a shared constant
+class EmptyBody:
+    """``wsgi.input`` of a request without a body: every read is empty.
+
+    Most requests have no body, and a :class:`Body` for each cost about 0.2
+    µs of a hello world's ~10. This one has no state at all (no attribute
+    can be set on it, as none can on a Body that is not its own), so the one
+    instance :data:`EMPTY_BODY` serves every such request in every thread.
+    """
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        raise StopIteration
+
+    @property
+    def complete(self) -> bool:
+        return True
+
+    @property
+    def trailers(self) -> list[tuple[str, str]]:
+        return []
+
+
+EMPTY_BODY: EmptyBody = EmptyBody()

@@ -96,7 +96,7 @@ class PooledConnection(HttpConnection):
             if watchdog is None:
                 keep = self.handle(head)
             else:
-                watchdog.started(f"{head.method} {head.target}")
+                watchdog.started(head)
                 try:
                     keep = self.handle(head)
                 finally:

@@ -101,11 +101,13 @@ _FIELD_LINE_CACHED_LEN: Final = 160
 #: version, host, target scheme). The lines of a site's busy pages, its API
 #: calls and its health checks repeat all day, and a lookup replaces the
 #: regex match and the checks of _judge_request_line. Only valid lines get
-#: here; bounded and cleared when full, as _FIELD_LINES is.
+#: here; bounded and cleared when full, as _FIELD_LINES is. An entry holds
+#: the line and up to three slices of it (about 1 KiB for the longest), so
+#: a client sending nothing but new lines grows it to about 1 MiB at most.
 _RequestLineParts = tuple[str, str, str, str, str, str | None, str | None]
 _REQUEST_LINES: dict[str, _RequestLineParts] = {}
-_REQUEST_LINES_MAX: Final = 4096
-_REQUEST_LINE_CACHED_LEN: Final = 256
+_REQUEST_LINES_MAX: Final = 1024
+_REQUEST_LINE_CACHED_LEN: Final = 200
 
 
 def _field_line(line: str) -> tuple[tuple[str, str], str]:

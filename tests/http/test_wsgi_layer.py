@@ -248,6 +248,13 @@ def test_hop_by_hop_and_refused_fields_are_judged_every_time(field: tuple[str, s
     assert not R._VALID_FIELDS
 
 
+def test_an_unhashable_value_is_refused_as_an_error_of_the_app() -> None:
+    # The field cache is a dict: a list value must not turn into a TypeError.
+    resp = Response(_head(), lambda b: None, True)
+    with pytest.raises(ResponseError, match="must be str"):
+        resp.start_response("200 OK", [("X-A", ["v"])])  # type: ignore[list-item]
+
+
 def test_a_list_pair_is_refused_even_when_its_values_were_seen() -> None:
     from corral.wsgi import response as R
 

@@ -288,14 +288,10 @@ class HttpConnection:
         parser = self.parser
         if parser.done:
             return True
-        # Most often only the end of the message is left (no body, or one the
-        # app read to its end): one event, and nothing to set up for reading.
-        event = parser.next_event()
-        if parser.done:
-            return True
         deadline = 0.0  # set when the first read is due: most calls only take the end of message
         budget = DRAIN_MAX_BYTES
-        while True:
+        while not parser.done:
+            event = parser.next_event()
             if type(event) is bytes:
                 budget -= len(event)
                 if budget < 0:
@@ -307,9 +303,7 @@ class HttpConnection:
                     self._recv(deadline)
                 except _Timeout:
                     return False
-            if parser.done:
-                return True
-            event = parser.next_event()
+        return True
 
     # -- the request loop ----------------------------------------------------
 
@@ -575,5 +569,3 @@ def proxy_trusted(worker: Worker, peer: Any) -> bool:
     if worker.limits.proxy_protocol == "off":
         return True
     return not isinstance(peer, tuple) or peer[0] in worker.proxy_peers
-
-

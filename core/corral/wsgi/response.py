@@ -161,8 +161,12 @@ class Response:
             if type(item) is not tuple:
                 raise ResponseError(f"header {item!r} is not a (name, value) tuple")
             # A hit is a pair equal to one of str found valid before: its
-            # line is the one to send, whatever the item's own types.
-            known = valid.get(item)
+            # line is the one to send, whatever the item's own types. An
+            # unhashable item (a list for a value) is judged below like any miss.
+            try:
+                known = valid.get(item)
+            except TypeError:
+                known = None
             if known is not None:
                 own |= known[0]
                 checked.append(item)

@@ -551,3 +551,60 @@ def test_wsgi_upload_larger_than_buffers_is_paced(corral_server: Server) -> None
     payload = bytes(range(256)) * 8192  # 2 MiB: past every read and write high-water mark
     status, _, body = server.request("POST", "/echo-pieces?size=65536", body=payload)
     assert (status, body) == (200, payload)
+
+
+# -- request bodies gathered on the loop (asyncio_connection.GATHER_MAX) -------------
+
+
+def test_slow_uploads_hold_no_pool_thread(corral_server: Server) -> None:
+    # Two threads, two clients trickling their bodies: gathered on the loop,
+    # they leave both threads free for a third client's request.
+    server = corral_server("--threads", "2")
+    size = 40
+    slow = [server.connect() for _ in range(2)]
+    try:
+        for sock in slow:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        sent = 0
+        fast: list[float] = []
+        while sent < size:
+            for sock in slow:
+                sock.sendall(b"x" * 10)
+            sent += 10
+            if sent == 20:
+                start = time.monotonic()
+                status, _, _ = server.request("GET", "/")
+                fast.append(time.monotonic() - start)
+                assert status == 200
+            time.sleep(0.3)  # within GATHER_PATIENCE: still arriving
+        for sock in slow:
+            status, _, body = read_framed(sock)
+            assert (status, body) == (200, b"x" * size)
+    finally:
+        for sock in slow:
+            sock.close()
+    assert fast[0] < 0.25, f"the GET waited {fast[0]:.2f} s for a thread"
+
+
+def test_stalled_body_goes_to_the_app_and_times_out_as_before(corral_server: Server) -> None:
+    server = corral_server("--header-timeout", "3")
+    with server.connect() as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        start = time.monotonic()
+        data = read_until_close(sock, timeout=15)
+    elapsed = time.monotonic() - start
+    # Stalled for GATHER_PATIENCE (1 s), then the app's read waits up to
+    # --header-timeout (3 s), the limit on each wait for body bytes.
+    assert 3.0 <= elapsed < 6.5, elapsed
+    assert data.startswith(b"HTTP/1.1 408 "), data[:80]
+
+
+def test_expect_continue_body_is_not_waited_for(corral_server: Server) -> None:
+    server = corral_server()
+    with server.connect() as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        sock.settimeout(0.8)  # less than GATHER_PATIENCE: the 100 comes without it
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"hello")
+        status, _, body = read_framed(sock)
+    assert (status, body) == (200, b"hello")

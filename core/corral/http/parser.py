@@ -317,6 +317,12 @@ class RequestParser:
         return bool(self._buf) or self._piece is not None
 
     @property
+    def unread_size(self) -> int:
+        """How many received bytes no event has returned yet."""
+        piece = self._piece
+        return len(self._buf) + (0 if piece is None else len(piece))
+
+    @property
     def in_head(self) -> bool:
         """True while a head has started to arrive but is not complete."""
         return self._state == _HEAD and bool(self._buf)

@@ -77,6 +77,18 @@ THREAD_SEND_HIGH_WATER: Final = 256 * 1024
 #: write timeout (--timeout) is given up, as a socket.sendfile wait would be.
 #: Large, because each piece costs a round of loop.sendfile's set-up.
 SENDFILE_PIECE: Final = 1 << 20
+#: A request body of at most this many bytes (by its Content-Length) is
+#: gathered on the loop before a pool thread takes the request: the thread
+#: then reads it in one take instead of one loop round trip per piece
+#: (tornado `post1m`: server CPU per request 647 -> 594 µs, p99 lower), and
+#: a slow upload holds no thread while it trickles in.
+GATHER_MAX: Final = 4 << 20
+#: Body bytes a worker gathers at once, all requests together; past it, a
+#: body streams to its thread as it arrives, as larger ones always do.
+GATHER_BUDGET: Final = 64 << 20
+#: A body that stops arriving for this long goes to its thread as it is
+#: (the thread then waits for the rest under the usual --timeout).
+GATHER_PATIENCE: Final = 1.0
 #: A closed connection whose client does not read the rest of the response
 #: is dropped after this long without one (when the worker has no --timeout).
 DEFAULT_CLOSE_LINGER: Final = 30.0
@@ -122,6 +134,11 @@ class ConnectionProtocol(asyncio.Protocol):
         self._writable: list[Callable[[bool], object]] = []
         #: Called once when the connection is lost (a responder's close callback).
         self.on_lost: Callable[[], object] | None = None
+        #: Input held before reading pauses; raised by :meth:`gather` for one body.
+        self._high_water = READ_HIGH_WATER
+        #: A :meth:`gather` under way: its target size and callback.
+        self._gather: tuple[int, Callable[[bool], object]] | None = None
+        self._gather_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -138,14 +155,18 @@ class ConnectionProtocol(asyncio.Protocol):
             reader(data)
             return
         self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size >= READ_HIGH_WATER and not self._reading_paused:
+        size = self._pending_size = self._pending_size + len(data)
+        gather = self._gather
+        if gather is not None and size >= gather[0]:
+            self._end_gather(True)
+        if size >= self._high_water and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
         self._wake_reader(b"")
+        self._end_gather(True)
         # Keep the transport open: a client may half-close after its request
         # and still wait for the answer.
         return True
@@ -154,6 +175,7 @@ class ConnectionProtocol(asyncio.Protocol):
         self.eof = True
         self.closed = True
         self._wake_reader(b"")
+        self._end_gather(True)
         waiting, self._writable = self._writable, []
         for callback in waiting:
             callback(False)
@@ -195,6 +217,45 @@ class ConnectionProtocol(asyncio.Protocol):
             return
         self._reader = reader
         self._reader_timer = self.loop.call_at(deadline, self.stop_waiting)
+
+    def gather(self, size: int, patience: float, callback: Callable[[bool], object]) -> None:
+        """``callback(True)`` once ``size`` bytes wait here; False if none come for ``patience`` s.
+
+        A request body gathered on the loop is read by its pool thread in
+        one take instead of one loop round trip per piece. End of stream
+        counts as done: the reader then finds out what is missing.
+        """
+        if self._pending_size >= size or self.eof:
+            callback(True)
+            return
+        self._gather = (size, callback)
+        self._high_water = max(size, READ_HIGH_WATER)
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._gather_timer = self.loop.call_later(patience, self._check_gather, self._pending_size, patience)
+
+    def _check_gather(self, seen: int, patience: float) -> None:
+        if self._pending_size == seen:
+            self._end_gather(False)  # nothing for `patience` s: the thread reads the rest as it comes
+        else:
+            self._gather_timer = self.loop.call_later(patience, self._check_gather, self._pending_size,
+                                                      patience)
+
+    def _end_gather(self, done: bool) -> None:
+        gather = self._gather
+        if gather is None:
+            return
+        self._gather = None
+        self._high_water = READ_HIGH_WATER
+        if self._gather_timer is not None:
+            self._gather_timer.cancel()
+            self._gather_timer = None
+        gather[1](done)
+
+    @property
+    def pending_size(self) -> int:
+        return self._pending_size
 
     def stop_waiting(self) -> None:
         """End a :meth:`wait_data` now, as if its deadline had passed."""
@@ -687,6 +748,8 @@ class WsgiThreadResponder:
         self.executor = executor
         self.watchdog = watchdog
         self._inbox: LoopInbox | None = None  # made on the loop by the first handle()
+        #: Body bytes being gathered on the loop or waiting for their thread.
+        self._gathered = 0
 
     async def handle(self, conn: AsyncHttpConnection, head: RequestHead) -> bool:
         executor = self.executor
@@ -716,8 +779,29 @@ class WsgiThreadResponder:
             except RuntimeError:
                 pass  # the loop is closed: the worker is exiting
 
+        length = head.content_length
+        if length and not head.expect_continue:
+            # A client that sent Expect: 100-continue waits for the app to
+            # start reading before it sends the body: never gathered.
+            need = length - conn.parser.unread_size
+            if need > conn.protocol.pending_size and length <= GATHER_MAX \
+                    and self._gathered + length <= GATHER_BUDGET:
+                self._gathered += length
+                try:
+                    await self._gather(conn, need)
+                    executor.submit(run)
+                    return await done
+                finally:
+                    self._gathered -= length
         executor.submit(run)
         return await done
+
+    @staticmethod
+    async def _gather(conn: AsyncHttpConnection, size: int) -> None:
+        """Let ``size`` bytes of body arrive on the loop (or stop waiting once they stall)."""
+        gathered: asyncio.Future[bool] = conn.loop.create_future()
+        conn.protocol.gather(size, GATHER_PATIENCE, functools.partial(_resolve, gathered))
+        await gathered
 
     def _handle_in_thread(self, conn: AsyncHttpConnection, head: RequestHead, inbox: LoopInbox) -> bool:
         blocking: HttpConnection | None = conn.state

@@ -42,6 +42,7 @@ from corral.plugins import WorkerSpec, load_worker_class, resolve_worker
 from corral.pool import Pool, WorkerHandle
 from corral.sockets import FD_ENV, Listener
 from corral.systemd import sd_notify
+from corral.workers.balance import ConnectionShare
 from corral.workers.base import APP_LOAD_ERROR, WORKER_BOOT_ERROR, set_process_title
 
 #: Signals the arbiter queues for its main loop.
@@ -146,7 +147,7 @@ class Arbiter:
             spec = resolve_worker(self.pm, pcfg.worker_class)
             size = pcfg.workers if isinstance(pcfg.workers, int) else _auto_workers()
             pool = Pool(name=name, spec=spec, size=size, cfg=pcfg, app_uri=pcfg.wsgi_app,
-                        addresses=list(pcfg.bind))
+                        addresses=list(pcfg.bind), share=ConnectionShare(max(8, 2 * size)))
             if pcfg.preload_app:
                 try:
                     pool.preloaded_app = load_app(pcfg.wsgi_app, None)
@@ -295,7 +296,7 @@ class Arbiter:
             # The worker drops privileges and must still be able to beat.
             os.fchown(heartbeat.fd, -1 if uid is None else uid, -1 if gid is None else gid)
         handle = WorkerHandle(pid=0, age=self.worker_age, pool=pool, heartbeat=heartbeat,
-                              generation=self.generation)
+                              generation=self.generation, slot=self._free_slot(pool))
         self.pm.hook.corral_pre_fork(server=self, worker=handle)
         self._import_shared_modules(pool.spec)
         # The child's garbage collector must not walk the objects it
@@ -311,6 +312,13 @@ class Arbiter:
             self.workers[pid] = handle
             return
         self._run_worker(handle)
+
+    def _free_slot(self, pool: Pool) -> int | None:
+        """The worker's slot in its pool's connection table (None past its size: it does not balance)."""
+        if pool.share is None:
+            return None
+        taken = {h.slot for h in self.workers.values() if h.pool is pool and h.slot is not None}
+        return pool.share.free_slot(taken)
 
     def _import_shared_modules(self, spec: WorkerSpec) -> None:
         """Import what the worker class declares safe to share, once, before its first fork.
@@ -347,6 +355,8 @@ class Arbiter:
             worker = cls(age=handle.age, ppid=self.pid, pool=pool, listeners=pool.listeners,
                          cfg=pool.cfg, log=self.log, heartbeat=handle.heartbeat, pm=self.pm,
                          app=pool.preloaded_app, ready_fd=self._ready_w, server=self)
+            if pool.share is not None and handle.slot is not None:
+                worker.balance = pool.share.member(handle.slot)
             self.pm.hook.corral_post_fork(server=self, worker=worker)
             worker.init_process()
         except SystemExit as exc:
@@ -412,6 +422,8 @@ class Arbiter:
             if handle is None:
                 continue
             handle.heartbeat.close()
+            if handle.slot is not None and handle.pool.share is not None:
+                handle.pool.share.clear(handle.slot)  # the worker may have died without leaving
             code = os.waitstatus_to_exitcode(status)
             if code == WORKER_BOOT_ERROR:
                 raise HaltServer("Worker failed to boot.", WORKER_BOOT_ERROR)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from corral.heartbeat import Heartbeat
     from corral.plugins import WorkerSpec
     from corral.sockets import Listener
+    from corral.workers.balance import ConnectionShare
 
 
 @dataclass
@@ -33,6 +34,9 @@ class Pool:
     addresses: list[str] = field(default_factory=list)
     #: The app imported in the arbiter when this pool preloads.
     preloaded_app: Any = None
+    #: Open-connection counts of the pool's workers, shared with them
+    #: (corral.workers.balance); None for a pool made outside an arbiter.
+    share: ConnectionShare | None = None
 
 
 @dataclass
@@ -50,6 +54,8 @@ class WorkerHandle:
     aborted_at: float | None = None
     #: time.monotonic() when SIGTERM was sent for a graceful retirement.
     retired_at: float | None = None
+    #: The worker's slot in ``pool.share``; None if it has none.
+    slot: int | None = None
 
     @property
     def worker_class(self) -> str:

@@ -43,6 +43,7 @@ from corral.workers.asyncio_connection import (
     Responder,
     WsgiThreadResponder,
 )
+from corral.workers.balance import STEP
 from corral.workers.base import Worker
 from corral.workers.connection import proxy_trusted
 from corral.workers.memory import IdleTrim
@@ -137,6 +138,8 @@ class AsyncioWorker(Worker):
         # back once the worker goes idle (corral.workers.memory).
         self._idle_trim = IdleTrim(self.log, self.pid)
         self._beat_handle = loop.call_later(BEAT_INTERVAL, self._beat)
+        if self.balance is not None:
+            self.balance.join()
         self._resume_accepting()
         try:
             if self.alive:
@@ -149,6 +152,7 @@ class AsyncioWorker(Worker):
     def _accept(self, listener: Listener, accept: Acceptor) -> None:
         env = self.envs[id(listener)]
         cap = self.cfg.worker_connections
+        balance = self.balance
         for _ in range(self.accept_batch):
             if not self.alive:
                 # Stopping (max-requests, TERM) but the wake-up is still on its
@@ -158,6 +162,11 @@ class AsyncioWorker(Worker):
                 return
             if self._open >= cap:
                 self._pause_accepting()
+                return
+            if balance is not None and balance.step_aside():
+                # A peer holds far fewer connections: let it take this one.
+                self._pause_accepting()
+                self.loop.call_later(STEP, self._resume_accepting)
                 return
             try:
                 client, peer = accept()
@@ -176,6 +185,8 @@ class AsyncioWorker(Worker):
                 self.loop.call_later(ACCEPT_RETRY, self._resume_accepting)
                 return
             self._open += 1
+            if balance is not None:
+                balance.opened()
             client.setblocking(False)
             task = self.loop.create_task(self._serve_client(client, peer, env))
             self._tasks.add(task)
@@ -213,6 +224,8 @@ class AsyncioWorker(Worker):
             if conn is not None:
                 self._connections.discard(conn)
             self._open -= 1
+            if self.balance is not None:
+                self.balance.closed()
             if not self.alive:
                 if self._open == 0:
                     self._all_closed.set()
@@ -292,6 +305,8 @@ class AsyncioWorker(Worker):
 
     async def _graceful_stop(self) -> None:
         self._pause_accepting()
+        if self.balance is not None:
+            self.balance.leave()
         self._listener_fds.clear()
         self.close_listeners()
         for conn in list(self._connections):

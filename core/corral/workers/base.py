@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from corral.heartbeat import Heartbeat
     from corral.pool import Pool
     from corral.sockets import Listener
+    from corral.workers.balance import AcceptBalance
     from corral.workers.watchdog import RequestWatchdog
 
 #: Exit status: the worker failed before it could serve (gunicorn's value).
@@ -101,6 +102,10 @@ class Worker:
         self._ready_fd = ready_fd
         self.alive = True
         self.booted = False
+        #: This worker's slot in its pool's connection table, set by the arbiter
+        #: after construction; workers that hold connections use it to step
+        #: aside for a less loaded peer (corral.workers.balance).
+        self.balance: AcceptBalance | None = None
         self.nr = 0
         self.max_requests = 0
         if cfg.max_requests:

@@ -56,7 +56,6 @@ from gevent.lock import Semaphore
 from gevent.socket import wait_read, wait_write
 
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS
-from corral.workers.balance import STEP
 from corral.workers.base import Worker
 from corral.workers.connection import HttpConnection, _Timeout
 
@@ -224,12 +223,8 @@ class GeventWorker(Worker):
             accepters.append(gevent.spawn(self._accept_loop, listener.sock, listener.name,
                                           self.envs[id(listener)]))
         heartbeat = gevent.spawn(self._heartbeat_loop)
-        if self.balance is not None:
-            self.balance.join()
         try:
             self._wait_for_stop()
-            if self.balance is not None:
-                self.balance.leave()
             gevent.killall(accepters)
             self.close_listeners()
             self._drain()
@@ -256,19 +251,12 @@ class GeventWorker(Worker):
         burst = 0
         batch = ACCEPT_BURST  # adapted to how long the previous batch kept this greenlet away
         starved = False  # out of fds (or memory): logged once per episode, not 10 times a second
-        balance = self.balance
         while self.alive:
             if slots.locked():
                 burst = 0
             # With every slot taken, leave further connections in the kernel
             # queue until one frees up; another worker may take them meanwhile.
             slots.acquire()
-            if balance is not None and balance.step_aside():
-                # A peer holds far fewer connections: leave the queue to it a moment.
-                slots.release()
-                burst = 0
-                gevent.sleep(STEP)
-                continue
             try:
                 fd, peer = raw_accept()
                 client = new_socket(family, kind, proto, fd)
@@ -300,8 +288,6 @@ class GeventWorker(Worker):
                 with contextlib.suppress(OSError):  # the client may be gone already
                     client.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
             self._active += 1
-            if balance is not None:
-                balance.opened()
             job = (client, peer, env)
             if spares:
                 run_callback(spares.pop().switch, job)
@@ -326,8 +312,6 @@ class GeventWorker(Worker):
             finally:
                 job = None
                 self._active -= 1
-                if self.balance is not None:
-                    self.balance.closed()
                 self._slots.release()
                 if not self.alive and not self._active:
                     self._all_done.set()

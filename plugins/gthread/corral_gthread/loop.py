@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Final
 from corral.http import errors as E
 from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
-from corral.workers.balance import STEP
 from corral.workers.memory import IdleTrim
 from corral_gthread.connection import PooledConnection
 from corral_gthread.poller import make_poller
@@ -171,8 +170,6 @@ class IOLoop:
         self.accepting = False
         self.accept_backoff_until = 0.0
         self.stopping = False
-        #: The worker's slot in the pool's connection table (corral.workers.balance).
-        self.balance = worker.balance
         #: Each listening socket with what its connections need: (its accept
         #: function, environ context, TCP_NODELAY?).
         self.listeners: dict[socket.socket, tuple[Acceptor, EnvironContext, bool]] = {}
@@ -214,8 +211,6 @@ class IOLoop:
     def run(self) -> None:
         """Serve until the worker stops, then drain; returns when the worker may exit."""
         worker = self.worker
-        if self.balance is not None:
-            self.balance.join()
         self.resume_accepting()
         next_check = 0.0
         while worker.alive:
@@ -338,12 +333,6 @@ class IOLoop:
         # One accept per readiness event: with several workers on one
         # listener, a greedy worker would take connections others could serve.
         accept, env, nodelay = data
-        balance = self.balance
-        if balance is not None and balance.step_aside():
-            # A peer holds far fewer connections: leave the queue to it a moment.
-            self.pause_accepting()
-            self.accept_backoff_until = time.monotonic() + STEP
-            return False
         try:
             sock, peer = accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -364,8 +353,6 @@ class IOLoop:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = PooledConnection(self.worker, sock, peer, env, self.keepalive)
         self.connections += 1
-        if balance is not None:
-            balance.opened()
         if self.connections >= self.max_connections:
             self.pause_accepting()
         # Clients usually send the request with (or right after) the
@@ -445,8 +432,6 @@ class IOLoop:
         if not conn.counted:
             conn.counted = True
             self.connections -= 1
-            if self.balance is not None:
-                self.balance.closed()
 
     def timed_out(self, conn: PooledConnection) -> None:
         """A deadline passed: 408 for a head in progress, else close without a word."""
@@ -484,8 +469,6 @@ class IOLoop:
         """
         self.stopping = True
         self.pause_accepting()
-        if self.balance is not None:
-            self.balance.leave()
         self.peek_at = math.inf  # no peeking at listeners about to close
         self.worker.close_listeners()
         for conn in self.poller.armed():

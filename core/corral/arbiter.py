@@ -270,18 +270,23 @@ class Arbiter:
         """Bring every pool to its size: spawn the missing, retire the extra and the old."""
         for pool in self.pools:
             target = 0 if self.winched else pool.size
+            # A worker that asked to be recycled still serves but no longer
+            # counts: its replacement starts now.
             current = [h for h in self.workers.values()
-                       if h.pool is pool and h.generation == self.generation and not h.retiring]
+                       if h.pool is pool and h.generation == self.generation
+                       and not h.retiring and not h.recycle]
             for _ in range(target - len(current)):
                 self.spawn_worker(pool)
             if len(current) > target:
                 for handle in sorted(current, key=lambda h: h.age)[: len(current) - target]:
                     self.retire(handle)
-            # After a reload, old workers go once the new ones are serving.
+            # After a reload, old workers go once the new ones are serving;
+            # so do recycled ones once their replacements are.
             booted = sum(1 for h in current if h.booted)
             if booted >= target:
                 for handle in list(self.workers.values()):
-                    if handle.pool.name == pool.name and handle.generation < self.generation:
+                    if handle.pool.name == pool.name and (handle.generation < self.generation
+                                                          or handle.recycle):
                         self.retire(handle)
         names = {p.name for p in self.pools}
         for handle in list(self.workers.values()):
@@ -394,11 +399,19 @@ class Arbiter:
             data = os.read(self._ready_r, 4096)
         except BlockingIOError:
             return
+        # A worker writes its pid when it is ready, and minus its pid when it
+        # asks to be replaced (Worker.request_recycle).
         for (pid,) in struct.iter_unpack("=i", data[: len(data) - len(data) % 4]):
-            handle = self.workers.get(pid)
-            if handle is not None:
+            handle = self.workers.get(abs(pid))
+            if handle is None:
+                continue
+            if pid > 0:
                 handle.booted = True
                 self.log.debug("Worker %s (pool %s) is ready", pid, handle.pool.name)
+            elif not handle.retiring and not handle.recycle:
+                handle.recycle = True
+                self.log.info("Worker %s (pool %s) asked to be recycled; starting its replacement",
+                              -pid, handle.pool.name)
         if not self.ready_notified and self.workers and all(h.booted for h in self.workers.values()):
             self.ready_notified = True
             self.log.info("Ready: %s worker(s) serving", len(self.workers))

@@ -50,6 +50,9 @@ class WorkerHandle:
     generation: int
     booted: bool = False
     retiring: bool = False
+    #: The worker asked to be replaced (max-requests): a replacement is
+    #: started, and this one retires once the pool is at full strength without it.
+    recycle: bool = False
     #: time.monotonic() when SIGABRT was sent for a missed heartbeat.
     aborted_at: float | None = None
     #: time.monotonic() when SIGTERM was sent for a graceful retirement.

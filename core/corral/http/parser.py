@@ -331,6 +331,16 @@ class RequestParser:
     def done(self) -> bool:
         return self._state == _DONE
 
+    @property
+    def message_received(self) -> bool:
+        """Every byte of the current request has arrived (its end may not be returned yet).
+
+        Then any byte received after it, here or still in the kernel, is the
+        start of the next request (see corral.serve.retirement).
+        """
+        state = self._state
+        return state == _DONE or (state == _BODY_LENGTH and self._remaining == 0)
+
     def start_next(self) -> None:
         """Allow the next pipelined request to be parsed."""
         if self._state != _DONE:

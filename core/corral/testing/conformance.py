@@ -661,7 +661,18 @@ def test_graceful_timeout_bounds_the_stop(corral_server: Callable[..., CorralPro
 
 
 def test_max_requests_recycles_worker(corral_server: Callable[..., CorralProcess]) -> None:
+    # The worker asks for its replacement and serves on until the arbiter,
+    # once that one is ready, retires it: with -w 1 every request is still
+    # answered, by the old worker and then by the new one.
     server = corral_server("--max-requests", "3")
     (pid,) = server.wait_for_workers(1)
-    pids = {int(server.request("GET", "/pid")[2]) for _ in range(6)}
-    assert pid in pids and len(pids) >= 2
+    pids: list[int] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not pids or pids[-1] == pid):
+        status, _, body = server.request("GET", "/pid")
+        assert status == 200
+        pids.append(int(body))
+    assert pids[0] == pid and pids[-1] != pid, pids
+    server.wait_for_log(r"asked to be recycled; starting its replacement")
+    # The old worker is gone once its replacement serves.
+    server.wait_for_workers(1, exclude=[pid])

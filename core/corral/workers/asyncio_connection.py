@@ -22,10 +22,11 @@ Three pieces:
   worker plugin may bring its own responder (tornado's native apps).
 
 On shutdown the worker calls :meth:`AsyncHttpConnection.stop_when_idle` on
-every connection: one waiting between two requests closes at once; a fresh
-one gets :data:`FIRST_REQUEST_GRACE` for its request to arrive (its client
-connected before the stop and has not had time to send); one in the middle
-of a request finishes it and then closes because ``worker.alive`` is false.
+every connection, which applies :mod:`corral.serve.retirement`: a
+connection waiting for a request keeps waiting, at most the keep-alive
+timeout, and serves one that arrives with ``Connection: close``; one in the
+middle of a request finishes it, answering with ``Connection: close``
+unless its client's next request is already here.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import concurrent.futures
 import contextlib
 import functools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from queue import SimpleQueue
@@ -47,6 +49,12 @@ from corral.http.parser import (
     ClientDisconnected,
     RequestHead,
     RequestParser,
+)
+from corral.serve.retirement import (
+    CLOSE_LINGER,
+    CLOSE_LINGER_BYTES,
+    next_request_deadline,
+    offer_keep_alive,
 )
 from corral.workers.connection import (
     DRAIN_MAX_BYTES,
@@ -92,12 +100,6 @@ GATHER_PATIENCE: Final = 1.0
 #: A closed connection whose client does not read the rest of the response
 #: is dropped after this long without one (when the worker has no --timeout).
 DEFAULT_CLOSE_LINGER: Final = 30.0
-#: On a graceful stop, a fresh connection that has not sent a byte yet gets
-#: this long to start its request: its client connected while the worker was
-#: still accepting (often just before), and unlike a reused keep-alive
-#: connection, a fresh one that is closed unanswered is an error to clients,
-#: not a retry. An idle pre-connection costs the stop at most this much.
-FIRST_REQUEST_GRACE: Final = 1.0
 #: A wait with no timeout still needs a deadline for loop.call_at.
 _NO_DEADLINE: Final = 24 * 3600.0
 
@@ -139,6 +141,8 @@ class ConnectionProtocol(asyncio.Protocol):
         #: A :meth:`gather` under way: its target size and callback.
         self._gather: tuple[int, Callable[[bool], object]] | None = None
         self._gather_timer: asyncio.TimerHandle | None = None
+        #: Closing gracefully (:meth:`linger_close`): input is dropped; how much more may come.
+        self._discard: int | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -146,6 +150,11 @@ class ConnectionProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._discard is not None:
+            self._discard -= len(data)
+            if self._discard < 0:
+                self.transport.close()
+            return
         reader = self._reader
         if reader is not None:
             # Someone is waiting: hand the bytes over without buffering.
@@ -164,6 +173,8 @@ class ConnectionProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
+        if self._discard is not None:
+            return False  # closing gracefully and the client has closed too: done
         self.eof = True
         self._wake_reader(b"")
         self._end_gather(True)
@@ -276,6 +287,28 @@ class ConnectionProtocol(asyncio.Protocol):
                 self._reader_timer.cancel()
             reader(value)
 
+    def linger_close(self, linger: float) -> None:
+        """Close as RFC 9112 section 9.6 says: shut the write side, drop input until the client closes.
+
+        The transport sends what it holds, then its FIN (``write_eof``);
+        whatever the client still sends is dropped, up to CLOSE_LINGER_BYTES,
+        and the transport closes when the client does, or after ``linger``
+        seconds. Unread input at a plain close would make the kernel reset
+        the connection, which can destroy the response not yet read.
+        """
+        transport = self.transport
+        self._pending.clear()
+        self._pending_size = 0
+        self._discard = CLOSE_LINGER_BYTES
+        if self.eof:
+            transport.close()
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        transport.write_eof()
+        self.loop.call_later(linger, transport.close)
+
     # -- output --------------------------------------------------------------------
 
     def when_writable(self, callback: Callable[[bool], object]) -> None:
@@ -378,9 +411,23 @@ class AsyncHttpConnection:
         self.worker.log.info("%s from %s: %s", exc.status, self.peer_str(), exc.detail)
         self.send(error_response(exc))
 
+    def next_request_here(self) -> bool:
+        """Bytes of a request after the current one have arrived (in the parser or the protocol)."""
+        parser = self.parser
+        return parser.message_received and (parser.has_unread or self.protocol.pending_size > 0)
+
+    def may_keep_alive(self) -> bool:
+        """Asked when a response head is made (Response.alive_check): keep-alive or close."""
+        return offer_keep_alive(self.worker.alive, self.next_request_here())
+
     def close(self) -> None:
         transport = self.transport
         if transport.is_closing():
+            return
+        protocol = self.protocol
+        if (self.parser.has_unread or protocol.pending_size) and not protocol.eof \
+                and transport.can_write_eof():
+            protocol.linger_close(CLOSE_LINGER)
             return
         transport.close()
         if transport.get_write_buffer_size():
@@ -390,15 +437,16 @@ class AsyncHttpConnection:
             self.loop.call_later(linger, transport.abort)
 
     def stop_when_idle(self) -> None:
-        """Graceful stop: close now if idle between requests, soon if no request came yet.
+        """The worker retires: a wait for a request lasts no longer than the keep-alive timeout.
 
-        A request under way is finished first; the connection then closes
-        because ``worker.alive`` is false.
+        The connection is not cut: a request on its way is served, with
+        ``Connection: close`` (corral.serve.retirement, rule 3). A request
+        under way is finished first.
         """
-        if self.waiting == "idle":
-            self.protocol.stop_waiting()
-        elif self.waiting == "fresh":
-            self.protocol.shorten_wait(self.loop.time() + FIRST_REQUEST_GRACE)
+        if self.waiting is not None:
+            cutoff = next_request_deadline(float("inf"), retiring_since=self.loop.time(),
+                                           keepalive=self.keepalive)
+            self.protocol.shorten_wait(cutoff)
 
     def peer_str(self) -> str:
         if isinstance(self.peer, tuple):
@@ -424,7 +472,6 @@ class AsyncHttpConnection:
 
     async def serve(self) -> None:
         """Serve requests until the connection closes; never raises for client errors."""
-        worker = self.worker
         first = True
         try:
             while True:
@@ -444,7 +491,9 @@ class AsyncHttpConnection:
                     # A framing error or a disconnect while dropping the unread
                     # body: the response is out, so just close.
                     return
-                if not keep or not worker.alive or self.protocol.closed:
+                # Kept even while retiring: the response offered keep-alive,
+                # so the next request may be on its way (see stop_when_idle).
+                if not keep or self.protocol.closed:
                     return
                 self.parser.start_next()
         finally:
@@ -457,6 +506,11 @@ class AsyncHttpConnection:
         parser = self.parser
         protocol = self.protocol
         deadline = self.loop.time() + (self.header_timeout if first else self.keepalive)
+        since = self.worker.retiring_since
+        if since is not None:
+            # Retiring began this long ago, in the loop's clock.
+            since = self.loop.time() - (time.monotonic() - since)
+            deadline = next_request_deadline(deadline, retiring_since=since, keepalive=self.keepalive)
         head_started = False
         while True:
             event = parser.next_event()
@@ -472,10 +526,6 @@ class AsyncHttpConnection:
                 # The whole head must arrive within header_timeout of its first byte.
                 head_started = True
                 deadline = self.loop.time() + self.header_timeout
-            if not head_started and not self.worker.alive:
-                if not first:
-                    return None  # stopping: no new request on a kept connection
-                deadline = min(deadline, self.loop.time() + FIRST_REQUEST_GRACE)
             if head_started:
                 self.waiting = None
             else:
@@ -678,6 +728,10 @@ class _BridgedConnection(HttpConnection):
 
     cooperative = True
     close_early = False
+
+    def kernel_has_input(self) -> bool:
+        # The loop reads the socket as bytes come: what arrived waits in the protocol.
+        return cast("ThreadBridge", self.sock)._protocol.pending_size > 0
 
 
 class RequestThreadPool:

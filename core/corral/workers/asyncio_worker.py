@@ -15,10 +15,12 @@ watchdog beats the heartbeat (unless a request has been stuck in its thread
 past ``--timeout``, so that the arbiter replaces the worker; a responder
 without a watchdog beats directly, and one that blocks the loop stops the
 beat by itself) and the parent is checked. When ``alive`` goes false (TERM,
-max-requests, reload, parent gone) the wake pipe or the next beat starts
-the graceful stop: listeners are closed at once, idle connections are
-closed, requests under way finish, and ``run`` returns when the last
-connection is gone or ``--graceful-timeout`` has passed.
+reload, parent gone) the wake pipe or the next beat starts the graceful
+stop of :mod:`corral.serve.retirement`: listeners are closed at once,
+every request already received is served, connections waiting for a
+request wait no longer than the keep-alive timeout, and ``run`` returns
+when the last connection is gone or ``--graceful-timeout`` has passed
+(logging the requests it cuts).
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ class AsyncioWorker(Worker):
         else:
             self.notify()
             self._idle_trim.check(self.loop.time(), self.nr, False)
-        if self.alive and not self.parent_alive():
+        if self.alive and not self.keep_serving():
             self.alive = False
         if not self.alive:
             self._begin_stop()
@@ -304,6 +306,7 @@ class AsyncioWorker(Worker):
             self._stopping.set_result(None)
 
     async def _graceful_stop(self) -> None:
+        self.retirement_started()
         self._pause_accepting()
         if self.balance is not None:
             self.balance.leave()
@@ -317,3 +320,4 @@ class AsyncioWorker(Worker):
             if self._open:
                 self.log.warning("Worker %s: %s connection(s) still busy after graceful_timeout; exiting",
                                  self.pid, self._open)
+                self.in_flight.report(self.log, self.pid)

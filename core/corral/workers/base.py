@@ -12,10 +12,19 @@ Lifecycle, in the worker process:
    ``corral_post_worker_init``, tells the arbiter it is ready, then calls
    :meth:`Worker.run`.
 3. ``run`` accepts on the inherited listeners and serves until ``alive``
-   goes false (TERM, max-requests, parent gone), finishes what is in flight
-   within the graceful timeout, and returns. The process exits 0.
+   goes false (TERM, parent gone), then retires as
+   :mod:`corral.serve.retirement` says: stops accepting, serves every
+   request already received, closes connections without racing a request
+   on its way, and returns when none is left or at the graceful timeout.
+   The ``corral_worker_exit`` hook runs and the process exits 0.
 
-Signals: TERM is a graceful stop; INT and QUIT stop at once; ABRT (sent by
+``--max-requests`` does not stop a worker by itself: the worker asks the
+arbiter for a replacement (:meth:`Worker.request_recycle`) and serves on
+until the arbiter, once the replacement is ready, sends TERM. So a pool
+never has a worker fewer while one is recycled, even with ``-w 1``.
+
+Signals: TERM is a graceful stop; INT and QUIT stop at once (the
+``corral_worker_int`` and ``corral_worker_exit`` hooks still run); ABRT (sent by
 the arbiter when the heartbeat stopped) writes every thread's stack to the
 error log and exits; USR1 reopens log files. HUP and WINCH are the
 arbiter's business and are ignored here.
@@ -33,6 +42,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -42,6 +52,7 @@ from corral.app import load_app
 from corral.http.parser import ParserLimits
 from corral.logs import reopen_logs
 from corral.process import drop_privileges
+from corral.serve.retirement import InFlight
 from corral.workers.reloader import start_reloader
 from corral.workers.tls import worker_ssl_context
 from corral.wsgi.environ import EnvironContext, TrustedPeers
@@ -62,6 +73,11 @@ if TYPE_CHECKING:
 WORKER_BOOT_ERROR: Final = 3
 #: Exit status: the application could not be imported (gunicorn's value).
 APP_LOAD_ERROR: Final = 4
+#: A worker that asked for its replacement (max-requests) and has had no
+#: TERM from the arbiter this long after retires by itself: an app that
+#: boots slowly gets a minute, an arbiter that never answers (a bug, or one
+#: stuck in a hook) cannot keep a recycled worker forever.
+RECYCLE_WAIT: Final = 60.0
 
 
 class Worker:
@@ -102,6 +118,15 @@ class Worker:
         self._ready_fd = ready_fd
         self.alive = True
         self.booted = False
+        #: When this worker began to retire (time.monotonic()); None while it serves.
+        #: Set by :meth:`retirement_started`, which each worker loop calls
+        #: when it sees ``alive`` go false.
+        self.retiring_since: float | None = None
+        #: When this worker asked the arbiter for its replacement (max-requests).
+        self.recycle_asked_at: float | None = None
+        self._recycle_lock = threading.Lock()
+        #: The requests being served, for the graceful-timeout report.
+        self.in_flight = InFlight()
         #: This worker's slot in its pool's connection table, set by the arbiter
         #: after construction; workers that hold connections use it to step
         #: aside for a less loaded peer (corral.workers.balance).
@@ -174,11 +199,15 @@ class Worker:
         self.booted = True
         self.signal_ready()
         self.heartbeat.beat()
-        self.run()
-        self.close_listeners()
-        if self.access_logger is not None:
-            self.access_logger.flush()
-        self.pm.hook.corral_worker_exit(server=self.server, worker=self)
+        try:
+            self.run()
+        finally:
+            # Also after a fast stop (INT, QUIT: SystemExit from the signal
+            # handler), as gunicorn runs worker_exit for every stop.
+            self.close_listeners()
+            if self.access_logger is not None:
+                self.access_logger.flush()
+            self.pm.hook.corral_worker_exit(server=self.server, worker=self)
 
     def init_concurrency(self) -> None:
         """Set up the concurrency library before the app is imported (gevent patches here)."""
@@ -220,14 +249,57 @@ class Worker:
 
     def request_done(self) -> None:
         self.nr += 1
-        if self.max_requests and self.nr >= self.max_requests and self.alive:
-            self.log.info("Worker %s reached max_requests (%s); restarting", self.pid, self.max_requests)
-            self.alive = False
+        if self.max_requests and self.nr >= self.max_requests and self.recycle_asked_at is None:
+            self.request_recycle(f"reached max_requests ({self.max_requests})")
+
+    def request_recycle(self, reason: str) -> None:
+        """Ask the arbiter to replace this worker; it keeps serving until the TERM comes.
+
+        The arbiter starts a replacement and sends TERM once it is ready,
+        so the pool serves at full strength throughout; the TERM then
+        retires this worker with the graceful policy. Safe from any thread,
+        and asking twice asks once. Should the TERM not come within
+        :data:`RECYCLE_WAIT` seconds, :meth:`keep_serving` retires the
+        worker anyway.
+        """
+        with self._recycle_lock:
+            if self.recycle_asked_at is not None:
+                return
+            self.recycle_asked_at = time.monotonic()
+        self.log.info("Worker %s %s; the arbiter starts its replacement", self.pid, reason)
+        try:
+            os.write(self._ready_fd, struct.pack("=i", -self.pid))
+        except OSError:
+            self.alive = False  # no arbiter to ask: retire now, as before
             self.wake()
+
+    def retirement_started(self) -> float:
+        """When retiring began (now, the first time a loop asks): see corral.serve.retirement."""
+        since = self.retiring_since
+        if since is None:
+            since = self.retiring_since = time.monotonic()
+            self.log.info("Worker %s retiring: accepts no more, serves what it has (graceful_timeout %s s)",
+                          self.pid, self.cfg.graceful_timeout)
+        return since
 
     def is_alive(self) -> bool:
         """Still serving (not stopping); used when a response head is made."""
         return self.alive
+
+    def keep_serving(self) -> bool:
+        """Checked by every worker loop about once a second: False when the worker must retire.
+
+        The parent is gone (the arbiter died: nobody would replace or stop
+        this worker), or a replacement was asked for :data:`RECYCLE_WAIT`
+        seconds ago and no TERM came.
+        """
+        if not self.parent_alive():
+            return False
+        asked = self.recycle_asked_at
+        if asked is not None and time.monotonic() - asked > RECYCLE_WAIT:
+            self.log.warning("Worker %s: no replacement after %s s; retiring anyway", self.pid, RECYCLE_WAIT)
+            return False
+        return True
 
     def parent_alive(self) -> bool:
         if os.getppid() != self.ppid:

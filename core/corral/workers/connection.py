@@ -28,6 +28,12 @@ from corral.http.parser import (
     RequestHead,
     RequestParser,
 )
+from corral.serve.retirement import (
+    CLOSE_LINGER,
+    CLOSE_LINGER_BYTES,
+    next_request_deadline,
+    offer_keep_alive,
+)
 from corral.workers.tls import start_tls
 from corral.workers.watchdog import clock_stopper
 from corral.wsgi.body import EMPTY_BODY, Body, EmptyBody
@@ -245,7 +251,9 @@ class HttpConnection:
         parser = self.parser
         now = time.monotonic()
         idle = self.header_timeout if first else self.keepalive
-        deadline = now + idle
+        worker = self.worker
+        deadline = next_request_deadline(now + idle, retiring_since=worker.retiring_since,
+                                         keepalive=self.keepalive)
         head_deadline: float | None = None
         while True:
             event = parser.next_event()
@@ -319,13 +327,9 @@ class HttpConnection:
         except OSError:
             pass
         finally:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+            self.close_gracefully()
 
     def _serve(self) -> None:
-        worker = self.worker
         first = True
         while True:
             try:
@@ -338,9 +342,73 @@ class HttpConnection:
             first = False
             if not self.handle(head):
                 return
-            if not worker.alive:
-                return
+            # Retiring or not, a kept connection waits for its next request:
+            # its last response offered keep-alive, so the client may have
+            # sent one already (corral.serve.retirement, rule 3).
             self.parser.start_next()
+
+    # -- closing and retirement ---------------------------------------------------
+
+    def next_request_here(self) -> bool:
+        """Bytes of a request after the current one have arrived (buffered, or in the kernel)."""
+        parser = self.parser
+        if not parser.message_received:
+            return False
+        if parser.has_unread:
+            return True
+        return self.kernel_has_input()
+
+    def kernel_has_input(self) -> bool:
+        try:
+            return fcntl.ioctl(self.sock.fileno(), FIONREAD, _NO_BYTES) != _NO_BYTES
+        except (OSError, ValueError, TypeError):
+            return False  # closed, or not an OS socket (a stand-in): nothing known
+
+    def may_keep_alive(self) -> bool:
+        """Asked when a response head is made (Response.alive_check): keep-alive or close."""
+        return offer_keep_alive(self.worker.alive, self.next_request_here())
+
+    def close_gracefully(self) -> None:
+        """Close the socket; with unread input, as RFC 9112 section 9.6 says (no reset).
+
+        A bare close with bytes unread makes the kernel answer with a reset,
+        which can destroy the response the client has not read yet (a
+        pipelined request behind a ``Connection: close``, a body the app
+        left unread). So the write side is shut first, and what the client
+        still sends is read and dropped until it closes, for at most
+        CLOSE_LINGER seconds and CLOSE_LINGER_BYTES.
+        """
+        sock = self.sock
+        try:
+            if sock.fileno() < 0:
+                return  # closed already (HttpConnection._send_last)
+            if (self.parser.has_unread or self.kernel_has_input()) and not _is_tls(sock):
+                self._linger(sock)
+        except (OSError, _Timeout, ValueError):
+            pass
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _linger(self, sock: socket.socket) -> None:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + CLOSE_LINGER
+        budget = CLOSE_LINGER_BYTES
+        if self.cooperative:
+            sock.settimeout(CLOSE_LINGER)
+        elif sock.gettimeout() != 0.0:
+            sock.setblocking(False)
+        while budget > 0:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                self._wait(select.POLLIN, deadline)
+                continue
+            if not data:
+                return
+            budget -= len(data)
 
     def send_error(self, exc: E.HTTPError) -> None:
         """Answer a protocol error (the caller then closes the connection)."""
@@ -356,9 +424,12 @@ class HttpConnection:
         """
         worker = self.worker
         started = time.monotonic() if worker.access_log is not None else 0.0
-        keep = self.keepalive > 0 and head.keep_alive and worker.alive
+        # Whether the worker is retiring is asked when the head is made
+        # (may_keep_alive): a request that arrived during the drain, or was
+        # in flight when it began, then says Connection: close.
+        keep = self.keepalive > 0 and head.keep_alive
         resp = Response(head, self._send, keep)
-        resp.alive_check = worker.is_alive
+        resp.alive_check = self.may_keep_alive
         if not head.keep_alive and MSG_MORE:
             early = self.close_early
             if early is None:
@@ -386,6 +457,8 @@ class HttpConnection:
             worker.log.debug("dropped header fields with '_': %s", ", ".join(head.dropped))
         result = None
         environ: dict[str, Any] = {}
+        in_flight = worker.in_flight
+        in_flight.begin(self, head)
         try:
             proxied = self.parser.proxy
             environ = build_environ(head, self.env, body, self.peer,
@@ -422,6 +495,7 @@ class HttpConnection:
                     result.close()
                 except Exception:
                     worker.log.exception("Error closing the app's response iterable")
+            in_flight.end(self)
             worker.request_done()
         if worker.post_request is not None:
             try:

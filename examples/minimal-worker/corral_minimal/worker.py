@@ -26,7 +26,7 @@ class ThreadPerConnectionWorker(Worker):
             selector.register(listener.sock, selectors.EVENT_READ, listener)
         selector.register(self._wake_r, selectors.EVENT_READ)  # TERM and max-requests wake us
         threads: list[threading.Thread] = []
-        while self.alive and self.parent_alive():
+        while self.alive and self.keep_serving():
             self.watchdog.check()  # beats the heartbeat while no request is stuck
             if not slots.acquire(timeout=0.5):
                 continue  # every slot busy: leave new connections to other workers

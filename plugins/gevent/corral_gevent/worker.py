@@ -21,11 +21,13 @@ How a worker runs, in its own process:
    serving greenlet that finished its connection waits for the next one
    (up to :data:`MAX_SPARES` of them) rather than dying.
 
-Stopping (TERM, max-requests, the parent gone): the accept greenlets are
-killed and the listeners closed at once; connections that are idle between
-requests are closed; in-flight requests get ``graceful_timeout`` seconds to
-finish (their responses carry ``Connection: close``); whatever is left is
-killed and the process exits.
+Stopping (TERM, the parent gone) follows :mod:`corral.serve.retirement`:
+the accept greenlets are killed and the listeners closed at once; every
+request already received is served, with ``Connection: close`` on the last
+response of each connection; a connection waiting for a request keeps
+waiting (no longer than the keep-alive timeout) and serves one that comes;
+at ``graceful_timeout`` whatever is left is logged and killed, and the
+process exits.
 
 The heartbeat comes from its own greenlet, so it keeps beating while
 requests wait on I/O. A greenlet that never yields (a CPU loop, a C call
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import select
 import time
@@ -55,6 +58,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.socket import wait_read, wait_write
 
+from corral.serve.retirement import next_request_deadline
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS
 from corral.workers.base import Worker
 from corral.workers.connection import HttpConnection, _Timeout
@@ -120,9 +124,10 @@ class _Connection(HttpConnection):
     the hub here (:meth:`_wait`). Files go through the shared non-blocking
     ``os.sendfile`` loop, which waits through the same method.
 
-    A graceful stop closes connections that sit idle between requests at
-    once (they would otherwise keep the worker up to --keep-alive seconds)
-    but lets those whose next request has begun to arrive finish it.
+    A graceful stop leaves a connection that waits for a request alone
+    until its wait ends by itself (no longer than the keep-alive timeout
+    once retiring, see corral.serve.retirement): a request on its way is
+    served rather than met by a close.
     """
 
     waiting = False
@@ -355,7 +360,7 @@ class GeventWorker(Worker):
         interval = min(HEARTBEAT_INTERVAL, timeout / 4) if timeout else HEARTBEAT_INTERVAL
         while True:
             self.heartbeat.beat()
-            if self.alive and not self.parent_alive():
+            if self.alive and not self.keep_serving():
                 self.alive = False
                 self.wake()
             gevent.sleep(interval)
@@ -370,21 +375,40 @@ class GeventWorker(Worker):
                     pass
 
     def _drain(self) -> None:
-        """Close idle connections, give in-flight requests graceful_timeout, kill the rest."""
+        """Serve what was received, let waiting connections wait out, kill what is left at the end.
+
+        Connections keep the waits they are in: one waiting for its next
+        request ends it at its keep-alive deadline, and a fresh one (whose
+        deadline is --header-timeout) is ended by :meth:`_end_waits` once
+        the retirement is as old as the keep-alive timeout.
+        """
+        since = self.retirement_started()
         run_callback = gevent.get_hub().loop.run_callback
         for spare in self._spares:
             run_callback(spare.switch, None)
+        cutoff = next_request_deadline(math.inf, retiring_since=since, keepalive=self.cfg.keepalive)
+        ender = gevent.spawn_later(max(cutoff - time.monotonic(), 0.0), self._end_waits)
+        try:
+            if self._active and not self._all_done.wait(timeout=self.cfg.graceful_timeout):
+                self.log.warning(
+                    "Worker %s: %d connection(s) still busy after graceful_timeout (%s s); closing them",
+                    self.pid, self._active, self.cfg.graceful_timeout,
+                )
+                self.in_flight.report(self.log, self.pid)
+                for conn in list(self._connections):
+                    if conn.greenlet is not None:
+                        gevent.kill(conn.greenlet)
+                self._all_done.wait(timeout=KILL_GRACE)
+        finally:
+            ender.kill()
+
+    def _end_waits(self) -> None:
+        """Close the connections still waiting for a request's first byte, unless bytes are here.
+
+        What arrived is read first: such a connection's greenlet is about to
+        wake and serve it (a kill would close it under that request).
+        """
         for conn in list(self._connections):
-            # A connection whose greenlet waits for the first byte of its next
-            # request is killed in that recv; serve()'s finally closes it.
-            if conn.idle and conn.greenlet is not None:
+            if conn.idle and conn.greenlet is not None and not conn.kernel_has_input():
+                # Killed in its wait; serve()'s finally closes the socket.
                 gevent.kill(conn.greenlet)
-        if self._active and not self._all_done.wait(timeout=self.cfg.graceful_timeout):
-            self.log.warning(
-                "Worker %s: %d connection(s) still busy after graceful_timeout (%s s); closing them",
-                self.pid, self._active, self.cfg.graceful_timeout,
-            )
-            for conn in list(self._connections):
-                if conn.greenlet is not None:
-                    gevent.kill(conn.greenlet)
-            self._all_done.wait(timeout=KILL_GRACE)

@@ -90,7 +90,6 @@ class PooledConnection(HttpConnection):
         head = self.head
         self.head = None
         assert head is not None
-        worker = self.worker
         parser = self.parser
         while True:
             if watchdog is None:
@@ -101,7 +100,7 @@ class PooledConnection(HttpConnection):
                     keep = self.handle(head)
                 finally:
                     watchdog.finished()
-            if not keep or not worker.alive:
+            if not keep:
                 return False
             parser.start_next()
             try:
@@ -121,3 +120,8 @@ class PooledConnection(HttpConnection):
         self.open = False
         with contextlib.suppress(OSError):
             self.sock.close()
+
+    def close_gracefully(self) -> None:
+        """In a pool thread: close without a reset (HttpConnection.close_gracefully)."""
+        self.open = False
+        super().close_gracefully()

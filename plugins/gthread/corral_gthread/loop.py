@@ -22,11 +22,14 @@ Timeouts, as the sync worker's HttpConnection applies them:
 - between requests a keep-alive connection may stay idle for ``keepalive``
   seconds, then it is closed without a word.
 
-Stopping (``worker.alive`` false: TERM, HUP, max-requests, the parent
-gone): the listeners are closed at once and idle connections are closed;
-requests in flight, and heads that have begun to arrive, are served (their
-connections then close); the loop returns once every connection is closed
-or ``graceful_timeout`` has passed.
+Stopping (``worker.alive`` false: TERM from a reload, an upgrade, TTOU or
+a shutdown; the parent gone) follows :mod:`corral.serve.retirement`: the
+listeners are closed at once; every request already received is served,
+the last one on each connection with ``Connection: close``; connections
+waiting for a request keep waiting (their keep-alive deadline, and no
+longer than the keep-alive timeout from the stop: :meth:`IOLoop.end_waits`)
+and serve a request that comes; the loop returns once every connection is
+closed or ``graceful_timeout`` has passed, logging the requests it cuts.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import TYPE_CHECKING, Final
 
 from corral.http import errors as E
 from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
+from corral.serve.retirement import next_request_deadline
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
 from corral.workers.memory import IdleTrim
 from corral_gthread.connection import PooledConnection
@@ -187,7 +191,7 @@ class IOLoop:
         """Return a connection from a pool thread: to wait for its next request, or to close."""
         if not keep:
             self.poller.forget(conn)
-            conn.close()
+            conn.close_gracefully()  # here, in the thread: it may linger (RFC 9112 9.6)
         # Appended before the connection is re-armed: the loop takes back
         # what was returned before it handles events, so it has seen this
         # connection (and set its idle deadline) before it can hand it to a
@@ -215,13 +219,20 @@ class IOLoop:
         next_check = 0.0
         while worker.alive:
             next_check = self.run_once(next_check)
+        since = worker.retirement_started()
         self.stop()
-        deadline = time.monotonic() + self.graceful_timeout
+        deadline = since + self.graceful_timeout
+        cutoff = next_request_deadline(deadline, retiring_since=since, keepalive=self.keepalive)
         while self.connections and time.monotonic() < deadline:
-            next_check = self.run_once(next_check, deadline)
+            if cutoff and time.monotonic() >= cutoff:
+                cutoff = 0.0
+                self.end_waits()
+                continue
+            next_check = self.run_once(next_check, cutoff or deadline)
         if self.connections:
             worker.log.warning("Worker %s: %s connection(s) still busy after graceful_timeout; exiting",
                                worker.pid, self.connections)
+            worker.in_flight.report(worker.log, worker.pid)
 
     def run_once(self, next_check: float, until: float = math.inf) -> float:
         """One wait and what it brought; returns when the next check is due."""
@@ -267,7 +278,7 @@ class IOLoop:
             next_check = now + CHECK_INTERVAL
             self.watchdog.check()
             self.idle_trim.check(now, self.worker.nr, self.in_threads > 0)
-            if self.worker.alive and not self.worker.parent_alive():
+            if self.worker.alive and not self.worker.keep_serving():
                 self.worker.alive = False
         return next_check
 
@@ -434,7 +445,18 @@ class IOLoop:
             self.connections -= 1
 
     def timed_out(self, conn: PooledConnection) -> None:
-        """A deadline passed: 408 for a head in progress, else close without a word."""
+        """A deadline passed: 408 for a head in progress, else close without a word.
+
+        An idle connection's bytes that arrived since the last poll are read
+        first: a request that came just in time is served, not closed on.
+        """
+        if not conn.parser.in_head and conn.armed:
+            self.poller.disarm(conn)
+            self.on_readable(conn, registered=True)
+            if not conn.open or not conn.waiting or conn.parser.in_head:
+                return  # closed by the client, its request went to a thread, or a head began
+            self.close(conn)
+            return
         if conn.parser.in_head:
             conn.error = E.RequestTimeout("request head not received in time")
             self.to_thread(conn)
@@ -450,9 +472,7 @@ class IOLoop:
             self.in_threads -= 1
             if not conn.open:
                 self.count_closed(conn)
-            elif self.stopping:
-                self.close(conn)
-            elif self.poller.threadsafe:
+            elif self.poller.threadsafe and not self.stopping:
                 self.set_deadline(conn, fresh=False)  # its thread re-armed it
             else:
                 self.wait(conn, fresh=False)
@@ -461,21 +481,35 @@ class IOLoop:
     # -- stopping ----------------------------------------------------------------
 
     def stop(self) -> None:
-        """Close the listeners and the idle connections; in-flight requests go on.
+        """Stop accepting and close the listeners; every connection goes on.
 
-        A head that has begun to arrive counts as in flight: it may still
-        complete (within header_timeout) and is then served, with
-        ``Connection: close``.
+        Requests in flight finish; connections waiting for a request keep
+        waiting (see :meth:`end_waits`), so that one already on its way is
+        served, with ``Connection: close``.
         """
         self.stopping = True
         self.pause_accepting()
         self.peek_at = math.inf  # no peeking at listeners about to close
         self.worker.close_listeners()
+        # Connections threads gave back first: with epoll a thread re-arms
+        # its connection itself, and the loop must own it (take_back) before
+        # it may hand it to a thread again. (Handing it over first, then
+        # closing it in take_back, closed sockets under the threads serving
+        # them: EBADF in the middle of a response.)
+        self.take_back()
+
+    def end_waits(self) -> None:
+        """The retirement is as old as the keep-alive timeout: close connections with nothing to serve.
+
+        A connection the loop holds with no byte of a request is closed;
+        one whose bytes have arrived since the last poll is read first, and
+        its request served (a close would meet it on its way).
+        """
+        self.take_back()
         for conn in self.poller.armed():
-            # Bytes may have arrived since the last select(): a request the
-            # client already sent is served rather than dropped.
+            if conn.parser.in_head:
+                continue  # a head in progress: its header deadline decides
             self.poller.disarm(conn)
             self.on_readable(conn, registered=True)
-            if conn.open and conn.waiting and not conn.parser.in_head:
+            if conn.open and conn.waiting and not conn.parser.in_head and conn.head is None:
                 self.close(conn)
-        self.take_back()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import socket
+from typing import Any
 
 from corral.sockets import acceptor
 from corral.workers.base import Worker
@@ -20,6 +22,24 @@ from corral.workers.connection import HttpConnection
 
 class SyncWorker(Worker):
     multithread = False
+
+    def handle_exit(self, signum: int, frame: Any) -> None:
+        """TERM: finish the request under way, within --graceful-timeout.
+
+        The loop stops accepting at once and the connection closes after its
+        response (sync never keeps one). A request still running at the
+        graceful timeout is logged and cut here, so the worker exits in
+        order (worker_exit runs) before the arbiter's SIGKILL would come.
+        """
+        super().handle_exit(signum, frame)
+        if self.in_flight and self.cfg.graceful_timeout > 0:
+            signal.signal(signal.SIGALRM, self._graceful_timeout_over)
+            signal.setitimer(signal.ITIMER_REAL, self.cfg.graceful_timeout)
+
+    def _graceful_timeout_over(self, signum: int, frame: Any) -> None:
+        if self.in_flight:
+            self.in_flight.report(self.log, self.pid)
+            raise SystemExit(0)
 
     def run(self) -> None:
         # Each listening socket with what its connections need: its accept
@@ -53,5 +73,5 @@ class SyncWorker(Worker):
                         break
                     HttpConnection(self, client, peer, env, keepalive=0).serve()
                     self.notify()
-            if not self.parent_alive():
+            if not self.keep_serving():
                 break

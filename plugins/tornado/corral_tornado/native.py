@@ -120,6 +120,7 @@ class TornadoRequest(httputil.HTTPConnection):
         self.committed = True
         assert isinstance(start_line, httputil.ResponseStartLine)
         resp = Response(self.head, self.conn.send, self.keep_alive)
+        resp.alive_check = self.conn.may_keep_alive  # Connection: close once retiring
         fields = [(name, value) for name, value in headers.get_all()
                   if not (name == "Server" and value.startswith(_TORNADO_SERVER))]
         try:
@@ -236,8 +237,11 @@ class TornadoResponder:
     async def handle(self, conn: AsyncHttpConnection, head: RequestHead) -> bool:
         worker = self.worker
         started = conn.loop.time()
-        keep = conn.keepalive > 0 and head.keep_alive and worker.alive
+        # Retiring is asked when the response head is made (conn.may_keep_alive).
+        keep = conn.keepalive > 0 and head.keep_alive
         request: TornadoRequest | None = None
+        in_flight = worker.in_flight
+        in_flight.begin(conn, head)
         try:
             headers = httputil.HTTPHeaders()
             for name, value in head.headers:
@@ -277,6 +281,7 @@ class TornadoResponder:
             return False
         finally:
             conn.protocol.on_lost = None
+            in_flight.end(conn)
             worker.request_done()
         if conn.protocol.closed or request.response is None:
             return False

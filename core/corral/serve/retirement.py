@@ -1,0 +1,137 @@
+"""How a worker retires without losing a request: the one policy every worker class follows.
+
+A worker retires when the arbiter sends TERM (a reload, the old generation
+after an upgrade, TTOU or WINCH, a pool resized or removed, a graceful
+shutdown) or after it asked to be replaced (``--max-requests``: see
+:meth:`corral.workers.base.Worker.request_recycle`; its replacement is
+serving before that TERM comes). From the moment ``worker.alive`` goes false:
+
+1. It stops accepting at once. Its listeners close; the arbiter and the
+   other workers keep theirs, so connections still queued in the kernel
+   are taken by them.
+2. Every request already received is served: one in flight, ones pipelined
+   behind it, ones waiting in the kernel's receive buffer of an open
+   connection. A response offers keep-alive only while more input from its
+   client has already arrived (:func:`offer_keep_alive`); the last response
+   on each connection says ``Connection: close``.
+3. A connection between two requests is not cut. HTTP/1.1 gives a server
+   one way to tell a client to send nothing more, a response that says
+   ``Connection: close``, and a bare close can meet a request already on its
+   way: the client then sees its connection closed under a request it sent,
+   and will not retry it if it is a POST. So the connection keeps the wait
+   it had (its keep-alive timeout; a fresh one no longer than that either,
+   :func:`next_request_deadline`), and a request that arrives meanwhile is
+   served and answered with ``Connection: close``. The one close that can
+   still meet a request in flight is the one at the end of the keep-alive
+   timeout, which happens whether the worker retires or not: the race
+   RFC 9112 section 9.3.1 tells clients to expect on idle connections.
+4. A connection closed while input from its client is unread is closed
+   gracefully (RFC 9112 section 9.6): the write side is shut down first, and
+   what the client still sends is read and dropped for up to
+   :data:`CLOSE_LINGER` seconds. Closing a socket with unread input makes the
+   kernel reset the connection, and a reset can destroy the response the
+   client has not read yet.
+5. The drain ends when no connection is left or at ``--graceful-timeout``,
+   whichever comes first. Requests still running then are logged, each with
+   its method, target and age (:meth:`InFlight.report`), and the worker exits.
+
+Each worker class applies these rules in its own loop; the decisions
+themselves are the functions here, so that they are made in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import logging
+
+    from corral.http.parser import RequestHead
+
+#: While retiring, a fresh connection (accepted, no byte of a request yet)
+#: waits at least this long for its first request. Its client connected
+#: while the worker was still accepting, usually a moment before, and sends
+#: within a round trip; with ``--keep-alive 0`` (the sync class) it would
+#: otherwise get no time at all.
+FIRST_REQUEST_GRACE: Final = 1.0
+#: A graceful close reads and drops what the client still sends for at most
+#: this long after shutting down the write side. A client told
+#: ``Connection: close`` closes within a round trip; one that keeps sending
+#: must not keep the socket (or a sync worker) for long.
+CLOSE_LINGER: Final = 2.0
+#: ...and at most this much: more than a few pipelined requests' worth of
+#: input after the last response is not a client waiting for an answer.
+CLOSE_LINGER_BYTES: Final = 1 << 20
+#: The graceful-timeout report lists at most this many requests, oldest first.
+REPORT_MAX: Final = 20
+
+
+def offer_keep_alive(serving: bool, next_request_here: bool) -> bool:
+    """Whether a response may say ``Connection: keep-alive`` as far as retirement goes.
+
+    :param serving: the worker is not retiring.
+    :param next_request_here: bytes after the current request have already
+        arrived (pipelined, or in the kernel's receive buffer): they will be
+        served, so the connection must stay open for their answers.
+    """
+    return serving or next_request_here
+
+
+def next_request_deadline(deadline: float, *, retiring_since: float | None, keepalive: float) -> float:
+    """When to give up waiting for the first byte of a connection's next (or first) request.
+
+    :param deadline: the wait's own deadline: the keep-alive timeout after a
+        response, ``--header-timeout`` on a fresh connection.
+    :param retiring_since: when the worker began to retire (``time.monotonic()``),
+        None while it serves.
+    :param keepalive: ``--keep-alive`` in seconds.
+
+    While retiring, no such wait lasts longer than the keep-alive timeout
+    (at least :data:`FIRST_REQUEST_GRACE`) from the start of the retirement:
+    a kept-alive connection keeps exactly the wait it had, a fresh one gets
+    no longer than that. The worker's graceful deadline bounds it anyway.
+    """
+    if retiring_since is None:
+        return deadline
+    return min(deadline, retiring_since + max(keepalive, FIRST_REQUEST_GRACE))
+
+
+class InFlight:
+    """The requests a worker is running, to say which ones a graceful timeout cut.
+
+    Keyed by the connection (one request at a time on each); entries are
+    set and removed by whichever thread or greenlet serves the connection.
+    A dict store and delete of distinct keys needs no lock under the GIL,
+    and :meth:`report` reads a copy.
+    """
+
+    __slots__ = ("_running",)
+
+    def __init__(self) -> None:
+        self._running: dict[int, tuple[str, str, float]] = {}
+
+    def begin(self, key: object, head: RequestHead) -> None:
+        self._running[id(key)] = (head.method, head.target, time.monotonic())
+
+    def end(self, key: object) -> None:
+        self._running.pop(id(key), None)
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def describe(self, now: float | None = None) -> list[str]:
+        """``"GET /path (running 3.2 s)"`` for each request, oldest first."""
+        now = time.monotonic() if now is None else now
+        running = sorted(self._running.copy().values(), key=lambda entry: entry[2])
+        return [f"{method} {target} (running {now - started:.1f} s)"
+                for method, target, started in running]
+
+    def report(self, log: logging.Logger, pid: int) -> None:
+        """Log the requests still running when the graceful timeout ended (nothing if none)."""
+        lines = self.describe()
+        if not lines:
+            return
+        more = f"\n  ... and {len(lines) - REPORT_MAX} more" if len(lines) > REPORT_MAX else ""
+        log.warning("Worker %s: graceful_timeout is over; %s request(s) still running are cut:\n  %s%s",
+                    pid, len(lines), "\n  ".join(lines[:REPORT_MAX]), more)

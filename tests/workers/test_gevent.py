@@ -308,22 +308,30 @@ def _start_sleep(sock: socket.socket, seconds: int, marker: Path) -> None:
     wait_for_file(marker)
 
 
-def test_term_closes_idle_connections_and_finishes_inflight(corral_server: ServerFactory,
-                                                            tmp_path: Path) -> None:
-    server = corral_server("--keep-alive", "60", "--graceful-timeout", "10")
+def test_term_keeps_idle_connections_to_keepalive_and_finishes_inflight(corral_server: ServerFactory,
+                                                                      tmp_path: Path) -> None:
+    server = corral_server("--keep-alive", "2", "--graceful-timeout", "10")
     marker = tmp_path / "in-app"
-    with server.connect(10) as idle, server.connect(10) as busy:
+    with server.connect(10) as idle, server.connect(10) as late, server.connect(10) as busy:
         _keepalive_get(idle)
+        _keepalive_get(late)
         _start_sleep(busy, 1, marker)
         start = time.monotonic()
         server.send_signal(signal.SIGTERM)
-        # The idle connection is closed at once, not after --keep-alive.
-        assert read_until_close(idle, 5) == b""
+        server.wait_for_log("retiring: accepts no more")
+        # A request sent on a kept-alive connection during the drain is
+        # served, and told to close (corral.serve.retirement, rule 3).
+        late.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        ((status, headers, _),) = list(parse_responses(read_until_close(late, 5)))
+        assert (status, headers.get("connection")) == (200, "close")
         ((status, _, body),) = list(parse_responses(read_until_close(busy, 10)))
         # Answered in full, then closed (read_until_close returned).
         assert status == 200 and body.startswith(b"slept ")
+        # The idle one is closed at its keep-alive deadline, not cut at once.
+        assert read_until_close(idle, 5) == b""
+        assert time.monotonic() - start > 1.0
         assert server.wait_exit(10) == 0
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 6
 
 
 def test_heartbeat_beats_while_requests_wait(corral_server: ServerFactory) -> None:

@@ -339,37 +339,43 @@ def test_heartbeat_beats_while_every_thread_is_busy(corral_server: Server) -> No
 # -- stopping ------------------------------------------------------------------
 
 
-def test_term_closes_idle_connections_and_finishes_inflight(corral_server: Server, tmp_path: Path) -> None:
-    server = corral_server("--graceful-timeout", "20", "--keep-alive", "30")
+def test_term_keeps_idle_connections_to_keepalive_and_finishes_inflight(corral_server: Server,
+                                                                      tmp_path: Path) -> None:
+    server = corral_server("--graceful-timeout", "20", "--keep-alive", "2")
     marker = tmp_path / "in-app"
     with idle_keepalive_connections(server, 11) as idle, server.connect() as busy:
         busy.sendall(GET % f"/sleep?t=1&marker={marker}".encode())
         wait_for_file(marker)
         # A head that has begun to arrive counts as in flight too.
-        *idle, started = idle
+        *idle, started, late = idle
         started.sendall(b"GET /pid HTTP/1.1\r\nHo")
         start = time.monotonic()
         server.send_signal(signal.SIGTERM)
-        assert all(closed_by_server(sock, timeout=5) for sock in idle)
+        server.wait_for_log("retiring: accepts no more")
+        # A request sent on a kept-alive connection during the drain is served, with close.
+        late.sendall(GET % b"/pid")
+        status, headers, _ = read_response(late)
+        assert (status, headers["connection"]) == (200, "close")
         started.sendall(b"st: x\r\n\r\n")
         status, headers, _ = read_response(started)
         assert (status, headers["connection"]) == (200, "close")
-        status, _, body = read_response(busy)
-        assert (status, body[:5]) == (200, b"slept")
-        # Its head went out before the stop (no "Connection: close"), but
-        # the connection is not kept.
+        status, headers, body = read_response(busy)
+        assert (status, body[:5], headers["connection"]) == (200, b"slept", "close")
         assert closed_by_server(busy, timeout=5)
+        # Idle connections wait out their keep-alive (2 s), not cut at once.
+        assert all(closed_by_server(sock, timeout=5) for sock in idle)
+        assert time.monotonic() - start > 1.0
         assert server.wait_exit(10) == 0
-    assert time.monotonic() - start < 5  # the sleep's rest, not graceful_timeout
+    assert time.monotonic() - start < 6  # keep-alive's end, not graceful_timeout
 
 
 def test_hup_retires_worker_with_idle_connections(corral_server: Server) -> None:
-    server = corral_server("--graceful-timeout", "20", "--keep-alive", "30")
+    server = corral_server("--graceful-timeout", "20", "--keep-alive", "2")
     (old,) = server.wait_for_workers(1)
     with idle_keepalive_connections(server, 5) as idle:
         start = time.monotonic()
         server.send_signal(signal.SIGHUP)
         assert all(closed_by_server(sock, timeout=10) for sock in idle)
         server.wait_for_workers(1, timeout=10, exclude=[old])
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 6
     assert server.request("GET", "/")[0] == 200

@@ -1,0 +1,177 @@
+"""Nothing lost when a worker retires: every class x every way a worker retires x keep-alive load.
+
+Real corral processes, real signals, keep-alive clients (8 and 64
+connections) sending GETs and POSTs with bodies back to back, every
+response checked and nothing retried (corral.testing.load.KeepAliveMix),
+and slow requests (0.5 s in the app) in flight at each retirement. The
+policy under test is corral.serve.retirement; docs/arbiter.md says what it
+guarantees.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.plugins import make_plugin_manager, worker_registry
+from corral.testing import CorralProcess
+from corral.testing.load import KeepAliveMix, MixResult
+
+APP = "corral.testing.apps:app"
+INSTALLED = set(worker_registry(make_plugin_manager()[0]))
+CLASSES = [c for c in ("sync", "gthread", "gevent", "tornado") if c in INSTALLED]
+SLOW = 0.5
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(30)
+
+
+def _check(result: MixResult, slow: int, refused_ok: bool = False) -> None:
+    assert result.failures == [], result.failures[:10]
+    assert result.slow_ok == slow, (result.slow_ok, slow)
+    assert result.ok > 50
+    if not refused_ok:
+        assert result.refused == 0
+
+
+def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(params=[8, 64], ids=["c8", "c64"])
+def connections(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+@pytest.fixture(params=CLASSES)
+def worker_class(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_hup(tmp_path: Path, worker_class: str, connections: int) -> None:
+    with CorralProcess(APP, ["--worker-connections", "200"], workdir=tmp_path, workers=2,
+                       worker_class=worker_class) as server:
+        pids = set(server.wait_for_workers(2))
+        with KeepAliveMix("127.0.0.1", server.port, connections) as load:
+            load.wait_for_requests(100)
+            slow = []
+            for i in range(2):
+                slow += load.slow(2, SLOW, str(tmp_path))
+                server.send_signal(signal.SIGHUP)
+                server.wait_for_log("Reloading: replacing workers", count=i + 1)
+                pids = set(server.wait_for_workers(2, exclude=list(pids)))
+                load.wait_for_requests(100)
+            _join(slow)
+            result = load.stop()
+        _check(result, slow=4)
+        assert pids & result.pids, "the new workers answered"
+
+
+def test_max_requests(tmp_path: Path, worker_class: str, connections: int) -> None:
+    args = ["--max-requests", "150", "--max-requests-jitter", "30", "--worker-connections", "200"]
+    with CorralProcess(APP, args, workdir=tmp_path, workers=2, worker_class=worker_class) as server:
+        server.wait_for_workers(2)
+        with KeepAliveMix("127.0.0.1", server.port, connections) as load:
+            slow = load.slow(2, SLOW, str(tmp_path))
+            server.wait_for_log("asked to be recycled", count=1)
+            slow += load.slow(2, SLOW, str(tmp_path))
+            server.wait_for_log("asked to be recycled", count=4)
+            _join(slow)
+            load.wait_for_requests(50)
+            result = load.stop()
+        _check(result, slow=4)
+        assert len(result.pids) >= 4, "recycled workers answered, then their replacements"
+
+
+def test_ttou(tmp_path: Path, worker_class: str, connections: int) -> None:
+    with CorralProcess(APP, ["--worker-connections", "200"], workdir=tmp_path, workers=3,
+                       worker_class=worker_class) as server:
+        server.wait_for_workers(3)
+        with KeepAliveMix("127.0.0.1", server.port, connections) as load:
+            load.wait_for_requests(100)
+            slow = load.slow(3, SLOW, str(tmp_path))
+            for left in (2, 1):  # one at a time: two signals sent at once may arrive as one
+                server.send_signal(signal.SIGTTOU)
+                _wait(lambda n=left: len(server.worker_pids()) == n, 15, f"{left} worker(s) left")
+            load.wait_for_requests(100)
+            _join(slow)
+            result = load.stop()
+        _check(result, slow=3)
+
+
+def test_usr2_then_term_of_the_old_arbiter(tmp_path: Path, worker_class: str, connections: int) -> None:
+    pidfile = tmp_path / "corral.pid"
+    server = CorralProcess(APP, ["-p", str(pidfile), "--worker-connections", "200"], workdir=tmp_path,
+                           workers=2, worker_class=worker_class).start()
+    try:
+        old_master = server.pid
+        old_workers = set(server.wait_for_workers(2))
+        with KeepAliveMix("127.0.0.1", server.port, connections) as load:
+            load.wait_for_requests(100)
+            server.send_signal(signal.SIGUSR2)
+            server.wait_for_log("Ready: ", count=2)
+            new_pidfile = Path(f"{pidfile}.2")
+            _wait(new_pidfile.exists, 15, "PIDFILE.2")
+            slow = load.slow(2, SLOW, str(tmp_path))
+            os.kill(old_master, signal.SIGTERM)
+            assert server.wait_exit(20) == 0
+            load.wait_for_requests(200)
+            _join(slow)
+            result = load.stop()
+        _check(result, slow=2)
+        assert result.pids - old_workers, "the new arbiter's workers answered"
+    finally:
+        server.kill()
+
+
+def test_pool_removed_on_hup(tmp_path: Path, worker_class: str, connections: int) -> None:
+    a, b = _free_ports(2)
+    conf = tmp_path / "pools.py"
+    both = (f"pools = {{'kept': {{'worker_class': '{worker_class}', 'workers': 1, 'bind': ['127.0.0.1:{a}']}},"
+            f" 'gone': {{'worker_class': '{worker_class}', 'workers': 1, 'bind': ['127.0.0.1:{b}']}}}}\n")
+    conf.write_text(both)
+    with CorralProcess(APP, ["-c", str(conf)], workdir=tmp_path, workers=None, bind=()) as server:
+        server.wait_for_workers(2)
+        # On the pool that goes, the clients stop once told to close (or refused):
+        # nobody serves that port afterwards.
+        with KeepAliveMix("127.0.0.1", a, connections // 2) as kept, \
+                KeepAliveMix("127.0.0.1", b, connections // 2, reconnect=False) as gone:
+            kept.wait_for_requests(50)
+            # sync: one request each, then told to close.
+            _wait(lambda: gone.result.ok >= connections // 2, 15, "requests on the doomed pool")
+            slow = gone.slow(2, SLOW, str(tmp_path))
+            conf.write_text(f"pools = {{'kept': {{'worker_class': '{worker_class}', 'workers': 1,"
+                            f" 'bind': ['127.0.0.1:{a}']}}}}\n")
+            server.send_signal(signal.SIGHUP)
+            server.wait_for_log("Reloading: replacing workers")
+            _wait(lambda: len(server.worker_pids()) == 1, 15, "the removed pool's worker gone")
+            _join(slow)
+            kept.wait_for_requests(50)
+            rk, rg = kept.stop(), gone.stop()
+        _check(rk, slow=0)
+        assert rg.failures == [], rg.failures[:10]
+        assert rg.slow_ok == 2

@@ -67,6 +67,8 @@ __all__ = [
     "test_proxy_protocol",
     "test_request_body_read_styles",
     "test_response_header_injection_refused",
+    "test_retirement_serves_a_request_sent_on_a_kept_alive_connection",
+    "test_retirement_under_keepalive_load",
     "test_slow_clients_never_get_the_worker_killed",
     "test_streaming_response_is_chunked",
     "test_stuck_worker_is_killed_and_replaced",
@@ -676,3 +678,56 @@ def test_max_requests_recycles_worker(corral_server: Callable[..., CorralProcess
     server.wait_for_log(r"asked to be recycled; starting its replacement")
     # The old worker is gone once its replacement serves.
     server.wait_for_workers(1, exclude=[pid])
+
+
+# -- retirement (corral.serve.retirement) ----------------------------------------------
+
+
+def test_retirement_under_keepalive_load(corral_server: Callable[..., CorralProcess], tmp_path: Path) -> None:
+    # Two HUPs under keep-alive clients that send GETs and POSTs with bodies
+    # back to back and retry nothing, with slow requests in flight at each:
+    # every response arrives, complete and right. A worker that closes a
+    # kept-alive connection under a request it received fails here.
+    from corral.testing.load import KeepAliveMix
+
+    server = corral_server("--worker-connections", "100", workers=2)
+    pids = set(server.wait_for_workers(2))
+    with KeepAliveMix("127.0.0.1", server.port, connections=8) as load:
+        load.wait_for_requests(100)
+        slow = []
+        for i in range(2):
+            slow += load.slow(2, 0.5, str(tmp_path))
+            server.send_signal(signal.SIGHUP)
+            server.wait_for_log("Reloading: replacing workers", count=i + 1)
+            pids = set(server.wait_for_workers(2, exclude=list(pids)))
+            load.wait_for_requests(100)
+        for t in slow:
+            t.join(30)
+        result = load.stop()
+    assert result.failures == [], result.failures[:10]
+    assert result.slow_ok == 4 and result.refused == 0
+    assert pids & result.pids
+
+
+def test_retirement_serves_a_request_sent_on_a_kept_alive_connection(
+        corral_server: Callable[..., CorralProcess], corral_worker_class: str) -> None:
+    # TERM with a connection kept alive: a request sent on it during the
+    # drain is answered, with Connection: close, rather than met by a close.
+    if not worker_spec(corral_worker_class).keepalive:
+        pytest.skip("the class closes every connection after its response")
+    server = corral_server("--keep-alive", "3", "--graceful-timeout", "10")
+    with server.connect() as late:
+        late.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b"\r\n\r\n" not in first or len(first.partition(b"\r\n\r\n")[2]) < int(
+                first.lower().partition(b"content-length:")[2].split(b"\r\n")[0] or b"0"):
+            chunk = late.recv(65536)
+            assert chunk, "closed before the first response"
+            first += chunk
+        assert b"connection: close" not in first.lower()
+        server.send_signal(signal.SIGTERM)
+        server.wait_for_log("retiring: accepts no more")
+        late.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        ((status, headers, body),) = list(parse_responses(read_until_close(late, timeout=10)))
+        assert (status, body, headers.get("connection")) == (200, b"hello", "close")
+    assert server.wait_exit(10) == 0

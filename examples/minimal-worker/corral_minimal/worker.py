@@ -15,8 +15,7 @@ class ThreadPerConnectionWorker(Worker):
     multithread = True  # requests of one process run at once (wsgi.multithread)
 
     def run(self) -> None:
-        # The loop below keeps beating while a request spins in its thread:
-        # the watchdog stops the beat once a request outlives --timeout.
+        # The loop beats the heartbeat until a request outlives --timeout in its thread.
         self.watchdog = RequestWatchdog(self.heartbeat, self.cfg.timeout, self.log)
         self.unwatched_app, self.wsgi = self.wsgi, self.watched_app
         slots = threading.BoundedSemaphore(self.cfg.worker_connections)
@@ -47,14 +46,15 @@ class ThreadPerConnectionWorker(Worker):
             else:
                 slots.release()
             threads = [t for t in threads if t.is_alive()]
-        # Graceful stop: no new connections; requests under way may finish.
+        since = self.retirement_started()  # retiring: see corral.serve.retirement
         self.close_listeners()
-        deadline = time.monotonic() + self.cfg.graceful_timeout
+        deadline = since + self.cfg.graceful_timeout
         for thread in threads:  # daemon threads: whatever is left dies with the process
             thread.join(max(0.0, deadline - time.monotonic()))
         if busy := sum(t.is_alive() for t in threads):
             self.log.warning("Worker %s: %s connection(s) still busy after graceful_timeout; exiting",
                              self.pid, busy)
+            self.in_flight.report(self.log, self.pid)
 
     def serve(self, conn: HttpConnection, slots: threading.BoundedSemaphore) -> None:
         try:

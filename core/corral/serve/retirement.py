@@ -12,8 +12,9 @@ serving before that TERM comes). From the moment ``worker.alive`` goes false:
 2. Every request already received is served: one in flight, ones pipelined
    behind it, ones waiting in the kernel's receive buffer of an open
    connection. A response offers keep-alive only while more input from its
-   client has already arrived (:func:`offer_keep_alive`); the last response
-   on each connection says ``Connection: close``.
+   client has already arrived (each connection's ``may_keep_alive``: the
+   worker serves, or the bytes after the current request are here); the
+   last response on each connection says ``Connection: close``.
 3. A connection between two requests is not cut. HTTP/1.1 gives a server
    one way to tell a client to send nothing more, a response that says
    ``Connection: close``, and a bare close can meet a request already on its
@@ -65,17 +66,6 @@ CLOSE_LINGER: Final = 2.0
 CLOSE_LINGER_BYTES: Final = 1 << 20
 #: The graceful-timeout report lists at most this many requests, oldest first.
 REPORT_MAX: Final = 20
-
-
-def offer_keep_alive(serving: bool, next_request_here: bool) -> bool:
-    """Whether a response may say ``Connection: keep-alive`` as far as retirement goes.
-
-    :param serving: the worker is not retiring.
-    :param next_request_here: bytes after the current request have already
-        arrived (pipelined, or in the kernel's receive buffer): they will be
-        served, so the connection must stay open for their answers.
-    """
-    return serving or next_request_here
 
 
 def next_request_deadline(deadline: float, *, retiring_since: float | None, keepalive: float) -> float:

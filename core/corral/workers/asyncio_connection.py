@@ -54,7 +54,6 @@ from corral.serve.retirement import (
     CLOSE_LINGER,
     CLOSE_LINGER_BYTES,
     next_request_deadline,
-    offer_keep_alive,
 )
 from corral.workers.connection import (
     DRAIN_MAX_BYTES,
@@ -418,7 +417,9 @@ class AsyncHttpConnection:
 
     def may_keep_alive(self) -> bool:
         """Asked when a response head is made (Response.alive_check): keep-alive or close."""
-        return offer_keep_alive(self.worker.alive, self.next_request_here())
+        # corral.serve.retirement, rule 2; the check of the input only once
+        # retiring (it may cost a system call), so serving pays nothing for it.
+        return self.worker.alive or self.next_request_here()
 
     def close(self) -> None:
         transport = self.transport

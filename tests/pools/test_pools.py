@@ -17,20 +17,10 @@ import pytest
 from corral.plugins import make_plugin_manager, worker_registry
 from corral.testing import CorralProcess
 from corral.testing.load import LoadGenerator
+from corral.testing.process import free_ports
 
 APP = "corral.testing.apps:app"
 INSTALLED = set(worker_registry(make_plugin_manager()[0]))
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _environ(port: int) -> dict[str, object]:
@@ -50,7 +40,7 @@ def _title(pid: int) -> str:
 
 @pytest.mark.skipif(not {"gthread", "gevent"} <= INSTALLED, reason="needs the gthread and gevent plugins")
 def test_three_classes_on_three_ports(tmp_path: Path) -> None:
-    a, b, c = _free_ports(3)
+    a, b, c = free_ports(3)
     conf = tmp_path / "pools.py"
     conf.write_text(
         "pools = {\n"
@@ -92,7 +82,7 @@ def test_two_apps_on_two_ports(tmp_path: Path) -> None:
         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
         "    return [b'other app on ' + environ['corral.pool'].encode()]\n"
     )
-    a, b = _free_ports(2)
+    a, b = free_ports(2)
     conf = tmp_path / "apps.toml"
     conf.write_text(f"[pools.first]\nworker-class = 'sync'\nbind = ['127.0.0.1:{a}']\n"
                     f"[pools.second]\nworker-class = 'sync'\nbind = ['127.0.0.1:{b}']\nwsgi-app = 'other:app'\n")
@@ -161,7 +151,7 @@ def test_shared_listener_and_scale_one_pool(tmp_path: Path) -> None:
 
 @pytest.mark.skipif("gthread" not in INSTALLED, reason="needs the gthread plugin")
 def test_hup_resizes_and_changes_class_under_load(tmp_path: Path) -> None:
-    a, b = _free_ports(2)
+    a, b = free_ports(2)
     conf = tmp_path / "pools.py"
     conf.write_text(f"pools = {{'web': {{'worker_class': 'sync', 'workers': 1, 'bind': ['127.0.0.1:{a}']}},"
                     f" 'api': {{'worker_class': 'sync', 'workers': 1, 'bind': ['127.0.0.1:{b}']}}}}\n")
@@ -186,7 +176,7 @@ def test_hup_resizes_and_changes_class_under_load(tmp_path: Path) -> None:
 @pytest.mark.skipif(not {"gthread", "gevent"} <= INSTALLED, reason="needs the gthread and gevent plugins")
 def test_documented_example_config_runs(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    base = _free_ports(1)[0]
+    base = free_ports(1)[0]
     while True:  # three consecutive free ports
         try:
             probes = []
@@ -196,7 +186,7 @@ def test_documented_example_config_runs(tmp_path: Path) -> None:
                 probes.append(s)
             break
         except OSError:
-            base = _free_ports(1)[0]
+            base = free_ports(1)[0]
         finally:
             for s in probes:
                 s.close()

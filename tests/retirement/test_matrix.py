@@ -21,24 +21,12 @@ import pytest
 from corral.plugins import make_plugin_manager, worker_registry
 from corral.testing import CorralProcess
 from corral.testing.load import KeepAliveMix, MixResult
+from corral.testing.process import free_ports
 
 APP = "corral.testing.apps:app"
 INSTALLED = set(worker_registry(make_plugin_manager()[0]))
 CLASSES = [c for c in ("sync", "gthread", "gevent", "tornado") if c in INSTALLED]
 SLOW = 0.5
-
-
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _join(threads: list[threading.Thread]) -> None:
@@ -149,7 +137,7 @@ def test_usr2_then_term_of_the_old_arbiter(tmp_path: Path, worker_class: str, co
 
 
 def test_pool_removed_on_hup(tmp_path: Path, worker_class: str, connections: int) -> None:
-    a, b = _free_ports(2)
+    a, b = free_ports(2)
     conf = tmp_path / "pools.py"
     both = (f"pools = {{'kept': {{'worker_class': '{worker_class}', 'workers': 1, 'bind': ['127.0.0.1:{a}']}},"
             f" 'gone': {{'worker_class': '{worker_class}', 'workers': 1, 'bind': ['127.0.0.1:{b}']}}}}\n")

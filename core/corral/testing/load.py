@@ -14,6 +14,16 @@ import time
 from dataclasses import dataclass, field
 
 
+def _wait_for_progress(result: LoadResult | MixResult, count: int, timeout: float) -> None:
+    """Return once ``count`` more requests succeeded; fail (showing the last failures) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    start = result.ok
+    while result.ok - start < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"load made no progress: {result.failures[-5:]}")
+        time.sleep(0.01)
+
+
 @dataclass
 class LoadResult:
     ok: int = 0
@@ -51,12 +61,7 @@ class LoadGenerator:
         self._marked.set()
 
     def wait_for_requests(self, count: int, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        start = self.result.ok
-        while self.result.ok - start < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"load made no progress: {self.result.failures[-5:]}")
-            time.sleep(0.01)
+        _wait_for_progress(self.result, count, timeout)
 
     def stop(self) -> LoadResult:
         self._stop.set()
@@ -153,12 +158,7 @@ class KeepAliveMix:
         self.stop()
 
     def wait_for_requests(self, count: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        start = self.result.ok
-        while self.result.ok - start < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"load made no progress: {self.result.failures[-5:]}")
-            time.sleep(0.01)
+        _wait_for_progress(self.result, count, timeout)
 
     def slow(self, count: int, seconds: float, marker_dir: str) -> list[threading.Thread]:
         """Start ``count`` POSTs that sleep ``seconds`` in the app; returns once all are in it."""

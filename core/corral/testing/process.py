@@ -252,6 +252,18 @@ def read_until_close(sock: socket.socket, timeout: float = 10.0) -> bytes:
     return b"".join(chunks)
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback TCP ports free right now (for configs that need ports up front)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def parse_responses(data: bytes) -> Iterator[tuple[int, dict[str, str], bytes]]:
     """Split a byte stream of HTTP/1.1 responses (CL or chunked framed, or close)."""
     while data:

@@ -210,7 +210,7 @@ _DEFAULT_LIMITS: Final = ParserLimits()
 _END_WITHOUT_TRAILERS: Final = EndOfMessage([])
 
 
-class _Sentinel:
+class ParserSignal:
     def __init__(self, name: str) -> None:
         self._name = name
 
@@ -219,11 +219,11 @@ class _Sentinel:
 
 
 #: More bytes are needed: call feed() (or feed(b"") at end of stream).
-NEED_DATA: Final = _Sentinel("NEED_DATA")
+NEED_DATA: Final = ParserSignal("NEED_DATA")
 #: The message ended; call start_next() after the response went out.
-PAUSED: Final = _Sentinel("PAUSED")
+PAUSED: Final = ParserSignal("PAUSED")
 #: The peer closed cleanly between two requests.
-CONNECTION_CLOSED: Final = _Sentinel("CONNECTION_CLOSED")
+CONNECTION_CLOSED: Final = ParserSignal("CONNECTION_CLOSED")
 
 
 class ClientDisconnected(Exception):
@@ -349,7 +349,7 @@ class RequestParser:
 
     # -- events -------------------------------------------------------------
 
-    def next_event(self) -> RequestHead | bytes | EndOfMessage | _Sentinel:
+    def next_event(self) -> RequestHead | bytes | EndOfMessage | ParserSignal:
         state = self._state
         try:
             if self._proxy_pending and state == _HEAD:
@@ -386,7 +386,7 @@ class RequestParser:
 
     # -- head -----------------------------------------------------------------
 
-    def _next_head(self) -> RequestHead | _Sentinel:
+    def _next_head(self) -> RequestHead | ParserSignal:
         buf = self._buf
         if not buf:
             # The usual first call of a connection, before anything arrived.
@@ -634,7 +634,7 @@ class RequestParser:
             del buf[:n]
         return data
 
-    def _next_length_data(self) -> bytes | EndOfMessage | _Sentinel:
+    def _next_length_data(self) -> bytes | EndOfMessage | ParserSignal:
         if self._remaining == 0:
             self._state = _DONE
             return _END_WITHOUT_TRAILERS
@@ -651,7 +651,7 @@ class RequestParser:
             raise IncompleteBody("connection closed in the middle of the body")
         return NEED_DATA
 
-    def _next_chunked(self) -> bytes | EndOfMessage | _Sentinel:
+    def _next_chunked(self) -> bytes | EndOfMessage | ParserSignal:
         buf = self._buf
         while True:
             state = self._state

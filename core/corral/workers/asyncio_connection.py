@@ -477,7 +477,7 @@ class AsyncHttpConnection:
         try:
             while True:
                 try:
-                    head = await self._read_head(first)
+                    head = await self.next_head(first)
                 except E.HTTPError as exc:
                     self.send_error(exc)
                     return
@@ -502,7 +502,7 @@ class AsyncHttpConnection:
             self.close()
             self.responder.connection_closed(self)
 
-    async def _read_head(self, first: bool) -> RequestHead | None:
+    async def next_head(self, first: bool) -> RequestHead | None:
         """The next request head, or None when the connection should just close."""
         parser = self.parser
         protocol = self.protocol
@@ -628,7 +628,7 @@ class ThreadBridge:
         self._cond: threading.Condition | None = None
         #: Bytes handed to the loop that the transport has not yet taken.
         self._unsent = 0
-        self._client_wait = clock_stopper(conn.worker.watchdog) or contextlib.nullcontext
+        self.client_wait = clock_stopper(conn.worker.watchdog) or contextlib.nullcontext
 
     def settimeout(self, timeout: float | None) -> None:
         self._timeout = timeout
@@ -654,7 +654,7 @@ class ThreadBridge:
         self._call(self._write, data)
         if unsent > THREAD_SEND_HIGH_WATER:
             # A slow reader paces the app: its request is waiting, not stuck.
-            with self._client_wait(), self._lock:
+            with self.client_wait(), self._lock:
                 cond = self._cond
                 if cond is None:
                     cond = self._cond = threading.Condition(self._lock)
@@ -690,7 +690,7 @@ class ThreadBridge:
         seen = -1
         # Waiting for a (slow) client to read: the request is not stuck. It is
         # given up once a whole --timeout passes without a piece going out.
-        with self._client_wait():
+        with self.client_wait():
             while True:
                 try:
                     return future.result(timeout)

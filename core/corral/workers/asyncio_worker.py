@@ -135,7 +135,7 @@ class AsyncioWorker(Worker):
             lst.sock.setblocking(False)
         # Each listener with its accept function, made once (corral.sockets.acceptor).
         self._listener_fds = {lst.sock.fileno(): (lst, acceptor(lst.sock)) for lst in self.listeners}
-        loop.add_reader(self._wake_r, self._on_wake)
+        loop.add_reader(self.wake_fd, self._on_wake)
         # The WSGI threads' malloc arenas keep what big bodies freed: give it
         # back once the worker goes idle (corral.workers.memory).
         self._idle_trim = IdleTrim(self.log, self.pid)
@@ -149,7 +149,7 @@ class AsyncioWorker(Worker):
             await self._graceful_stop()
         finally:
             self._beat_handle.cancel()
-            loop.remove_reader(self._wake_r)
+            loop.remove_reader(self.wake_fd)
 
     def _accept(self, listener: Listener, accept: Acceptor) -> None:
         env = self.envs[id(listener)]
@@ -297,7 +297,7 @@ class AsyncioWorker(Worker):
     def _on_wake(self) -> None:
         # Worker.handle_exit (TERM) and request_done (max-requests) write here.
         with contextlib.suppress(OSError):
-            os.read(self._wake_r, 512)
+            os.read(self.wake_fd, 512)
         if not self.alive:
             self._begin_stop()
 

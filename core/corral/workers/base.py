@@ -162,8 +162,12 @@ class Worker:
             self.access_logger = access_log
             self.access_log = access_log.log
             heartbeat.on_beat = access_log.flush
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        #: The read end of the wake pipe (non-blocking): readable when TERM,
+        #: a stop or a recycle wants the worker's loop to look at
+        #: ``self.alive``. Put it in the loop's select/poll and read it
+        #: empty (:meth:`clear_wake`) when it fires.
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
         os.set_blocking(self._wake_w, False)
 
     def __repr__(self) -> str:
@@ -325,6 +329,14 @@ class Worker:
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def clear_wake(self) -> None:
+        """Read the wake pipe empty (after :attr:`wake_fd` was readable)."""
+        try:
+            while os.read(self.wake_fd, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def wake(self) -> None:
         """End the worker's current wait: Python retries interrupted waits (PEP 475)."""

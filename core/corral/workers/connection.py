@@ -66,7 +66,7 @@ MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
 _NO_BYTES: Final = bytes(4)
 
 
-class _Timeout(Exception):
+class ClientTimeout(Exception):
     pass
 
 
@@ -97,7 +97,7 @@ class HttpConnection:
         self.parser = parser
         self.header_timeout = worker.header_timeout
         #: Stops the request's watchdog clock around waits for the client (None: no watchdog).
-        self._client_wait = clock_stopper(worker.watchdog)
+        self.client_wait = clock_stopper(worker.watchdog)
 
     # -- I/O -----------------------------------------------------------------
 
@@ -119,16 +119,16 @@ class HttpConnection:
         if self.cooperative:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise _Timeout
+                raise ClientTimeout
             sock.settimeout(remaining)
             try:
-                if self._client_wait is None:
+                if self.client_wait is None:
                     data = sock.recv(RECV_SIZE)
                 else:
-                    with self._client_wait():
+                    with self.client_wait():
                         data = sock.recv(RECV_SIZE)
             except TimeoutError:
-                raise _Timeout from None
+                raise ClientTimeout from None
             except OSError:
                 data = b""
         else:
@@ -139,11 +139,11 @@ class HttpConnection:
                     data = sock.recv(RECV_SIZE)
                     break
                 except (BlockingIOError, InterruptedError):
-                    self._wait(select.POLLIN, deadline)
+                    self.wait_io(select.POLLIN, deadline)
                 except OSError as exc:
                     want = _ssl_want(exc)
                     if want:
-                        self._wait(want, deadline)
+                        self.wait_io(want, deadline)
                         continue
                     data = b""
                     break
@@ -189,13 +189,13 @@ class HttpConnection:
             try:
                 sent = sock.send(view, flags)
             except (BlockingIOError, InterruptedError):
-                self._wait(select.POLLOUT, deadline)
+                self.wait_io(select.POLLOUT, deadline)
                 continue
             except OSError as exc:
                 want = _ssl_want(exc)
                 if not want:
                     raise
-                self._wait(want, deadline)
+                self.wait_io(want, deadline)
                 continue
             view = view[sent:]
 
@@ -237,22 +237,24 @@ class HttpConnection:
             return
         sock.close()
 
-    def _wait(self, events: int, deadline: float) -> None:
+    def wait_io(self, events: int, deadline: float) -> None:
         """Block until the OS socket is ready for ``events``: waiting on the client, not stuck."""
-        if self._client_wait is None:
+        if self.client_wait is None:
             _wait(self.sock, events, deadline, self.worker.notify)
         else:
-            with self._client_wait():
+            with self.client_wait():
                 _wait(self.sock, events, deadline, self.worker.notify)
 
-    def _read_head(self, first: bool) -> RequestHead | None:
+    def next_head(self, first: bool) -> RequestHead | None:
         """The next request head, or None when the connection should just close."""
         parser = self.parser
         now = time.monotonic()
         idle = self.header_timeout if first else self.keepalive
-        worker = self.worker
-        deadline = next_request_deadline(now + idle, retiring_since=worker.retiring_since,
-                                         keepalive=self.keepalive)
+        deadline = now + idle
+        retiring_since = self.worker.retiring_since
+        if retiring_since is not None:  # (no call on the serving path)
+            deadline = next_request_deadline(deadline, retiring_since=retiring_since,
+                                             keepalive=self.keepalive)
         head_deadline: float | None = None
         while True:
             event = parser.next_event()
@@ -267,7 +269,7 @@ class HttpConnection:
                 deadline = head_deadline
             try:
                 self._recv(deadline)
-            except _Timeout:
+            except ClientTimeout:
                 if parser.in_head:
                     raise E.RequestTimeout("request head not received in time") from None
                 return None
@@ -281,7 +283,7 @@ class HttpConnection:
             if event is NEED_DATA:
                 try:
                     self._recv(time.monotonic() + self.header_timeout)
-                except _Timeout:
+                except ClientTimeout:
                     raise E.RequestTimeout("request body not received in time") from None
                 continue
             assert isinstance(event, EndOfMessage)
@@ -308,7 +310,7 @@ class HttpConnection:
                     deadline = time.monotonic() + DRAIN_MAX_SECONDS
                 try:
                     self._recv(deadline)
-                except _Timeout:
+                except ClientTimeout:
                     return False
         return True
 
@@ -321,7 +323,7 @@ class HttpConnection:
             ctx = self.worker.ssl_context
             if ctx is None or start_tls(self, ctx):
                 self._serve()
-        except (ClientDisconnected, ConnectionError, TimeoutError, _Timeout):
+        except (ClientDisconnected, ConnectionError, TimeoutError, ClientTimeout):
             pass
         except OSError:
             pass
@@ -332,7 +334,7 @@ class HttpConnection:
         first = True
         while True:
             try:
-                head = self._read_head(first)
+                head = self.next_head(first)
             except E.HTTPError as exc:
                 self.send_error(exc)
                 return
@@ -385,7 +387,7 @@ class HttpConnection:
                 return  # closed already (HttpConnection._send_last)
             if (self.parser.has_unread or self.kernel_has_input()) and not _is_tls(sock):
                 self._linger(sock)
-        except (OSError, _Timeout, ValueError):
+        except (OSError, ClientTimeout, ValueError):
             pass
         finally:
             try:
@@ -405,7 +407,7 @@ class HttpConnection:
             try:
                 data = sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
-                self._wait(select.POLLIN, deadline)
+                self.wait_io(select.POLLIN, deadline)
                 continue
             if not data:
                 return
@@ -413,7 +415,7 @@ class HttpConnection:
 
     def send_error(self, exc: E.HTTPError) -> None:
         """Answer a protocol error (the caller then closes the connection)."""
-        self.worker.log.info("%s from %s: %s", exc.status, self._peer_str(), exc.detail)
+        self.worker.log.info("%s from %s: %s", exc.status, self.peer_label(), exc.detail)
         self._send(error_response(exc))
 
     def handle(self, head: RequestHead) -> bool:
@@ -424,7 +426,7 @@ class HttpConnection:
         ``parser.start_next()`` before reading the next head.
         """
         worker = self.worker
-        started = time.monotonic() if worker.access_log is not None else 0.0
+        started = time.monotonic()  # the access log's duration, the in-flight age
         # Whether the worker is retiring is asked when the head is made
         # (may_keep_alive): a request that arrived during the drain, or was
         # in flight when it began, then says Connection: close.
@@ -459,7 +461,7 @@ class HttpConnection:
         result = None
         environ: dict[str, Any] = {}
         in_flight = worker.in_flight
-        in_flight.begin(self, head)
+        in_flight[self] = (head, started)
         try:
             proxied = self.parser.proxy
             environ = build_environ(head, self.env, body, self.peer,
@@ -480,7 +482,7 @@ class HttpConnection:
             if not resp.headers_sent:
                 self.send_error(exc)
             return False
-        except (ClientDisconnected, ConnectionError, _Timeout):
+        except (ClientDisconnected, ConnectionError, ClientTimeout):
             return False
         except Exception:
             worker.log.exception("Error handling request %s %s", head.method, head.target)
@@ -496,7 +498,7 @@ class HttpConnection:
                     result.close()
                 except Exception:
                     worker.log.exception("Error closing the app's response iterable")
-            in_flight.end(self)
+            in_flight.pop(self, None)
             worker.request_done()
         if worker.post_request is not None:
             try:
@@ -543,7 +545,7 @@ class HttpConnection:
             resp.finish()
             return
         count = size if resp.content_length is None else min(resp.content_length, size)
-        self._send(resp._make_head())
+        self._send(resp.make_head())
         if _is_tls(self.sock):
             # A TLS socket must encrypt: socket.sendfile sends what it reads
             # (it polls by itself).
@@ -561,7 +563,7 @@ class HttpConnection:
 
         A worker overrides this when its sockets' sendfile is slow (gevent's
         socket.sendfile reads and sends 8 KiB at a time; that is one reason
-        the gevent worker keeps OS sockets and overrides :meth:`_wait`
+        the gevent worker keeps OS sockets and overrides :meth:`wait_io`
         instead, so that files take the os.sendfile loop of :meth:`_sendfile`).
         """
         self.sock.settimeout(self.worker.write_timeout or None)
@@ -586,14 +588,14 @@ class HttpConnection:
             try:
                 n = os.sendfile(out, fd, offset + sent, min(count - sent, SENDFILE_CHUNK))
             except (BlockingIOError, InterruptedError):
-                self._wait(select.POLLOUT, time.monotonic() + timeout if timeout else float("inf"))
+                self.wait_io(select.POLLOUT, time.monotonic() + timeout if timeout else float("inf"))
                 continue
             if n == 0:
                 break  # the file is shorter than it was: the client sees a short body
             sent += n
         return sent
 
-    def _peer_str(self) -> str:
+    def peer_label(self) -> str:
         if isinstance(self.peer, tuple):
             return f"{self.peer[0]}:{self.peer[1]}"
         return "unix socket"
@@ -619,7 +621,7 @@ def _ssl_want(exc: OSError) -> int:
 
 
 def _wait(sock: socket.socket, events: int, deadline: float, beat: Callable[[], None]) -> None:
-    """Poll one socket until ``events`` or the deadline (_Timeout), beating the heartbeat meanwhile.
+    """Poll one socket until ``events`` or the deadline (ClientTimeout), beating the heartbeat meanwhile.
 
     A worker waiting for a slow client is not stuck: its own deadline
     (--header-timeout, or --timeout for a client that does not read) ends
@@ -633,7 +635,7 @@ def _wait(sock: socket.socket, events: int, deadline: float, beat: Callable[[], 
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise _Timeout
+            raise ClientTimeout
         if poller.poll(min(remaining, WAIT_SLICE) * 1000):
             return
         beat()

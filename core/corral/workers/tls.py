@@ -168,7 +168,7 @@ def start_tls(conn: HttpConnection, ctx: ssl.SSLContext) -> bool:
     try:
         _handshake(conn, ctx)
     except (OSError, ValueError, E.HTTPError) as exc:
-        conn.worker.log.debug("TLS handshake with %s failed: %s", conn._peer_str(), exc)
+        conn.worker.log.debug("TLS handshake with %s failed: %s", conn.peer_label(), exc)
         return False
     return True
 

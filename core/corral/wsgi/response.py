@@ -225,7 +225,7 @@ class Response:
         if not self.headers_sent:
             if not data:
                 return
-            out = self._make_head() + self._frame(data)
+            out = self.make_head() + self._frame(data)
         elif data:
             out = self._frame(data)
             if not out:
@@ -249,7 +249,7 @@ class Response:
                 raise ResponseError("the app returned without calling start_response()")
             if self.content_length is None and self.length_hint is None:
                 self.length_hint = 0
-            head = self._make_head()
+            head = self.make_head()
             # Not chunked (the length is known by now): the head is all there is.
             self._send_final(head)
         if self._chunked:
@@ -278,7 +278,7 @@ class Response:
 
     # -- serialisation ---------------------------------------------------------
 
-    def _make_head(self) -> bytes:
+    def make_head(self) -> bytes:
         if self.keep_alive and self.alive_check is not None and not self.alive_check():
             self.keep_alive = False
         head = self.head

@@ -1,7 +1,6 @@
 """Registers the worker; imports no worker code, so listing plugins stays cheap."""
 
-from corral import hookimpl
-from corral.plugins import WorkerSpec
+from corral.api import WorkerSpec, hookimpl
 
 CORRAL_PLUGIN_API = 1
 

@@ -6,9 +6,7 @@ import threading
 import time
 from typing import Any
 
-from corral.workers.base import Worker
-from corral.workers.connection import HttpConnection
-from corral.workers.watchdog import RequestWatchdog
+from corral.api import HttpConnection, RequestWatchdog, Worker
 
 
 class ThreadPerConnectionWorker(Worker):
@@ -23,7 +21,7 @@ class ThreadPerConnectionWorker(Worker):
         for listener in self.listeners:
             listener.sock.setblocking(False)
             selector.register(listener.sock, selectors.EVENT_READ, listener)
-        selector.register(self._wake_r, selectors.EVENT_READ)  # TERM and max-requests wake us
+        selector.register(self.wake_fd, selectors.EVENT_READ)  # TERM and max-requests wake us
         threads: list[threading.Thread] = []
         while self.alive and self.keep_serving():
             self.watchdog.check()  # beats the heartbeat while no request is stuck
@@ -31,7 +29,7 @@ class ThreadPerConnectionWorker(Worker):
                 continue  # every slot busy: leave new connections to other workers
             for key, _ in selector.select(timeout=0.5):
                 if key.data is None:
-                    os.read(self._wake_r, 64)
+                    os.read(self.wake_fd, 64)
                     continue
                 try:
                     sock, peer = key.fileobj.accept()  # type: ignore[union-attr]

@@ -8,8 +8,7 @@ processes that never run a gevent pool.
 
 from __future__ import annotations
 
-from corral import hookimpl
-from corral.plugins import WorkerSpec
+from corral.api import WorkerSpec, hookimpl
 
 CORRAL_PLUGIN_API = 1
 

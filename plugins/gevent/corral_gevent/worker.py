@@ -58,18 +58,14 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.socket import wait_read, wait_write
 
-from corral.serve.retirement import next_request_deadline
-from corral.sockets import ACCEPT_RESOURCE_ERRNOS
-from corral.workers.base import Worker
-from corral.workers.connection import HttpConnection, _Timeout
+from corral.api import ACCEPT_RESOURCE_ERRNOS, ClientTimeout, HttpConnection, Worker, next_request_deadline
 
 if TYPE_CHECKING:
     import socket
 
     from greenlet import greenlet as RawGreenlet
 
-    from corral.http.parser import RequestHead
-    from corral.wsgi.environ import EnvironContext
+    from corral.api import EnvironContext, RequestHead
 
 #: How long to wait before retrying an accept that ran out of a resource
 #: (corral.sockets.ACCEPT_RESOURCE_ERRNOS): long enough not to burn
@@ -121,7 +117,7 @@ class _Connection(HttpConnection):
     built for every connection (each checks its fd with a system call),
     a Python frame around every recv and send, a settimeout before each,
     and a deferred close. The waits, the only place that must yield, go to
-    the hub here (:meth:`_wait`). Files go through the shared non-blocking
+    the hub here (:meth:`wait_io`). Files go through the shared non-blocking
     ``os.sendfile`` loop, which waits through the same method.
 
     A graceful stop leaves a connection that waits for a request alone
@@ -142,7 +138,7 @@ class _Connection(HttpConnection):
     #: The greenlet serving this connection, to kill it when it is idle at stop.
     greenlet: RawGreenlet | None = None
 
-    def _read_head(self, first: bool) -> RequestHead | None:
+    def next_head(self, first: bool) -> RequestHead | None:
         loop = self._loop
         if not first and loop.iteration == self._turn:
             # The request just served never gave the CPU away (the loop has
@@ -163,7 +159,7 @@ class _Connection(HttpConnection):
             gevent.sleep(0)
         self.waiting = True
         try:
-            head = super()._read_head(first)
+            head = super().next_head(first)
         finally:
             self.waiting = False
         self._turn = loop.iteration
@@ -173,23 +169,23 @@ class _Connection(HttpConnection):
     def idle(self) -> bool:
         return self.waiting and not self.parser.in_head
 
-    def _wait(self, events: int, deadline: float) -> None:
+    def wait_io(self, events: int, deadline: float) -> None:
         """Yield to other greenlets until the socket is ready for ``events``, or the deadline.
 
         The heartbeat has a greenlet of its own, so there is nothing to beat here.
         """
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise _Timeout
+            raise ClientTimeout
         wait = wait_read if events & select.POLLIN else wait_write
         try:
-            if self._client_wait is None:
+            if self.client_wait is None:
                 wait(self.sock.fileno(), timeout=remaining)
             else:
-                with self._client_wait():
+                with self.client_wait():
                     wait(self.sock.fileno(), timeout=remaining)
         except TimeoutError:
-            raise _Timeout from None
+            raise ClientTimeout from None
 
 
 class GeventWorker(Worker):
@@ -348,7 +344,7 @@ class GeventWorker(Worker):
         except Exception:
             # serve() handles client and app errors itself; anything else is
             # a bug that belongs in the error log, not on gevent's stderr.
-            self.log.exception("Error serving a connection from %s", conn._peer_str())
+            self.log.exception("Error serving a connection from %s", conn.peer_label())
         finally:
             connections.discard(conn)
             conn.greenlet = None
@@ -369,9 +365,9 @@ class GeventWorker(Worker):
         """Block this greenlet until ``alive`` goes false (signal handlers write the wake pipe)."""
         while self.alive:
             with contextlib.suppress(TimeoutError):
-                gevent.socket.wait_read(self._wake_r, timeout=STOP_POLL)
+                gevent.socket.wait_read(self.wake_fd, timeout=STOP_POLL)
             with contextlib.suppress(OSError):
-                while os.read(self._wake_r, 64):
+                while os.read(self.wake_fd, 64):
                     pass
 
     def _drain(self) -> None:

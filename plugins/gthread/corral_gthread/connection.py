@@ -18,13 +18,11 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from corral.http import errors as E
-from corral.http.parser import NEED_DATA, RequestHead
-from corral.workers.connection import RECV_SIZE, HttpConnection
+from corral.api import NEED_DATA, RECV_SIZE, HttpConnection, RequestHead
+from corral.api import errors as E
 
 if TYPE_CHECKING:
-    from corral.http.parser import EndOfMessage, _Sentinel
-    from corral.workers.watchdog import RequestWatchdog
+    from corral.api import EndOfMessage, ParserSignal, RequestWatchdog
 
 
 class PooledConnection(HttpConnection):
@@ -53,7 +51,7 @@ class PooledConnection(HttpConnection):
         """Owned by the loop, waiting for (the rest of) a head."""
         return self.deadline >= 0
 
-    def read_head(self) -> RequestHead | bytes | EndOfMessage | _Sentinel:
+    def read_head(self) -> RequestHead | bytes | EndOfMessage | ParserSignal:
         """Read what the (non-blocking) socket holds and return the parser's next event.
 
         Returns a :class:`RequestHead` once complete, ``NEED_DATA`` to wait,

@@ -43,17 +43,22 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from corral.http import errors as E
-from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
-from corral.serve.retirement import next_request_deadline
-from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
-from corral.workers.memory import IdleTrim
+from corral.api import (
+    ACCEPT_RESOURCE_ERRNOS,
+    NEED_DATA,
+    Acceptor,
+    ClientDisconnected,
+    IdleTrim,
+    RequestHead,
+    acceptor,
+    next_request_deadline,
+)
+from corral.api import errors as E
 from corral_gthread.connection import PooledConnection
 from corral_gthread.poller import make_poller
 
 if TYPE_CHECKING:
-    from corral.workers.watchdog import RequestWatchdog
-    from corral.wsgi.environ import EnvironContext
+    from corral.api import EnvironContext, RequestWatchdog
     from corral_gthread.worker import ThreadWorker
 
 #: The loop runs the watchdog (which beats the heartbeat), checks the parent
@@ -183,7 +188,7 @@ class IOLoop:
             listener.sock.setblocking(False)
             nodelay = listener.sock.family in (socket.AF_INET, socket.AF_INET6)
             self.listeners[listener.sock] = (acceptor(listener.sock), worker.envs[id(listener)], nodelay)
-        self.poller.watch(worker._wake_r, None)
+        self.poller.watch(worker.wake_fd, None)
 
     # -- called from pool threads ----------------------------------------------
 
@@ -262,7 +267,7 @@ class IOLoop:
                     self.on_readable(data, registered=True)
             elif data is None:
                 with contextlib.suppress(OSError):
-                    os.read(self.worker._wake_r, 4096)
+                    os.read(self.worker.wake_fd, 4096)
             else:
                 self.accept(data)
         now = time.monotonic()

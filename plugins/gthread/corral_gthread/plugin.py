@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from corral import hookimpl
-from corral.plugins import WorkerSpec
+from corral.api import WorkerSpec, hookimpl
 
 if TYPE_CHECKING:
-    from corral.config import Config
+    from corral.api import Config
 
 CORRAL_PLUGIN_API = 1
 

@@ -36,9 +36,7 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
-from corral.http.parser import ClientDisconnected
-from corral.workers.base import Worker
-from corral.workers.watchdog import RequestWatchdog
+from corral.api import ClientDisconnected, RequestWatchdog, Worker
 from corral_gthread.loop import IOLoop
 
 if TYPE_CHECKING:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from corral import hookimpl
-from corral.plugins import WorkerSpec
+from corral.api import WorkerSpec, hookimpl
 
 CORRAL_PLUGIN_API = 1
 

@@ -15,9 +15,7 @@ import signal
 import socket
 from typing import Any
 
-from corral.sockets import acceptor
-from corral.workers.base import Worker
-from corral.workers.connection import HttpConnection
+from corral.api import HttpConnection, Worker, acceptor
 
 
 class SyncWorker(Worker):
@@ -47,7 +45,7 @@ class SyncWorker(Worker):
         listeners = {lst.sock: (acceptor(lst.sock), self.envs[id(lst)]) for lst in self.listeners}
         for sock in listeners:
             sock.setblocking(False)
-        waitables: list[socket.socket | int] = [*listeners, self._wake_r]
+        waitables: list[socket.socket | int] = [*listeners, self.wake_fd]
         # Wake at least this often to beat the heartbeat and check the parent.
         interval = min(1.0, (self.cfg.timeout or 2.0) / 2)
         while self.alive:
@@ -57,9 +55,9 @@ class SyncWorker(Worker):
             except OSError:
                 break
             for waitable in ready:
-                if waitable is self._wake_r:
+                if waitable is self.wake_fd:
                     with contextlib.suppress(OSError):
-                        os.read(self._wake_r, 64)
+                        os.read(self.wake_fd, 64)
                     continue
                 assert isinstance(waitable, socket.socket)
                 accept, env = listeners[waitable]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -33,19 +34,20 @@ from urllib.parse import unquote_to_bytes
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
-from corral.http import errors as E
-from corral.http.parser import NEED_DATA, EndOfMessage, RequestHead
-from corral.wsgi.environ import forwarded_secure
-from corral.wsgi.response import (
+from corral.api import (
     CONTINUE_100,
+    NEED_DATA,
+    EndOfMessage,
+    RequestHead,
     Response,
     ResponseError,
+    forwarded_secure,
     internal_error_response,
 )
+from corral.api import errors as E
 
 if TYPE_CHECKING:
-    from corral.workers.asyncio_connection import AsyncHttpConnection
-    from corral.workers.base import Worker
+    from corral.api import AsyncHttpConnection, Worker
 
 #: tornado's RequestHandler sets this Server value by default; it is replaced
 #: by corral's, which names no version.
@@ -180,7 +182,7 @@ class TornadoRequest(httputil.HTTPConnection):
     def _send_head(self) -> None:
         resp = self.response
         if resp is not None and not resp.headers_sent and not self.finished:
-            self.conn.send(resp._make_head())
+            self.conn.send(resp.make_head())
 
     def _flow(self) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self.conn.loop.create_future()
@@ -241,7 +243,7 @@ class TornadoResponder:
         keep = conn.keepalive > 0 and head.keep_alive
         request: TornadoRequest | None = None
         in_flight = worker.in_flight
-        in_flight.begin(conn, head)
+        in_flight[conn] = (head, time.monotonic())
         try:
             headers = httputil.HTTPHeaders()
             for name, value in head.headers:
@@ -281,7 +283,7 @@ class TornadoResponder:
             return False
         finally:
             conn.protocol.on_lost = None
-            in_flight.end(conn)
+            in_flight.pop(conn, None)
             worker.request_done()
         if conn.protocol.closed or request.response is None:
             return False

@@ -27,8 +27,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING, TypeGuard
 
-from corral.workers.asyncio_connection import Responder
-from corral.workers.asyncio_worker import AsyncioWorker
+from corral.api import AsyncioWorker, Responder
 
 if TYPE_CHECKING:  # the worker imports tornado only for a tornado app (see _is_tornado_app)
     from tornado.httputil import HTTPServerConnectionDelegate

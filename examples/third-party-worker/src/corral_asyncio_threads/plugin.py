@@ -8,9 +8,7 @@ and imported only in the worker processes that run it.
 
 from __future__ import annotations
 
-from corral import hookimpl
-from corral.plugins import WorkerSpec
-from corral.settings import Setting, SettingsRegistry, seconds
+from corral.api import Setting, SettingsRegistry, WorkerSpec, hookimpl, seconds
 
 #: The corral plugin API this plugin was written for. corral refuses to load
 #: a plugin whose number differs from its own ``corral.PLUGIN_API``, naming

@@ -26,14 +26,17 @@ import asyncio
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
 
-from corral.http.errors import HTTPError
-from corral.workers.asyncio_connection import AsyncHttpConnection, Responder, WsgiThreadResponder
-from corral.workers.asyncio_worker import AsyncioWorker
-from corral.workers.watchdog import RequestWatchdog
+from corral.api import (
+    AsyncHttpConnection,
+    AsyncioWorker,
+    HTTPError,
+    RequestWatchdog,
+    Responder,
+    WsgiThreadResponder,
+)
 
 if TYPE_CHECKING:
-    from corral.http.parser import RequestHead
-    from corral.workers.base import Worker
+    from corral.api import RequestHead, Worker
 
 #: Threads when --threads is left at 1: one thread would make every request
 #: wait for the one before it behind a loop that holds a thousand

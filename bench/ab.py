@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""corral against an earlier corral: did a change make a class slower?
+
+bench/run.py compares corral with gunicorn; this compares two versions of
+corral's own code, for the question a change to the request path raises.
+It checks the older revision out into a temporary git worktree and runs
+the same installed interpreter on either tree's sources (``PYTHONPATH``
+puts that tree's ``core/`` and the class's plugin first, ahead of the
+editable installs), so both see the same dependencies.
+
+Figures are less noisy than run.py's, because the question is a few
+percent, not a ratio: one worker pinned to one CPU (``--server-cpus``),
+wrk with one thread pinned to the other (``--client-cpus``), keep-alive
+clients, rounds interleaved old, new, old, new. Reported per class: the
+median req/s of each and the median server CPU per request (the worker
+tree's user + system time over the run, divided by wrk's request count),
+which does not depend on what else the machine runs.
+
+    python bench/ab.py --old cd1e6fc                 # the working tree against cd1e6fc
+    python bench/ab.py --old cd1e6fc --new HEAD      # two commits (edit freely meanwhile)
+    python bench/ab.py --old v1 --classes gthread --rounds 7 --path /100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import run as harness  # bench/run.py: bench/ is sys.path[0] when this runs as a script
+
+ROOT: Final = harness.BENCH_DIR.parent
+#: The classes whose request path a core change reaches (sync shares gthread's HttpConnection).
+DEFAULT_CLASSES: Final = "sync,gthread,gevent,tornado"
+
+
+def tree_path(tree: Path, cls: str) -> str:
+    """PYTHONPATH that runs ``tree``'s core and its plugin for ``cls`` (sync is the default class)."""
+    return os.pathsep.join(str(tree / part) for part in ("core", f"plugins/{cls}", "plugins/sync"))
+
+
+def one_run(reaper: harness.Reaper, tree: Path, cls: str, args: argparse.Namespace,
+            workload: harness.Workload, logdir: Path) -> dict[str, Any]:
+    s = harness.Settings(workers=1, threads=args.threads, worker_connections=1000, keep_alive=5,
+                         wrk_threads=1, connections=args.connections, duration=args.duration,
+                         warmup=1.0, rounds=args.rounds, server_cpus=args.server_cpus,
+                         client_cpus=args.client_cpus)
+    port = harness.free_port()
+    logfile = logdir / f"{tree.name}-{cls}.log"
+    server = harness.Server("corral", cls, harness.pinned(harness.corral_argv(cls, port, s, logfile),
+                                                          s.server_cpus), port, logfile)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(harness.SCRUBBED_ENV_PREFIXES) and k not in harness.SCRUBBED_ENV}
+    env["PYTHONPATH"] = tree_path(tree, cls)
+    harness.start_server(reaper, server, env)
+    try:
+        harness.wait_ready(server, 1, time.monotonic() + harness.START_TIMEOUT)
+        assert server.proc is not None
+        # Sync closes every connection; the others are compared under keep-alive.
+        mode = "close" if cls == "sync" else "keepalive"
+        harness.run_wrk(reaper, harness.wrk_argv(args.wrk, port, workload, mode, s, 1.0), workload, 1.0)
+        return harness.run_wrk(reaper, harness.wrk_argv(args.wrk, port, workload, mode, s, s.duration),
+                               workload, s.duration, server_pid=server.proc.pid)
+    finally:
+        assert server.proc is not None
+        reaper.stop(server.proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--old", required=True, help="git revision to compare against")
+    p.add_argument("--new", default=None, help="git revision to measure (default: the working tree)")
+    p.add_argument("--classes", default=DEFAULT_CLASSES)
+    p.add_argument("--path", default="/", help="route of bench/apps.py (default: hello world)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=6.0)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--threads", type=int, default=8, help="gthread's --threads")
+    p.add_argument("--server-cpus", default="1")
+    p.add_argument("--client-cpus", default="0")
+    args = p.parse_args(argv)
+    args.wrk = harness.ensure_wrk(install=False)
+    workload = next((w for w in harness.WORKLOADS if w.path == args.path),
+                    harness.Workload("custom", args.path, args.path))
+    revs = {name: subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+            for name, rev in (("old", args.old), ("new", args.new)) if rev}
+    reaper = harness.Reaper()
+    with tempfile.TemporaryDirectory(prefix="corral-ab-") as tmp:
+        # Each revision in a worktree of its own: the servers read their
+        # sources while they run (workers import their class after fork),
+        # so the working tree must not be what is measured while it changes.
+        trees = {name: Path(tmp) / f"{name}-{rev}" for name, rev in revs.items()}
+        for name, tree in trees.items():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
+                            revs[name]], check=True)
+        trees.setdefault("new", ROOT)
+        try:
+            rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for cls in args.classes.split(","):
+                for _ in range(args.rounds):
+                    for name, tree in trees.items():
+                        result = one_run(reaper, tree, cls, args, workload, Path(tmp))
+                        if "error" in result:
+                            print(f"{name} {cls}: {result['error']}", file=sys.stderr)
+                            continue
+                        rows.setdefault((cls, name), []).append(result)
+                        harness.log(f"{name} {cls}: {result['rps']:.0f} req/s, "
+                                    f"{result.get('server_cpu_us', 0):.1f} us CPU/request")
+        finally:
+            reaper.stop_all()
+            for tree in trees.values():
+                if tree != ROOT:
+                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                                   check=False)
+    print(f"\nold = {revs['old']}, new = {revs.get('new', 'working tree')}; {workload.path}, "
+          f"1 worker on CPU {args.server_cpus}, "
+          f"wrk -t1 -c{args.connections} on CPU {args.client_cpus}, median of {args.rounds}")
+    heads = ("old req/s", "new req/s", "new/old", "old us/req", "new us/req")
+    print(f"{'class':8} " + " ".join(f"{h:>11}" for h in heads))
+    for cls in args.classes.split(","):
+        old, new = rows.get((cls, "old"), []), rows.get((cls, "new"), [])
+        if not old or not new:
+            print(f"{cls:8} (no result)")
+            continue
+        o_rps = statistics.median(r["rps"] for r in old)
+        n_rps = statistics.median(r["rps"] for r in new)
+        o_cpu = statistics.median(r.get("server_cpu_us", 0.0) for r in old)
+        n_cpu = statistics.median(r.get("server_cpu_us", 0.0) for r in new)
+        print(f"{cls:8} {o_rps:11.0f} {n_rps:11.0f} {n_rps / o_rps:11.3f} {o_cpu:11.1f} {n_cpu:11.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

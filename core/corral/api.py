@@ -1,0 +1,175 @@
+"""The public API for worker plugins: the one corral module a plugin imports.
+
+A worker plugin (ours under plugins/, or a third party's) imports from here
+and from :mod:`corral.hookspecs`, nothing else of corral's; tests may also use
+the kit, :mod:`corral.testing`. Everything named in ``__all__`` is kept
+stable within a major :data:`PLUGIN_API`; everything else in corral may
+change in any release. ``tests/test_public_api.py`` fails when a plugin or
+an example reaches past this module, or names a private attribute of core.
+
+What is here, by what a worker does:
+
+- declare itself: :data:`hookimpl`, :class:`WorkerSpec`, settings
+  (:class:`Setting`, :class:`SettingsRegistry`, :func:`seconds`), :class:`Config`;
+- be a worker process: :class:`Worker` (signals, heartbeat, the wake pipe
+  :attr:`Worker.wake_fd`, retirement, ``in_flight``), :class:`AsyncioWorker`,
+  :class:`RequestWatchdog`, :class:`IdleTrim`;
+- accept: :func:`acceptor` (an accept that returns None when another
+  worker took the connection), :data:`ACCEPT_RESOURCE_ERRNOS`;
+- serve a connection: :class:`HttpConnection` (blocking or cooperative
+  sockets), :class:`AsyncHttpConnection` with a :class:`Responder`, and
+  :class:`WsgiThreadResponder`; :class:`ClientTimeout`, ``RECV_SIZE``;
+- retire: :func:`next_request_deadline` and the constants of
+  :mod:`corral.serve.retirement`;
+- speak HTTP with core's parser and response writer (for a worker that
+  answers in its own framework, as the tornado plugin does):
+  :class:`RequestHead`, :class:`EndOfMessage`, the parser signals,
+  :mod:`errors`, :class:`Response`, :class:`EnvironContext`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from corral import PLUGIN_API, hookimpl
+
+#: Where each name lives. Imported on first use (PEP 562), so a plugin
+#: module loaded in the arbiter (``from corral.api import WorkerSpec,
+#: hookimpl``) does not import the serving machinery, asyncio included,
+#: into a process that never serves. The static imports below say the same
+#: to type checkers; tests/test_public_api.py checks the two agree.
+_EXPORTS: dict[str, str] = {
+    "Config": "corral.config",
+    "errors": "corral.http",
+    "HTTPError": "corral.http.errors",
+    "CONNECTION_CLOSED": "corral.http.parser",
+    "NEED_DATA": "corral.http.parser",
+    "ClientDisconnected": "corral.http.parser",
+    "EndOfMessage": "corral.http.parser",
+    "ParserSignal": "corral.http.parser",
+    "RequestHead": "corral.http.parser",
+    "WorkerSpec": "corral.plugins",
+    "CLOSE_LINGER": "corral.serve.retirement",
+    "CLOSE_LINGER_BYTES": "corral.serve.retirement",
+    "FIRST_REQUEST_GRACE": "corral.serve.retirement",
+    "InFlight": "corral.serve.retirement",
+    "next_request_deadline": "corral.serve.retirement",
+    "Setting": "corral.settings",
+    "SettingsRegistry": "corral.settings",
+    "seconds": "corral.settings",
+    "ACCEPT_RESOURCE_ERRNOS": "corral.sockets",
+    "Acceptor": "corral.sockets",
+    "acceptor": "corral.sockets",
+    "AsyncHttpConnection": "corral.workers.asyncio_connection",
+    "Responder": "corral.workers.asyncio_connection",
+    "WsgiThreadResponder": "corral.workers.asyncio_connection",
+    "AsyncioWorker": "corral.workers.asyncio_worker",
+    "Worker": "corral.workers.base",
+    "RECV_SIZE": "corral.workers.connection",
+    "ClientTimeout": "corral.workers.connection",
+    "HttpConnection": "corral.workers.connection",
+    "IdleTrim": "corral.workers.memory",
+    "RequestWatchdog": "corral.workers.watchdog",
+    "EnvironContext": "corral.wsgi.environ",
+    "forwarded_secure": "corral.wsgi.environ",
+    "CONTINUE_100": "corral.wsgi.response",
+    "Response": "corral.wsgi.response",
+    "ResponseError": "corral.wsgi.response",
+    "internal_error_response": "corral.wsgi.response",
+}
+
+if TYPE_CHECKING:
+    from corral.config import Config
+    from corral.http import errors
+    from corral.http.errors import HTTPError
+    from corral.http.parser import (
+        CONNECTION_CLOSED,
+        NEED_DATA,
+        ClientDisconnected,
+        EndOfMessage,
+        ParserSignal,
+        RequestHead,
+    )
+    from corral.plugins import WorkerSpec
+    from corral.serve.retirement import (
+        CLOSE_LINGER,
+        CLOSE_LINGER_BYTES,
+        FIRST_REQUEST_GRACE,
+        InFlight,
+        next_request_deadline,
+    )
+    from corral.settings import Setting, SettingsRegistry, seconds
+    from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
+    from corral.workers.asyncio_connection import AsyncHttpConnection, Responder, WsgiThreadResponder
+    from corral.workers.asyncio_worker import AsyncioWorker
+    from corral.workers.base import Worker
+    from corral.workers.connection import RECV_SIZE, ClientTimeout, HttpConnection
+    from corral.workers.memory import IdleTrim
+    from corral.workers.watchdog import RequestWatchdog
+    from corral.wsgi.environ import EnvironContext, forwarded_secure
+    from corral.wsgi.response import CONTINUE_100, Response, ResponseError, internal_error_response
+
+    #: One event of the request parser: a head, body bytes, the end of a message, or a signal.
+    ParserEvent = RequestHead | bytes | EndOfMessage | ParserSignal
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ParserEvent":
+        from corral.http.parser import EndOfMessage, ParserSignal, RequestHead
+
+        value: Any = RequestHead | bytes | EndOfMessage | ParserSignal
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'corral.api' has no attribute {name!r}")
+    globals()[name] = value  # the next lookup is a plain global
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    "ACCEPT_RESOURCE_ERRNOS",
+    "CLOSE_LINGER",
+    "CLOSE_LINGER_BYTES",
+    "CONNECTION_CLOSED",
+    "CONTINUE_100",
+    "FIRST_REQUEST_GRACE",
+    "NEED_DATA",
+    "PLUGIN_API",
+    "RECV_SIZE",
+    "Acceptor",
+    "AsyncHttpConnection",
+    "AsyncioWorker",
+    "ClientDisconnected",
+    "ClientTimeout",
+    "Config",
+    "EndOfMessage",
+    "EnvironContext",
+    "HTTPError",
+    "HttpConnection",
+    "IdleTrim",
+    "InFlight",
+    "ParserEvent",
+    "ParserSignal",
+    "RequestHead",
+    "RequestWatchdog",
+    "Responder",
+    "Response",
+    "ResponseError",
+    "Setting",
+    "SettingsRegistry",
+    "Worker",
+    "WorkerSpec",
+    "WsgiThreadResponder",
+    "acceptor",
+    "errors",
+    "forwarded_secure",
+    "hookimpl",
+    "internal_error_response",
+    "next_request_deadline",
+    "seconds",
+]

@@ -14,6 +14,11 @@ What is here, by what a worker does:
 - be a worker process: :class:`Worker` (signals, heartbeat, the wake pipe
   :attr:`Worker.wake_fd`, retirement, ``in_flight``), :class:`AsyncioWorker`,
   :class:`RequestWatchdog`, :class:`IdleTrim`;
+- run a loop: :class:`SelectorLoopWorker` (a complete worker: a selector
+  loop that accepts, waits for heads, times out and retires, and runs
+  requests where :meth:`~SelectorLoopWorker.dispatch` says), its
+  :class:`SelectorLoop` and :class:`LoopConnection`, and
+  :class:`RequestThreads`, the request thread pool;
 - accept: :func:`acceptor` (an accept that returns None when another
   worker took the connection), :data:`ACCEPT_RESOURCE_ERRNOS`;
 - serve a connection: :class:`HttpConnection` (blocking or cooperative
@@ -21,10 +26,14 @@ What is here, by what a worker does:
   :class:`WsgiThreadResponder`; :class:`ClientTimeout`, ``RECV_SIZE``;
 - retire: :func:`next_request_deadline` and the constants of
   :mod:`corral.serve.retirement`;
-- speak HTTP with core's parser and response writer (for a worker that
-  answers in its own framework, as the tornado plugin does):
+- balance accepts across a pool's workers: :class:`AcceptBalance` (as
+  ``Worker.balance``);
+- speak HTTP with core's parser and response writer (for a worker with
+  an I/O model of its own, or one that answers in its own framework, as
+  the tornado plugin does): :class:`RequestParser`, :class:`ParserLimits`,
   :class:`RequestHead`, :class:`EndOfMessage`, the parser signals,
-  :mod:`errors`, :class:`Response`, :class:`EnvironContext`.
+  :mod:`errors`, :func:`build_environ`, :class:`EnvironContext`,
+  :class:`Body`, :class:`Response`, :func:`error_response`.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "FIRST_REQUEST_GRACE": "corral.serve.retirement",
     "InFlight": "corral.serve.retirement",
     "next_request_deadline": "corral.serve.retirement",
+    "RequestThreads": "corral.serve.threads",
     "Setting": "corral.settings",
     "SettingsRegistry": "corral.settings",
     "seconds": "corral.settings",
@@ -69,7 +79,10 @@ _EXPORTS: dict[str, str] = {
     "RECV_SIZE": "corral.workers.connection",
     "ClientTimeout": "corral.workers.connection",
     "HttpConnection": "corral.workers.connection",
+    "LoopConnection": "corral.workers.loop_connection",
     "IdleTrim": "corral.workers.memory",
+    "SelectorLoop": "corral.workers.selector_loop",
+    "SelectorLoopWorker": "corral.workers.selector_loop",
     "RequestWatchdog": "corral.workers.watchdog",
     "EnvironContext": "corral.wsgi.environ",
     "forwarded_secure": "corral.wsgi.environ",
@@ -77,6 +90,13 @@ _EXPORTS: dict[str, str] = {
     "Response": "corral.wsgi.response",
     "ResponseError": "corral.wsgi.response",
     "internal_error_response": "corral.wsgi.response",
+    "RequestParser": "corral.http.parser",
+    "ParserLimits": "corral.http.parser",
+    "Body": "corral.wsgi.body",
+    "EMPTY_BODY": "corral.wsgi.body",
+    "build_environ": "corral.wsgi.environ",
+    "error_response": "corral.wsgi.response",
+    "AcceptBalance": "corral.workers.balance",
 }
 
 if TYPE_CHECKING:
@@ -88,8 +108,10 @@ if TYPE_CHECKING:
         NEED_DATA,
         ClientDisconnected,
         EndOfMessage,
+        ParserLimits,
         ParserSignal,
         RequestHead,
+        RequestParser,
     )
     from corral.plugins import WorkerSpec
     from corral.serve.retirement import (
@@ -99,16 +121,27 @@ if TYPE_CHECKING:
         InFlight,
         next_request_deadline,
     )
+    from corral.serve.threads import RequestThreads
     from corral.settings import Setting, SettingsRegistry, seconds
     from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
     from corral.workers.asyncio_connection import AsyncHttpConnection, Responder, WsgiThreadResponder
     from corral.workers.asyncio_worker import AsyncioWorker
+    from corral.workers.balance import AcceptBalance
     from corral.workers.base import Worker
     from corral.workers.connection import RECV_SIZE, ClientTimeout, HttpConnection
+    from corral.workers.loop_connection import LoopConnection
     from corral.workers.memory import IdleTrim
+    from corral.workers.selector_loop import SelectorLoop, SelectorLoopWorker
     from corral.workers.watchdog import RequestWatchdog
-    from corral.wsgi.environ import EnvironContext, forwarded_secure
-    from corral.wsgi.response import CONTINUE_100, Response, ResponseError, internal_error_response
+    from corral.wsgi.body import EMPTY_BODY, Body
+    from corral.wsgi.environ import EnvironContext, build_environ, forwarded_secure
+    from corral.wsgi.response import (
+        CONTINUE_100,
+        Response,
+        ResponseError,
+        error_response,
+        internal_error_response,
+    )
 
     #: One event of the request parser: a head, body bytes, the end of a message, or a signal.
     ParserEvent = RequestHead | bytes | EndOfMessage | ParserSignal
@@ -137,13 +170,16 @@ __all__ = [
     "CLOSE_LINGER_BYTES",
     "CONNECTION_CLOSED",
     "CONTINUE_100",
+    "EMPTY_BODY",
     "FIRST_REQUEST_GRACE",
     "NEED_DATA",
     "PLUGIN_API",
     "RECV_SIZE",
+    "AcceptBalance",
     "Acceptor",
     "AsyncHttpConnection",
     "AsyncioWorker",
+    "Body",
     "ClientDisconnected",
     "ClientTimeout",
     "Config",
@@ -153,19 +189,27 @@ __all__ = [
     "HttpConnection",
     "IdleTrim",
     "InFlight",
+    "LoopConnection",
     "ParserEvent",
+    "ParserLimits",
     "ParserSignal",
     "RequestHead",
+    "RequestParser",
+    "RequestThreads",
     "RequestWatchdog",
     "Responder",
     "Response",
     "ResponseError",
+    "SelectorLoop",
+    "SelectorLoopWorker",
     "Setting",
     "SettingsRegistry",
     "Worker",
     "WorkerSpec",
     "WsgiThreadResponder",
     "acceptor",
+    "build_environ",
+    "error_response",
     "errors",
     "forwarded_secure",
     "hookimpl",

@@ -41,13 +41,13 @@ def corral_worker_class() -> str:
 
 @pytest.fixture(autouse=True, params=["epoll", "select"])
 def poller(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs with each of the loop's pollers (corral_gthread.poller).
+    """Every test runs with each of the loop's pollers (corral.workers.poller).
 
     With epoll, pool threads re-arm kept-alive connections themselves; the
     portable selector hands them back through the loop. Both must behave
     the same on the wire. (CorralProcess copies this process's environment.)
     """
-    monkeypatch.setenv("CORRAL_GTHREAD_POLLER", request.param)
+    monkeypatch.setenv("CORRAL_POLLER", request.param)
     return str(request.param)
 
 

@@ -70,6 +70,7 @@ __all__ = [
     "test_retirement_serves_a_request_sent_on_a_kept_alive_connection",
     "test_retirement_under_keepalive_load",
     "test_slow_clients_never_get_the_worker_killed",
+    "test_streamed_responses_are_not_held_back",
     "test_streaming_response_is_chunked",
     "test_stuck_worker_is_killed_and_replaced",
     "test_term_finishes_inflight_request",
@@ -175,6 +176,58 @@ def test_streaming_response_is_chunked(corral_shared_server: Shared, corral_work
     status, _, body = _get(server, "/write")
     assert status == 200
     assert body == b"written then returned"
+
+
+#: Streamed responses timed by test_streamed_responses_are_not_held_back.
+STREAMED_RESPONSES = 20
+#: A response this late waited for a delayed ACK (Linux delays one up to
+#: 40 ms): a small write held back by Nagle's algorithm.
+HELD_BACK = 0.035
+
+
+def _read_streamed(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed in a streamed response: {data[-200:]!r}")
+        data += chunk
+    return data
+
+
+def test_streamed_responses_are_not_held_back(corral_shared_server: Shared, corral_worker_class: str) -> None:
+    """A response written in several small pieces reaches the client at once (TCP_NODELAY).
+
+    With Nagle's algorithm on, a small write waits until the client has
+    acknowledged the one before, and a client delays that ACK up to 40 ms
+    on a kept-alive connection: each streamed response (head, chunks,
+    last chunk) then takes 40 ms instead of a fraction of one. A worker
+    that accepts sockets itself must set TCP_NODELAY on them, as corral's
+    accept paths do. Timed, but not a benchmark: it counts responses that
+    took a delayed ACK's time, and allows a quarter of them for a busy machine.
+    """
+    server = corral_shared_server(corral_worker_class)
+    spec = worker_spec(corral_worker_class)
+    request = b"GET /stream?n=4 HTTP/1.1\r\nHost: x\r\n\r\n"
+    late = []
+    sock = server.connect()
+    try:
+        for _ in range(STREAMED_RESPONSES):
+            if not spec.keepalive:
+                sock.close()
+                sock = server.connect()
+            started = time.monotonic()
+            sock.sendall(request)
+            data = _read_streamed(sock)
+            took = time.monotonic() - started
+            assert data.endswith(b"chunk 3\n\r\n0\r\n\r\n"), data[-200:]
+            if took >= HELD_BACK:
+                late.append(round(took * 1000))
+    finally:
+        sock.close()
+    assert len(late) <= STREAMED_RESPONSES // 4, (
+        f"{len(late)} of {STREAMED_RESPONSES} streamed responses took {HELD_BACK * 1000:.0f} ms or more "
+        f"({late} ms): small writes are held back (set TCP_NODELAY on accepted TCP sockets)")
 
 
 def test_head_and_bodyless_statuses(corral_shared_server: Shared, corral_worker_class: str) -> None:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import mmap
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import ClassVar, Final
 
 #: A worker steps aside while it holds more than the least loaded peer plus
 #: this many connections (or plus a quarter of that peer's count, if more),
@@ -97,6 +97,10 @@ class AcceptBalance:
     :meth:`opened` / :meth:`closed` keep the worker's count; :meth:`join`
     and :meth:`leave` put it in and take it out of the comparison.
     """
+
+    #: The module's constants, where a plugin holding a balance finds them.
+    STEP: ClassVar[float] = STEP
+    PATIENCE: ClassVar[float] = PATIENCE
 
     __slots__ = ("_backoff_until", "_clock", "_counts", "_index", "_open", "_peers_accepted",
                  "_present", "_run", "_stepping_since")

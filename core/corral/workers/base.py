@@ -88,6 +88,10 @@ class Worker:
     #: Watches requests that run in threads (set by such workers before they
     #: accept); connections stop a request's clock while it waits on its client.
     watchdog: RequestWatchdog | None = None
+    #: Requests run in the main thread, where signals are handled (sync, the
+    #: selector loop serving inline): TERM then arms an alarm for the graceful
+    #: timeout that cuts a request still running (see :meth:`handle_exit`).
+    requests_in_main_thread: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -346,8 +350,21 @@ class Worker:
             pass
 
     def handle_exit(self, signum: int, frame: Any) -> None:
+        """TERM: retire (the loop sees ``alive`` false and the wake pipe)."""
         self.alive = False
         self.wake()
+        if self.requests_in_main_thread and self.cfg.graceful_timeout > 0:
+            # A request running in the main thread keeps the loop from ever
+            # looking at the clock: an alarm cuts it at the graceful timeout,
+            # so the worker reports it and exits in order (worker_exit runs)
+            # before the arbiter's SIGKILL would come.
+            signal.signal(signal.SIGALRM, self._graceful_timeout_over)
+            signal.setitimer(signal.ITIMER_REAL, self.cfg.graceful_timeout)
+
+    def _graceful_timeout_over(self, signum: int, frame: Any) -> None:
+        if self.in_flight:  # else the loop is between requests and ends by itself
+            self.in_flight.report(self.log, self.pid)
+            raise SystemExit(0)
 
     def handle_quit(self, signum: int, frame: Any) -> None:
         self.alive = False

@@ -552,13 +552,13 @@ class HttpConnection:
             self.sock.settimeout(self.worker.write_timeout or None)
             sent = self.sock.sendfile(wrapper.filelike, offset, count) if count else 0
         elif self.cooperative:
-            sent = self._sendfile_cooperative(wrapper.filelike, fd, offset, count) if count else 0
+            sent = self.sendfile_cooperative(wrapper.filelike, fd, offset, count) if count else 0
         else:
             sent = self._sendfile(fd, offset, count)
         resp.bytes_sent = sent
         resp.finish()
 
-    def _sendfile_cooperative(self, filelike: Any, fd: int, offset: int, count: int) -> int:
+    def sendfile_cooperative(self, filelike: Any, fd: int, offset: int, count: int) -> int:
         """Send a file over a cooperative socket; by default its own ``sendfile``.
 
         A worker overrides this when its sockets' sendfile is slow (gevent's

@@ -9,7 +9,7 @@ CORRAL_PLUGIN_API = 1
 def corral_register_workers() -> list[WorkerSpec]:
     return [WorkerSpec(
         name="minimal",
-        path="corral_minimal.worker:ThreadPerConnectionWorker",
-        description="a thread per connection, up to --worker-connections; keep-alive",
-        keepalive=True, concurrency="threads", monkey_patches=False, preload_safe=True,
+        path="corral_minimal.worker:LoopWorker",
+        description="core's selector loop, one request at a time; keep-alive",
+        keepalive=True, concurrency="process", monkey_patches=False, preload_safe=True,
     )]

@@ -2,7 +2,7 @@
 
 How a worker runs, in its own process:
 
-1. The I/O loop (:mod:`corral_gthread.loop`, in the main thread) accepts
+1. The I/O loop (core's :mod:`corral.workers.selector_loop`, in the main thread) accepts
    connections and reads request heads without blocking. Idle keep-alive
    connections and slow clients wait there, under ``--keep-alive`` and
    ``--header-timeout``; they hold no thread.
@@ -25,37 +25,37 @@ replaces the worker) as soon as one request has run longer than
 unnoticed.
 
 Stopping (TERM, HUP, max-requests, the parent gone): see
-:mod:`corral_gthread.loop`; the loop returns within ``--graceful-timeout``
-and the process exits, taking any thread still running with it.
+:mod:`corral.workers.selector_loop`; the loop returns within
+``--graceful-timeout`` and the process exits, taking any thread still
+running with it.
+
+All of it is core's (``corral.api.SelectorLoopWorker`` and
+``corral.api.RequestThreads``): this class only says that requests run in
+a pool of ``--threads`` threads.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from queue import SimpleQueue
-from typing import TYPE_CHECKING
-
-from corral.api import ClientDisconnected, RequestWatchdog, Worker
-from corral_gthread.loop import IOLoop
-
-if TYPE_CHECKING:
-    from logging import Logger
-
-    from corral_gthread.connection import PooledConnection
+from corral.api import LoopConnection, RequestThreads, SelectorLoopWorker
 
 
-class ThreadWorker(Worker):
+class ThreadWorker(SelectorLoopWorker):
     multithread = True
+    requests_in_main_thread = False  # the loop's thread only waits; at the deadline it exits
 
     def run(self) -> None:
-        self.watchdog = RequestWatchdog(self.heartbeat, self.cfg.timeout, self.log)
-        threads = RequestThreads(self.cfg.threads, self.serve_connection, self.log)
-        self.loop = IOLoop(self, threads.submit, self.watchdog)
-        try:
-            self.loop.run()
-        finally:
-            threads.stop()
+        threads = int(self.cfg.threads)
+        self.request_threads = RequestThreads[LoopConnection](threads, self.serve_connection, self.log)
+        super().run()
+
+    def request_slots(self) -> int:
+        return int(self.cfg.threads)
+
+    def dispatch(self, conn: LoopConnection, in_hand: int) -> None:
+        self.request_threads.submit(conn, in_hand)
+
+    def stop_dispatch(self) -> None:
+        self.request_threads.stop()
 
     def notify(self) -> None:
         """Do nothing: only the loop beats the heartbeat (through the watchdog).
@@ -64,80 +64,3 @@ class ThreadWorker(Worker):
         beat, a worker whose loop had died would look alive while it no
         longer accepts a single connection.
         """
-
-    def serve_connection(self, conn: PooledConnection) -> None:
-        """In a pool thread: run the connection's requests, then give it back to the loop."""
-        watchdog = self.watchdog if self.watchdog is not None and self.watchdog.timeout else None
-        try:
-            keep = conn.run_requests(watchdog)
-            if keep and conn.sock.gettimeout() != 0.0:
-                # The loop reads it without blocking; done here, off the loop's
-                # thread, and only when needed (sendfile over TLS leaves it blocking):
-                # setblocking is a system call, and each one hands the GIL around.
-                conn.sock.setblocking(False)
-        except (ClientDisconnected, OSError):
-            keep = False
-        except Exception:
-            self.log.exception("Error serving a connection")
-            keep = False
-        self.loop.give_back(conn, keep)
-
-
-class RequestThreads:
-    """Up to ``count`` threads taking connections from one queue, started as needed.
-
-    Lighter than concurrent.futures: no Future per request, and the queue
-    is the C-implemented SimpleQueue. Like gunicorn's pool, threads start
-    when the concurrency calls for them, not all at boot: a worker that
-    never has more than two requests at once keeps two threads (each one a
-    stack and its allocator arena: about 50 KiB touched each).
-    """
-
-    def __init__(self, count: int, serve: Callable[[PooledConnection], None], log: Logger) -> None:
-        self.count = count
-        self._serve = serve
-        self._log = log
-        self._queue: SimpleQueue[PooledConnection | None] = SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._start_one()  # one at once: the first request waits for no thread start
-
-    def submit(self, conn: PooledConnection, in_hand: int) -> None:
-        """Queue a connection for the next free thread; never blocks.
-
-        :param in_hand: connections the loop has given to the pool and not
-            taken back, this one included. More than threads started means
-            none of them may be free: start another, up to ``count``. (A
-            thread that just finished counts as busy until the loop takes its
-            connection back, so a thread may start a little early, never late.)
-        """
-        started = len(self._threads)
-        if in_hand > started and started < self.count:
-            self._start_one()
-        self._queue.put(conn)
-
-    def _start_one(self) -> None:
-        i = len(self._threads)
-        # Daemon threads: a request still running when the graceful
-        # timeout is over must not keep the process alive.
-        t = threading.Thread(target=self._work, name=f"corral-request-{i}", daemon=True)
-        try:
-            t.start()
-        except RuntimeError as exc:  # the process or user is out of threads
-            if not self._threads:
-                raise
-            self.count = len(self._threads)  # do not try again at every request
-            self._log.error("Could not start request thread %s (%s); serving with %s",
-                            i + 1, exc, self.count)
-            return
-        self._threads.append(t)
-
-    def stop(self) -> None:
-        """Let idle threads end; busy ones end with the process."""
-        for _ in self._threads:
-            self._queue.put(None)
-
-    def _work(self) -> None:
-        get = self._queue.get
-        serve = self._serve
-        while (conn := get()) is not None:
-            serve(conn)

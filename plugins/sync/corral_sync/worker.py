@@ -11,33 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import socket
-from typing import Any
 
 from corral.api import HttpConnection, Worker, acceptor
 
 
 class SyncWorker(Worker):
     multithread = False
-
-    def handle_exit(self, signum: int, frame: Any) -> None:
-        """TERM: finish the request under way, within --graceful-timeout.
-
-        The loop stops accepting at once and the connection closes after its
-        response (sync never keeps one). A request still running at the
-        graceful timeout is logged and cut here, so the worker exits in
-        order (worker_exit runs) before the arbiter's SIGKILL would come.
-        """
-        super().handle_exit(signum, frame)
-        if self.in_flight and self.cfg.graceful_timeout > 0:
-            signal.signal(signal.SIGALRM, self._graceful_timeout_over)
-            signal.setitimer(signal.ITIMER_REAL, self.cfg.graceful_timeout)
-
-    def _graceful_timeout_over(self, signum: int, frame: Any) -> None:
-        if self.in_flight:
-            self.in_flight.report(self.log, self.pid)
-            raise SystemExit(0)
+    # TERM cuts a request still running at the graceful timeout (Worker.handle_exit).
+    requests_in_main_thread = True
 
     def run(self) -> None:
         # Each listening socket with what its connections need: its accept

@@ -1,4 +1,4 @@
-"""Readiness for the gthread loop: listeners level-triggered, connections one-shot.
+"""Readiness for the selector loop: listeners level-triggered, connections one-shot.
 
 A connection is *armed* when it waits for bytes: its next readiness is
 reported once, and it is then disarmed until armed again. The loop arms a
@@ -29,7 +29,7 @@ import selectors
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from corral_gthread.connection import PooledConnection
+    from corral.workers.loop_connection import LoopConnection
 
 
 class Poller(Protocol):
@@ -38,21 +38,23 @@ class Poller(Protocol):
 
     def watch(self, fd: int, data: Any) -> None: ...
     def unwatch(self, fd: int) -> None: ...
-    def arm(self, conn: PooledConnection) -> None: ...
-    def disarm(self, conn: PooledConnection) -> None: ...
-    def forget(self, conn: PooledConnection) -> None: ...
+    def arm(self, conn: LoopConnection) -> None: ...
+    def disarm(self, conn: LoopConnection) -> None: ...
+    def forget(self, conn: LoopConnection) -> None: ...
     def poll(self, timeout: float) -> list[Any]: ...
-    def armed(self) -> list[PooledConnection]: ...
+    def armed(self) -> list[LoopConnection]: ...
     def close(self) -> None: ...
 
 
 def make_poller() -> Poller:
-    """epoll where there is one; ``CORRAL_GTHREAD_POLLER=select`` forces the portable poller.
+    """epoll where there is one; ``CORRAL_POLLER=select`` forces the portable poller.
 
     (That switch exists to test the fallback on Linux, and as a way out
     should the one-shot path ever misbehave on some kernel.)
     """
-    if hasattr(select, "epoll") and os.environ.get("CORRAL_GTHREAD_POLLER") != "select":
+    # (CORRAL_GTHREAD_POLLER: its name while the loop was gthread's own.)
+    choice = os.environ.get("CORRAL_POLLER", os.environ.get("CORRAL_GTHREAD_POLLER"))
+    if hasattr(select, "epoll") and choice != "select":
         return EpollPoller()
     return SelectorPoller()
 
@@ -74,7 +76,7 @@ class EpollPoller:
         self._ep.unregister(fd)
         del self._data[fd]
 
-    def arm(self, conn: PooledConnection) -> None:
+    def arm(self, conn: LoopConnection) -> None:
         conn.armed = True
         if conn.fd >= 0:
             self._ep.modify(conn.fd, self._ONESHOT)
@@ -86,12 +88,12 @@ class EpollPoller:
         conn.fd = fd
         self._ep.register(fd, self._ONESHOT)
 
-    def disarm(self, conn: PooledConnection) -> None:
+    def disarm(self, conn: LoopConnection) -> None:
         if conn.armed:
             conn.armed = False
             self._ep.modify(conn.fd, 0)
 
-    def forget(self, conn: PooledConnection) -> None:
+    def forget(self, conn: LoopConnection) -> None:
         # The kernel drops the registration when the socket closes.
         conn.armed = False
         if conn.fd >= 0 and self._data.get(conn.fd) is conn:
@@ -110,7 +112,7 @@ class EpollPoller:
             out.append(item)
         return out
 
-    def armed(self) -> list[PooledConnection]:
+    def armed(self) -> list[LoopConnection]:
         return [c for c in list(self._data.values()) if getattr(c, "armed", False)]
 
     def close(self) -> None:
@@ -129,18 +131,18 @@ class SelectorPoller:
     def unwatch(self, fd: int) -> None:
         self._sel.unregister(fd)
 
-    def arm(self, conn: PooledConnection) -> None:
+    def arm(self, conn: LoopConnection) -> None:
         if not conn.armed:
             conn.armed = True
             conn.fd = conn.sock.fileno()
             self._sel.register(conn.fd, selectors.EVENT_READ, conn)
 
-    def disarm(self, conn: PooledConnection) -> None:
+    def disarm(self, conn: LoopConnection) -> None:
         if conn.armed:
             conn.armed = False
             self._sel.unregister(conn.fd)
 
-    def forget(self, conn: PooledConnection) -> None:
+    def forget(self, conn: LoopConnection) -> None:
         self.disarm(conn)
         conn.fd = -1
 
@@ -153,7 +155,7 @@ class SelectorPoller:
             out.append(item)
         return out
 
-    def armed(self) -> list[PooledConnection]:
+    def armed(self) -> list[LoopConnection]:
         return [k.data for k in list(self._sel.get_map().values())
                 if type(k.data) is not tuple and k.data is not None]
 

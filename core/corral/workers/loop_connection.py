@@ -5,10 +5,10 @@ synchronisation it needs:
 
 - the loop owns it while it waits for a complete request head: its socket
   is non-blocking and armed in the loop's poller, and
-  :meth:`PooledConnection.read_head` is called when it is readable;
+  :meth:`LoopConnection.read_head` is called when it is readable;
 - a pool thread owns it from the moment the loop submits it (no longer
   registered) until the thread hands it back: the thread runs
-  :meth:`PooledConnection.run_requests`, which reads the body and writes the
+  :meth:`LoopConnection.run_requests`, which reads the body and writes the
   response with blocking calls through the shared
   :class:`~corral.workers.connection.HttpConnection` code.
 """
@@ -18,16 +18,18 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from corral.api import NEED_DATA, RECV_SIZE, HttpConnection, RequestHead
-from corral.api import errors as E
+from corral.http import errors as E
+from corral.http.parser import NEED_DATA, RequestHead
+from corral.workers.connection import RECV_SIZE, HttpConnection
 
 if TYPE_CHECKING:
-    from corral.api import EndOfMessage, ParserSignal, RequestWatchdog
+    from corral.http.parser import EndOfMessage, ParserSignal
+    from corral.workers.watchdog import RequestWatchdog
 
 
-class PooledConnection(HttpConnection):
+class LoopConnection(HttpConnection):
     #: time.monotonic() by which the loop closes it (or answers 408) while
-    #: the loop watches it; negative otherwise. See corral_gthread.loop.Deadlines.
+    #: the loop watches it; negative otherwise. See corral.workers.selector_loop.Deadlines.
     deadline: float = -1.0
     #: Whether the loop already started the header_timeout of the head in progress.
     head_started: bool = False
@@ -37,9 +39,9 @@ class PooledConnection(HttpConnection):
     error: E.HTTPError | None = None
     #: False once the socket is closed.
     open: bool = True
-    #: Counted out of the loop's open connections (see IOLoop.count_closed).
+    #: Counted out of the loop's open connections (see SelectorLoop.count_closed).
     counted: bool = False
-    #: Waiting for readiness in the loop's poller (see corral_gthread.poller).
+    #: Waiting for readiness in the loop's poller (see corral.workers.poller).
     armed: bool = False
     #: The socket's fd as registered with the poller, -1 when not registered.
     fd: int = -1

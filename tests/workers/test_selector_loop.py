@@ -24,13 +24,11 @@ from types import SimpleNamespace
 
 import pytest
 
-pytest.importorskip("corral_gthread")
-
-from corral_gthread.loop import SATURATED_PEEK, IOLoop
+from corral.workers.selector_loop import SATURATED_PEEK, SelectorLoop
 
 
 @pytest.fixture
-def loop() -> Iterator[IOLoop]:
+def loop() -> Iterator[SelectorLoop]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -40,7 +38,7 @@ def loop() -> Iterator[IOLoop]:
     worker = SimpleNamespace(cfg=cfg, listeners=[SimpleNamespace(sock=listener)],
                              envs={}, wake_fd=wake_r, log=logging.getLogger("test"))
     worker.envs[id(worker.listeners[0])] = None
-    ioloop = IOLoop(worker, lambda conn, n: None, None)  # type: ignore[arg-type]
+    ioloop = SelectorLoop(worker, lambda conn, n: None, None)  # type: ignore[arg-type]
     try:
         yield ioloop
     finally:
@@ -50,7 +48,7 @@ def loop() -> Iterator[IOLoop]:
         os.close(wake_w)
 
 
-def test_a_resume_between_two_saturations_keeps_the_peek_due(loop: IOLoop) -> None:
+def test_a_resume_between_two_saturations_keeps_the_peek_due(loop: SelectorLoop) -> None:
     loop.resume_accepting()
     assert loop.accepting and loop.peek_at == math.inf
     loop.in_threads = loop.saturation  # two requests in hand for one thread
@@ -66,7 +64,7 @@ def test_a_resume_between_two_saturations_keeps_the_peek_due(loop: IOLoop) -> No
     assert loop.peek_at == due, "saturating again pushed the peek back"
 
 
-def test_a_peek_while_accepting_again_ends_the_peeking(loop: IOLoop) -> None:
+def test_a_peek_while_accepting_again_ends_the_peeking(loop: SelectorLoop) -> None:
     loop.resume_accepting()
     loop.in_threads = loop.saturation
     loop.saturate()
@@ -76,7 +74,7 @@ def test_a_peek_while_accepting_again_ends_the_peeking(loop: IOLoop) -> None:
     assert loop.peek_at == math.inf  # the listeners' own events take over
 
 
-def test_a_peek_while_saturated_schedules_the_next(loop: IOLoop) -> None:
+def test_a_peek_while_saturated_schedules_the_next(loop: SelectorLoop) -> None:
     loop.resume_accepting()
     loop.in_threads = loop.saturation
     loop.saturate()
@@ -85,7 +83,7 @@ def test_a_peek_while_saturated_schedules_the_next(loop: IOLoop) -> None:
     assert loop.peek_at == now + SATURATED_PEEK
 
 
-def test_threads_freed_and_filled_in_one_iteration_leave_the_listeners_alone(loop: IOLoop) -> None:
+def test_threads_freed_and_filled_in_one_iteration_leave_the_listeners_alone(loop: SelectorLoop) -> None:
     """The flip between saturated and free within one iteration costs no system call.
 
     Resuming at once, in take_back(), watched the listeners only for the

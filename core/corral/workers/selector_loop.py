@@ -1,35 +1,43 @@
-"""The I/O loop of a gthread worker.
+"""A selector loop for worker classes: accept, wait for heads, time out, retire.
 
-One loop per worker process, in its main thread (signal handlers run there,
-so TERM and ABRT interrupt its wait). It accepts, reads request heads, and
-enforces the idle timeouts; a connection reaches a pool thread only once its
-whole head has arrived, so slow and idle clients cost a file descriptor and
-about a kilobyte, never a thread.
+Requests run where the worker says.
 
-Only this thread touches the deadlines and the connection count. Pool
-threads hand connections back through a deque; a connection kept alive is
-also re-armed by its thread (see :mod:`corral_gthread.poller`), so the loop
-only learns of it for its idle deadline, at its next wake-up. A closed one
-wakes the loop when it may be asleep, since a slot for a new connection is
-free.
+This is the loop of corral's gthread class, offered to every worker class
+(``corral.api.SelectorLoop`` and ``corral.api.SelectorLoopWorker``). One
+loop per worker process, in its main thread (signal handlers run there, so
+TERM and ABRT interrupt its wait). It accepts, reads request heads, and
+enforces the idle timeouts; a connection reaches the worker's
+:meth:`SelectorLoopWorker.dispatch` only once its whole head has arrived,
+so slow and idle clients cost a file descriptor and about a kilobyte. What
+runs the request is the worker's choice: inline in the loop thread, one
+at a time (the default, the sync model with keep-alive handled by the
+loop), or a pool of threads (gthread's :class:`corral.serve.threads.RequestThreads`).
+
+Only the loop thread touches the deadlines and the connection count.
+Threads hand connections back through a deque (:meth:`SelectorLoop.give_back`);
+a connection kept alive is also re-armed by its thread (see
+:mod:`corral.workers.poller`), so the loop only learns of it for its idle
+deadline, at its next wake-up. A closed one wakes the loop when it may be
+asleep, since a slot for a new connection is free.
 
 Timeouts, as the sync worker's HttpConnection applies them:
 
 - a new connection must start its first head within ``header_timeout``,
   else it is closed without a word;
 - a head, once its first byte arrived, must be complete within
-  ``header_timeout``, else it is answered 408 (from a pool thread) and closed;
+  ``header_timeout``, else it is answered 408 and closed;
 - between requests a keep-alive connection may stay idle for ``keepalive``
   seconds, then it is closed without a word.
 
 Stopping (``worker.alive`` false: TERM from a reload, an upgrade, TTOU or
-a shutdown; the parent gone) follows :mod:`corral.serve.retirement`: the
-listeners are closed at once; every request already received is served,
-the last one on each connection with ``Connection: close``; connections
-waiting for a request keep waiting (their keep-alive deadline, and no
-longer than the keep-alive timeout from the stop: :meth:`IOLoop.end_waits`)
-and serve a request that comes; the loop returns once every connection is
-closed or ``graceful_timeout`` has passed, logging the requests it cuts.
+a shutdown; max-requests; the parent gone) follows
+:mod:`corral.serve.retirement`: the listeners are closed at once; every
+request already received is served, the last one on each connection with
+``Connection: close``; connections waiting for a request keep waiting
+(their keep-alive deadline, and no longer than the keep-alive timeout from
+the stop: :meth:`SelectorLoop.end_waits`) and serve a request that comes;
+the loop returns once every connection is closed or ``graceful_timeout``
+has passed, logging the requests it cuts.
 """
 
 from __future__ import annotations
@@ -43,23 +51,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from corral.api import (
-    ACCEPT_RESOURCE_ERRNOS,
-    NEED_DATA,
-    Acceptor,
-    ClientDisconnected,
-    IdleTrim,
-    RequestHead,
-    acceptor,
-    next_request_deadline,
-)
-from corral.api import errors as E
-from corral_gthread.connection import PooledConnection
-from corral_gthread.poller import make_poller
+from corral.http import errors as E
+from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
+from corral.serve.retirement import next_request_deadline
+from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
+from corral.workers.base import Worker
+from corral.workers.loop_connection import LoopConnection
+from corral.workers.memory import IdleTrim
+from corral.workers.poller import make_poller
+from corral.workers.watchdog import RequestWatchdog
 
 if TYPE_CHECKING:
-    from corral.api import EnvironContext, RequestWatchdog
-    from corral_gthread.worker import ThreadWorker
+    from corral.wsgi.environ import EnvironContext
 
 #: The loop runs the watchdog (which beats the heartbeat), checks the parent
 #: and re-checks ``alive`` at least this often. Well under the heartbeat's
@@ -72,7 +75,7 @@ CHECK_INTERVAL: Final = 0.25
 ACCEPT_BACKOFF: Final = 0.1
 #: While every pool thread is taken (and as many requests queued) the loop
 #: stops watching the listeners, so that a connection goes to a worker with
-#: a thread free (IOLoop.saturate); but it still looks at their queues this
+#: a thread free (SelectorLoop.saturate); but it still looks at their queues this
 #: often, so that under sustained load on every worker a new connection
 #: waits milliseconds, not until the load ends.
 SATURATED_PEEK: Final = 0.005
@@ -97,10 +100,10 @@ class Deadlines:
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
-        self._queue: deque[tuple[float, PooledConnection]] = deque()
+        self._queue: deque[tuple[float, LoopConnection]] = deque()
         self._compact_at = COMPACT_MIN
 
-    def add(self, conn: PooledConnection, now: float) -> None:
+    def add(self, conn: LoopConnection, now: float) -> None:
         conn.deadline = deadline = now + self.delay
         queue = self._queue
         queue.append((deadline, conn))
@@ -114,7 +117,7 @@ class Deadlines:
         """The earliest deadline (maybe stale: the loop then wakes for nothing), or infinity."""
         return self._queue[0][0] if self._queue else math.inf
 
-    def expired(self, now: float) -> list[PooledConnection]:
+    def expired(self, now: float) -> list[LoopConnection]:
         queue = self._queue
         out = []
         while queue and queue[0][0] <= now:
@@ -124,21 +127,25 @@ class Deadlines:
         return out
 
 
-class IOLoop:
-    """Accepts, waits for heads, submits connections to the pool; see the module docstring.
+class SelectorLoop:
+    """Accepts, waits for heads, submits connections with a complete head; see the module docstring.
 
-    :param submit: queues a connection for a pool thread (never blocks),
-        given how many connections the pool then holds (it starts threads
-        on demand).
+    :param submit: runs a connection's requests, or queues it for a thread
+        that will (never blocks the loop for long), given how many
+        connections are then in hand (a pool may start threads on demand).
+        Whoever runs them calls :meth:`give_back` when done.
     :param watchdog: checked instead of beating the heartbeat directly, so a
         request stuck in a thread is noticed although the loop is fine.
+    :param slots: how many requests run at once (threads): the loop stops
+        accepting while twice as many are in hand (:meth:`saturate`).
     """
 
     def __init__(
         self,
-        worker: ThreadWorker,
-        submit: Callable[[PooledConnection, int], None],
+        worker: Worker,
+        submit: Callable[[LoopConnection, int], None],
         watchdog: RequestWatchdog,
+        slots: int = 1,
     ) -> None:
         cfg = worker.cfg
         self.worker = worker
@@ -151,7 +158,7 @@ class IOLoop:
         self.header_deadlines = Deadlines(cfg.header_timeout)
         self.idle_deadlines = Deadlines(cfg.keepalive)
         #: Connections handed back by pool threads (appended there, popped here).
-        self.returned: deque[PooledConnection] = deque()
+        self.returned: deque[LoopConnection] = deque()
         #: True while the loop may be blocked in select(); see give_back().
         self.sleeping = False
         #: Something in `returned` needs the loop now (a closed connection,
@@ -166,11 +173,11 @@ class IOLoop:
         # Pool threads' malloc arenas keep what big bodies freed: give it
         # back once the worker goes idle (corral.workers.memory).
         self.idle_trim = IdleTrim(worker.log, os.getpid())
-        self.threads: int = cfg.threads
+        self.threads: int = slots
         #: saturate() at this many, and accept again once a thread is free:
         #: the gap keeps a loaded worker from toggling its listeners (two
         #: system calls each way) at every request.
-        self.saturation: int = 2 * cfg.threads
+        self.saturation: int = 2 * slots
         #: When the listeners are next peeked at while the worker is too busy
         #: to watch them (see saturate()); infinity when no peek is due.
         self.peek_at = math.inf
@@ -179,20 +186,19 @@ class IOLoop:
         self.accepting = False
         self.accept_backoff_until = 0.0
         self.stopping = False
-        #: Each listening socket with what its connections need: (its accept
-        #: function, environ context, TCP_NODELAY?).
-        self.listeners: dict[socket.socket, tuple[Acceptor, EnvironContext, bool]] = {}
+        #: Each listening socket with what its connections need: its accept
+        #: function (which sets TCP_NODELAY) and environ context.
+        self.listeners: dict[socket.socket, tuple[Acceptor, EnvironContext]] = {}
         for listener in worker.listeners:
             # Shared with the arbiter and the other workers (one open file
             # description): the sync worker sets the same.
             listener.sock.setblocking(False)
-            nodelay = listener.sock.family in (socket.AF_INET, socket.AF_INET6)
-            self.listeners[listener.sock] = (acceptor(listener.sock), worker.envs[id(listener)], nodelay)
+            self.listeners[listener.sock] = (acceptor(listener.sock), worker.envs[id(listener)])
         self.poller.watch(worker.wake_fd, None)
 
     # -- called from pool threads ----------------------------------------------
 
-    def give_back(self, conn: PooledConnection, keep: bool) -> None:
+    def give_back(self, conn: LoopConnection, keep: bool) -> None:
         """Return a connection from a pool thread: to wait for its next request, or to close."""
         if not keep:
             self.poller.forget(conn)
@@ -260,7 +266,7 @@ class IOLoop:
         self.sleeping = False
         # Before the events: see give_back().
         self.take_back()
-        conn_type = PooledConnection
+        conn_type = LoopConnection
         for data in ready:
             if type(data) is conn_type:
                 if data.open:
@@ -344,11 +350,11 @@ class IOLoop:
             self.poller.unwatch(sock.fileno())
         self.accepting = False
 
-    def accept(self, data: tuple[Acceptor, EnvironContext, bool]) -> bool:
+    def accept(self, data: tuple[Acceptor, EnvironContext]) -> bool:
         """Accept one connection if one is queued; whether one was."""
         # One accept per readiness event: with several workers on one
         # listener, a greedy worker would take connections others could serve.
-        accept, env, nodelay = data
+        accept, env = data
         try:
             sock, peer = accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -360,14 +366,8 @@ class IOLoop:
                 self.accept_backoff_until = time.monotonic() + ACCEPT_BACKOFF
                 return False
             raise
-        sock.setblocking(False)
-        if nodelay:
-            # Responses go out in a few writes (a streamed body, its last
-            # chunk); with Nagle each small write after the first could wait
-            # for the client's delayed ACK on a keep-alive connection.
-            with contextlib.suppress(OSError):  # the peer may have reset it already
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = PooledConnection(self.worker, sock, peer, env, self.keepalive)
+        sock.setblocking(False)  # (TCP_NODELAY is set by the acceptor)
+        conn = LoopConnection(self.worker, sock, peer, env, self.keepalive)
         self.connections += 1
         if self.connections >= self.max_connections:
             self.pause_accepting()
@@ -378,7 +378,7 @@ class IOLoop:
 
     # -- connections -------------------------------------------------------------
 
-    def on_readable(self, conn: PooledConnection, registered: bool) -> None:
+    def on_readable(self, conn: LoopConnection, registered: bool) -> None:
         """Read what a connection sent; :param registered: it waited in the poller (now disarmed)."""
         try:
             event = conn.read_head()
@@ -404,7 +404,7 @@ class IOLoop:
         else:  # CONNECTION_CLOSED
             self.close(conn)
 
-    def wait(self, conn: PooledConnection, fresh: bool) -> None:
+    def wait(self, conn: LoopConnection, fresh: bool) -> None:
         """Watch a connection the loop now owns until its next head is complete.
 
         :param fresh: just accepted (its first head is due within
@@ -413,7 +413,7 @@ class IOLoop:
         self.set_deadline(conn, fresh)
         self.poller.arm(conn)
 
-    def set_deadline(self, conn: PooledConnection, fresh: bool) -> None:
+    def set_deadline(self, conn: LoopConnection, fresh: bool) -> None:
         now = time.monotonic()
         if conn.parser.in_head:
             # Part of the next head is here already (it came with the last
@@ -425,7 +425,7 @@ class IOLoop:
         else:
             self.idle_deadlines.add(conn, now)
 
-    def to_thread(self, conn: PooledConnection) -> None:
+    def to_thread(self, conn: LoopConnection) -> None:
         # Before the thread can run: it reads the socket itself now. (A
         # connection that reached us through an event is disarmed already.)
         self.poller.disarm(conn)
@@ -436,20 +436,20 @@ class IOLoop:
             self.saturate()
         self.submit(conn, self.in_threads)
 
-    def close(self, conn: PooledConnection) -> None:
+    def close(self, conn: LoopConnection) -> None:
         self.poller.forget(conn)
         conn.deadline = -1.0  # its queued deadlines are stale now
         conn.close()
         self.count_closed(conn)  # accepting resumes before the next wait (run_once)
 
-    def count_closed(self, conn: PooledConnection) -> None:
+    def count_closed(self, conn: LoopConnection) -> None:
         # Once per connection: one the loop closed at stop may still be in
         # `returned`, put there by its thread just before.
         if not conn.counted:
             conn.counted = True
             self.connections -= 1
 
-    def timed_out(self, conn: PooledConnection) -> None:
+    def timed_out(self, conn: LoopConnection) -> None:
         """A deadline passed: 408 for a head in progress, else close without a word.
 
         An idle connection's bytes that arrived since the last poll are read
@@ -518,3 +518,64 @@ class IOLoop:
             self.on_readable(conn, registered=True)
             if conn.open and conn.waiting and not conn.parser.in_head and conn.head is None:
                 self.close(conn)
+
+
+class SelectorLoopWorker(Worker):
+    """A worker class whose main thread runs a :class:`SelectorLoop`.
+
+    Complete as it is: requests run inline in the loop thread, one at a
+    time, while idle keep-alive connections and slow clients wait in the
+    loop (they cost no request slot). A subclass changes where requests
+    run by overriding :meth:`dispatch` (and :meth:`request_slots`,
+    :meth:`stop_dispatch`); whatever runs them calls
+    :meth:`serve_connection`, which serves the connection's requests and
+    gives it back to the loop. Accepting (with TCP_NODELAY, errno backoff
+    and the ``--worker-connections`` cap), deadlines, the wake pipe, the
+    heartbeat through the watchdog, and retirement are the loop's.
+    """
+
+    #: The loop; set by :meth:`run`.
+    loop: SelectorLoop
+    #: Inline by default: a request running at the graceful timeout is cut
+    #: by the base's alarm. A class that dispatches to threads sets False.
+    requests_in_main_thread = True
+
+    def run(self) -> None:
+        self.watchdog = RequestWatchdog(self.heartbeat, self.cfg.timeout, self.log)
+        self.loop = SelectorLoop(self, self.dispatch, self.watchdog, self.request_slots())
+        try:
+            self.loop.run()
+        finally:
+            self.stop_dispatch()
+
+    def request_slots(self) -> int:
+        """How many requests run at once (inline: one)."""
+        return 1
+
+    def dispatch(self, conn: LoopConnection, in_hand: int) -> None:
+        """Run ``conn``'s requests: inline, in the loop thread, by default.
+
+        :param in_hand: connections dispatched and not yet given back, this
+            one included.
+        """
+        self.serve_connection(conn)
+
+    def stop_dispatch(self) -> None:
+        """The loop has returned: let whatever runs requests end (nothing to do inline)."""
+
+    def serve_connection(self, conn: LoopConnection) -> None:
+        """Run the connection's requests (the head the loop read, and pipelined ones), then give it back."""
+        watchdog = self.watchdog if self.watchdog is not None and self.watchdog.timeout else None
+        try:
+            keep = conn.run_requests(watchdog)
+            if keep and conn.sock.gettimeout() != 0.0:
+                # The loop reads it without blocking; done here, off the loop's
+                # thread, and only when needed (sendfile over TLS leaves it blocking):
+                # setblocking is a system call, and each one hands the GIL around.
+                conn.sock.setblocking(False)
+        except (ClientDisconnected, OSError):
+            keep = False
+        except Exception:
+            self.log.exception("Error serving a connection")
+            keep = False
+        self.loop.give_back(conn, keep)

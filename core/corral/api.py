@@ -24,8 +24,12 @@ What is here, by what a worker does:
 - serve a connection: :class:`HttpConnection` (blocking or cooperative
   sockets), :class:`AsyncHttpConnection` with a :class:`Responder`, and
   :class:`WsgiThreadResponder`; :class:`ClientTimeout`, ``RECV_SIZE``;
-- retire: :func:`next_request_deadline` and the constants of
-  :mod:`corral.serve.retirement`;
+- run the steps around the app that every request goes through:
+  :mod:`corral.serve.cycle` (:func:`after_response`, :func:`keeps_connection`);
+- wait and retire by the one policy: :mod:`corral.serve.waits`
+  (:func:`first_byte_deadline`, :func:`head_wait_timed_out`,
+  :func:`body_wait_timed_out`, :class:`Drain`) and
+  :mod:`corral.serve.retirement` (:func:`next_request_deadline`, its constants);
 - balance accepts across a pool's workers: :class:`AcceptBalance` (as
   ``Worker.balance``);
 - speak HTTP with core's parser and response writer (for a worker with
@@ -97,6 +101,12 @@ _EXPORTS: dict[str, str] = {
     "build_environ": "corral.wsgi.environ",
     "error_response": "corral.wsgi.response",
     "AcceptBalance": "corral.workers.balance",
+    "Drain": "corral.serve.waits",
+    "first_byte_deadline": "corral.serve.waits",
+    "head_wait_timed_out": "corral.serve.waits",
+    "body_wait_timed_out": "corral.serve.waits",
+    "after_response": "corral.serve.cycle",
+    "keeps_connection": "corral.serve.cycle",
 }
 
 if TYPE_CHECKING:
@@ -114,6 +124,7 @@ if TYPE_CHECKING:
         RequestParser,
     )
     from corral.plugins import WorkerSpec
+    from corral.serve.cycle import after_response, keeps_connection
     from corral.serve.retirement import (
         CLOSE_LINGER,
         CLOSE_LINGER_BYTES,
@@ -122,6 +133,7 @@ if TYPE_CHECKING:
         next_request_deadline,
     )
     from corral.serve.threads import RequestThreads
+    from corral.serve.waits import Drain, body_wait_timed_out, first_byte_deadline, head_wait_timed_out
     from corral.settings import Setting, SettingsRegistry, seconds
     from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
     from corral.workers.asyncio_connection import AsyncHttpConnection, Responder, WsgiThreadResponder
@@ -183,6 +195,7 @@ __all__ = [
     "ClientDisconnected",
     "ClientTimeout",
     "Config",
+    "Drain",
     "EndOfMessage",
     "EnvironContext",
     "HTTPError",
@@ -208,12 +221,17 @@ __all__ = [
     "WorkerSpec",
     "WsgiThreadResponder",
     "acceptor",
+    "after_response",
+    "body_wait_timed_out",
     "build_environ",
     "error_response",
     "errors",
+    "first_byte_deadline",
     "forwarded_secure",
+    "head_wait_timed_out",
     "hookimpl",
     "internal_error_response",
+    "keeps_connection",
     "next_request_deadline",
     "seconds",
 ]

@@ -414,6 +414,34 @@ def test_native_access_log_has_user_referer_and_agent(start_native: Callable[...
     assert line.endswith('"GET /?x=1 HTTP/1.1" 200 15 "http://r/" "ua \\x221\\x22"')
 
 
+def test_native_post_request_gets_the_environ_a_wsgi_app_would(start_native: Callable[..., CorralProcess],
+                                                               tmp_path: Path) -> None:
+    # Hooks and log formats read the same keys on every class: the native
+    # path builds its environ with corral's build_environ (corral.serve.cycle).
+    seen = tmp_path / "environ.json"
+    conf = tmp_path / "hooks.py"
+    conf.write_text(
+        "import json, os\n"
+        f"_SEEN = {str(seen)!r}\n"
+        "def post_request(worker, req, environ, resp):\n"
+        "    keep = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int))}\n"
+        "    with open(_SEEN + '.tmp', 'w') as f:\n"
+        "        json.dump({'environ': keep, 'status': resp.status_code}, f)\n"
+        "    os.replace(_SEEN + '.tmp', _SEEN)  # whole, or not there yet\n"
+    )
+    server = start_native("-c", str(conf))
+    status, _, _ = server.request("GET", "/?x=1", headers={"User-Agent": "probe", "X-Custom": "yes"})
+    assert status == 200
+    wait_for_file(seen)
+    got = json.loads(seen.read_text())
+    environ = got["environ"]
+    assert got["status"] == 200
+    assert (environ["REQUEST_METHOD"], environ["PATH_INFO"], environ["QUERY_STRING"]) == ("GET", "/", "x=1")
+    assert environ["HTTP_USER_AGENT"] == "probe" and environ["HTTP_X_CUSTOM"] == "yes"
+    assert environ["wsgi.url_scheme"] == "http" and environ["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert environ["REMOTE_ADDR"] == "127.0.0.1" and environ["SERVER_PORT"] == str(server.port)
+
+
 def test_native_handler_blocking_the_loop_gets_worker_replaced(
         start_native: Callable[..., CorralProcess]) -> None:
     server = start_native("--timeout", "1", "--graceful-timeout", "1")

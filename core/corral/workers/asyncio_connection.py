@@ -39,13 +39,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from queue import SimpleQueue
 from typing import IO, TYPE_CHECKING, Any, Final, Protocol, cast
 
 from corral.http import errors as E
 from corral.http.parser import (
     CONNECTION_CLOSED,
-    NEED_DATA,
     ClientDisconnected,
     RequestHead,
     RequestParser,
@@ -55,12 +53,9 @@ from corral.serve.retirement import (
     CLOSE_LINGER_BYTES,
     next_request_deadline,
 )
-from corral.workers.connection import (
-    DRAIN_MAX_BYTES,
-    DRAIN_MAX_SECONDS,
-    HttpConnection,
-    proxy_trusted,
-)
+from corral.serve.threads import RequestThreads
+from corral.serve.waits import Drain, first_byte_deadline, head_wait_timed_out
+from corral.workers.connection import HttpConnection, proxy_trusted
 from corral.workers.watchdog import clock_stopper
 from corral.wsgi.environ import EnvironContext
 from corral.wsgi.response import error_response
@@ -456,18 +451,11 @@ class AsyncHttpConnection:
 
     async def drain(self) -> bool:
         """Read and drop the rest of the request body; False if the connection must close."""
-        parser = self.parser
-        deadline = self.loop.time() + DRAIN_MAX_SECONDS
-        budget = DRAIN_MAX_BYTES
-        while not parser.done:
-            event = parser.next_event()
-            if type(event) is bytes:
-                budget -= len(event)
-                if budget < 0:
-                    return False
-            elif event is NEED_DATA and not await self.receive(deadline):
+        drain = Drain(self.parser)
+        while (verdict := drain.step()) is None:
+            if not await self.receive(drain.need_deadline(self.loop.time())):
                 return False
-        return True
+        return verdict
 
     # -- the request loop ------------------------------------------------------------
 
@@ -503,15 +491,13 @@ class AsyncHttpConnection:
             self.responder.connection_closed(self)
 
     async def next_head(self, first: bool) -> RequestHead | None:
-        """The next request head, or None when the connection should just close."""
+        """The next request head, or None when the connection should just close (corral.serve.waits)."""
         parser = self.parser
         protocol = self.protocol
-        deadline = self.loop.time() + (self.header_timeout if first else self.keepalive)
         since = self.worker.retiring_since
-        if since is not None:
-            # Retiring began this long ago, in the loop's clock.
-            since = self.loop.time() - (time.monotonic() - since)
-            deadline = next_request_deadline(deadline, retiring_since=since, keepalive=self.keepalive)
+        deadline = first_byte_deadline(self.loop.time(), first=first, header_timeout=self.header_timeout,
+                                       keepalive=self.keepalive,
+                                       retiring_for=None if since is None else time.monotonic() - since)
         head_started = False
         while True:
             event = parser.next_event()
@@ -536,8 +522,7 @@ class AsyncHttpConnection:
             finally:
                 self.waiting = None
             if not got:
-                if parser.in_head:
-                    raise E.RequestTimeout("request head not received in time")
+                head_wait_timed_out(parser)
                 return None
 
 
@@ -735,40 +720,9 @@ class _BridgedConnection(HttpConnection):
         return cast("ThreadBridge", self.sock)._protocol.pending_size > 0
 
 
-class RequestThreadPool:
-    """A fixed set of daemon threads running callables from one queue.
-
-    All a :class:`WsgiThreadResponder` needs from an executor. Through
-    ``loop.run_in_executor`` and a ThreadPoolExecutor every request made a
-    concurrent Future (with its Condition) and chained it to an asyncio
-    future: a fifth of a tornado worker's time on a hello-world app
-    (py-spy). Here a request is one queue put, and its result comes back
-    through one ``call_soon_threadsafe``. Daemon threads: a request still
-    running after the graceful timeout does not keep the process alive.
-    """
-
-    def __init__(self, count: int, name: str = "corral-wsgi") -> None:
-        self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
-        #: Queue a callable for the next free thread; never blocks.
-        self.submit: Callable[[Callable[[], None]], None] = self._queue.put
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(count)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _work(self) -> None:
-        get = self._queue.get
-        while (fn := get()) is not None:
-            fn()
-
-    def shutdown(self, wait: bool = False, cancel_futures: bool = False) -> None:
-        """Let the threads end once the queue is empty (the signature of Executor.shutdown)."""
-        for _ in self._threads:
-            self._queue.put(None)
-        if wait:
-            for t in self._threads:
-                t.join()
+#: The pool a WsgiThreadResponder takes besides a concurrent.futures
+#: Executor: callables, every thread started at once (corral.serve.threads).
+RequestThreadPool = RequestThreads[Callable[[], None]]
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -812,7 +766,7 @@ class WsgiThreadResponder:
         inbox = self._inbox
         if inbox is None:  # made here, on the loop, before any thread needs it
             inbox = self._inbox = LoopInbox(loop)
-        if not isinstance(executor, RequestThreadPool):
+        if not isinstance(executor, RequestThreads):
             try:
                 return await loop.run_in_executor(executor, self._handle_in_thread, conn, head, inbox)
             finally:
@@ -844,11 +798,11 @@ class WsgiThreadResponder:
                 self._gathered += length
                 try:
                     await self._gather(conn, need)
-                    executor.submit(run)
+                    executor.put(run)
                     return await done
                 finally:
                     self._gathered -= length
-        executor.submit(run)
+        executor.put(run)
         return await done
 
     @staticmethod

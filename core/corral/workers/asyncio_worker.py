@@ -6,7 +6,7 @@ needs alike: the loop, accepting, TLS and PROXY headers, the heartbeat, and
 the graceful stop. A subclass says how requests are answered by overriding
 :meth:`AsyncioWorker.make_responder` (tornado: its native apps on the loop;
 the example: a thread pool that sheds load); the default runs the WSGI app
-in a :class:`~corral.workers.asyncio_connection.RequestThreadPool`.
+in a :class:`~corral.serve.threads.RequestThreads` (callables, every thread started at once).
 
 Lifecycle on the loop: accept on every listener until ``--worker-connections``
 connections are open (then stop accepting until one closes, leaving new
@@ -37,6 +37,7 @@ from corral.http import errors as E
 from corral.http import proxy
 from corral.http.parser import RequestParser
 from corral.http.proxy import ProxyInfo
+from corral.serve.threads import call
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
 from corral.workers.asyncio_connection import (
     AsyncHttpConnection,
@@ -108,7 +109,7 @@ class AsyncioWorker(Worker):
         ``self.executor`` and ``self.watchdog`` likewise.
         """
         threads = self.cfg.threads if self.cfg.threads > 1 else DEFAULT_WSGI_THREADS
-        self.executor = RequestThreadPool(threads, "corral-wsgi")
+        self.executor = RequestThreadPool(threads, call, self.log, name="corral-wsgi", start_all=True)
         self.watchdog = RequestWatchdog(self.heartbeat, self.cfg.timeout, self.log)
         return WsgiThreadResponder(self, self.executor, self.watchdog)
 

@@ -28,10 +28,13 @@ from corral.http.parser import (
     RequestHead,
     RequestParser,
 )
-from corral.serve.retirement import (
-    CLOSE_LINGER,
-    CLOSE_LINGER_BYTES,
-    next_request_deadline,
+from corral.serve.cycle import after_response, keeps_connection
+from corral.serve.retirement import CLOSE_LINGER, CLOSE_LINGER_BYTES
+from corral.serve.waits import (
+    Drain,
+    body_wait_timed_out,
+    first_byte_deadline,
+    head_wait_timed_out,
 )
 from corral.workers.tls import start_tls
 from corral.workers.watchdog import clock_stopper
@@ -52,11 +55,6 @@ if TYPE_CHECKING:
 
 #: recv size. 64 KiB takes a typical head and a good slice of a body in one call.
 RECV_SIZE: Final = 65536
-#: After a response, at most this much unread request body is read and
-#: dropped to keep the connection; a larger remainder closes it instead.
-DRAIN_MAX_BYTES: Final = 1 << 20
-#: ...and draining may take at most this long.
-DRAIN_MAX_SECONDS: Final = 2.0
 #: Most bytes one os.sendfile call is asked for (the kernel sends what fits anyway).
 SENDFILE_CHUNK: Final = 1 << 30
 #: "More data follows": the kernel holds a segment's tail back (Linux; 0
@@ -246,16 +244,14 @@ class HttpConnection:
                 _wait(self.sock, events, deadline, self.worker.notify)
 
     def next_head(self, first: bool) -> RequestHead | None:
-        """The next request head, or None when the connection should just close."""
+        """The next request head, or None when the connection should just close (corral.serve.waits)."""
         parser = self.parser
         now = time.monotonic()
-        idle = self.header_timeout if first else self.keepalive
-        deadline = now + idle
-        retiring_since = self.worker.retiring_since
-        if retiring_since is not None:  # (no call on the serving path)
-            deadline = next_request_deadline(deadline, retiring_since=retiring_since,
-                                             keepalive=self.keepalive)
-        head_deadline: float | None = None
+        since = self.worker.retiring_since
+        deadline = first_byte_deadline(now, first=first, header_timeout=self.header_timeout,
+                                       keepalive=self.keepalive,
+                                       retiring_for=None if since is None else now - since)
+        head_started = False
         while True:
             event = parser.next_event()
             if type(event) is RequestHead:
@@ -263,15 +259,14 @@ class HttpConnection:
             if event is CONNECTION_CLOSED:
                 return None
             assert event is NEED_DATA
-            if head_deadline is None and parser.in_head:
+            if not head_started and parser.in_head:
                 # The whole head must arrive within header_timeout of its first byte.
-                head_deadline = time.monotonic() + self.header_timeout
-                deadline = head_deadline
+                head_started = True
+                deadline = time.monotonic() + self.header_timeout
             try:
                 self._recv(deadline)
             except ClientTimeout:
-                if parser.in_head:
-                    raise E.RequestTimeout("request head not received in time") from None
+                head_wait_timed_out(parser)
                 return None
 
     def _receive_body(self) -> bytes:
@@ -284,7 +279,7 @@ class HttpConnection:
                 try:
                     self._recv(time.monotonic() + self.header_timeout)
                 except ClientTimeout:
-                    raise E.RequestTimeout("request body not received in time") from None
+                    raise body_wait_timed_out() from None
                 continue
             assert isinstance(event, EndOfMessage)
             body = self._body
@@ -294,25 +289,15 @@ class HttpConnection:
 
     def _drain(self) -> bool:
         """Read and drop the rest of the request body; False if the connection must close."""
-        parser = self.parser
-        if parser.done:
-            return True
-        deadline = 0.0  # set when the first read is due: most calls only take the end of message
-        budget = DRAIN_MAX_BYTES
-        while not parser.done:
-            event = parser.next_event()
-            if type(event) is bytes:
-                budget -= len(event)
-                if budget < 0:
-                    return False
-            elif event is NEED_DATA:
-                if not deadline:
-                    deadline = time.monotonic() + DRAIN_MAX_SECONDS
-                try:
-                    self._recv(deadline)
-                except ClientTimeout:
-                    return False
-        return True
+        if self.parser.done:
+            return True  # most calls: the body was read, or there was none
+        drain = Drain(self.parser)
+        while (verdict := drain.step()) is None:
+            try:
+                self._recv(drain.need_deadline(time.monotonic()))
+            except ClientTimeout:
+                return False
+        return verdict
 
     # -- the request loop ----------------------------------------------------
 
@@ -500,17 +485,9 @@ class HttpConnection:
                     worker.log.exception("Error closing the app's response iterable")
             in_flight.pop(self, None)
             worker.request_done()
-        if worker.post_request is not None:
-            try:
-                worker.post_request(worker=worker, req=head, environ=environ, resp=resp)
-            except Exception:
-                worker.log.exception("post_request hook failed")
-        if worker.access_log is not None:
-            worker.access_log(head, environ, resp, time.monotonic() - started)
-        if not resp.keep_alive:
-            return False
-        if head.expect_continue and not continue_sent and not body.complete:
-            # The client may still be waiting to send the body; do not guess.
+        if worker.post_request is not None or worker.access_log is not None:
+            after_response(worker, head, environ, resp, time.monotonic() - started)
+        if not keeps_connection(resp.keep_alive, head, continue_sent, body.complete):
             return False
         try:
             return self._drain()

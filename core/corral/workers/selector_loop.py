@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Final
 from corral.http import errors as E
 from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
 from corral.serve.retirement import next_request_deadline
+from corral.serve.waits import HEAD_TIMEOUT_DETAIL
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
 from corral.workers.base import Worker
 from corral.workers.loop_connection import LoopConnection
@@ -463,7 +464,7 @@ class SelectorLoop:
             self.close(conn)
             return
         if conn.parser.in_head:
-            conn.error = E.RequestTimeout("request head not received in time")
+            conn.error = E.RequestTimeout(HEAD_TIMEOUT_DETAIL)
             self.to_thread(conn)
         else:
             self.close(conn)

@@ -29,20 +29,24 @@ import functools
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_to_bytes
 
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
 from corral.api import (
     CONTINUE_100,
+    EMPTY_BODY,
     NEED_DATA,
     EndOfMessage,
     RequestHead,
     Response,
     ResponseError,
+    after_response,
+    body_wait_timed_out,
+    build_environ,
     forwarded_secure,
     internal_error_response,
+    keeps_connection,
 )
 from corral.api import errors as E
 
@@ -52,12 +56,6 @@ if TYPE_CHECKING:
 #: tornado's RequestHandler sets this Server value by default; it is replaced
 #: by corral's, which names no version.
 _TORNADO_SERVER = "TornadoServer/"
-#: Request fields copied into the post_request/access-log environ, under
-#: their WSGI keys (the first of each, like the header lookups elsewhere).
-_LOGGED_FIELDS = {"authorization": "HTTP_AUTHORIZATION", "referer": "HTTP_REFERER",
-                  "user-agent": "HTTP_USER_AGENT"}
-
-
 class RequestContext:
     """What tornado's HTTPServerRequest reads from ``connection.context``."""
 
@@ -288,11 +286,9 @@ class TornadoResponder:
         if conn.protocol.closed or request.response is None:
             return False
         if worker.post_request is not None or worker.access_log is not None:
-            self._after(conn, head, request, conn.loop.time() - started)
-        if not request.response_keeps_alive:
-            return False
-        if head.expect_continue and not continue_sent and not conn.parser.done:
-            # The client may still be waiting to send the body; do not guess.
+            after_response(worker, head, self._environ(conn, head), request.response,
+                           conn.loop.time() - started)
+        if not keeps_connection(request.response_keeps_alive, head, continue_sent, conn.parser.done):
             return False
         return await conn.drain()
 
@@ -317,7 +313,7 @@ class TornadoResponder:
                     conn.send(CONTINUE_100)
                     continue_sent = True
                 if not await conn.receive(conn.loop.time() + conn.header_timeout):
-                    raise E.RequestTimeout("request body not received in time")
+                    raise body_wait_timed_out()
             else:
                 assert isinstance(event, EndOfMessage)
                 request.body_done = True
@@ -358,36 +354,22 @@ class TornadoResponder:
                 scheme = "https" if secure else "http"
         return RequestContext(peer, remote_ip, scheme)
 
-    def _after(self, conn: AsyncHttpConnection, head: RequestHead, request: TornadoRequest,
-               took: float) -> None:
-        """post_request hook and access log; they get a minimal environ (there is no WSGI one)."""
-        worker = self.worker
-        path = head.path
-        if "%" in path:
-            path = unquote_to_bytes(path).decode("latin-1")
+    def _environ(self, conn: AsyncHttpConnection, head: RequestHead) -> dict[str, Any]:
+        """The WSGI environ of this request, for post_request and the access log.
+
+        Built by corral's own build_environ, as for a WSGI app, so that hooks
+        and log formats read the same keys on every class; its body is the
+        empty one (tornado has consumed the real one by now).
+        """
         proxied = conn.parser.proxy
-        peer = proxied.source if proxied is not None and proxied.source is not None else conn.peer
-        environ = {
-            "REQUEST_METHOD": head.method,
-            "PATH_INFO": path,
-            "QUERY_STRING": head.query,
-            "SERVER_PROTOCOL": head.version,
-            "REMOTE_ADDR": peer[0] if isinstance(peer, tuple) else "",
-            "REMOTE_PORT": str(peer[1]) if isinstance(peer, tuple) else "",
-            "wsgi.url_scheme": request.context.protocol,
-        }
-        # The fields the access log reads from a WSGI environ (%(u)s, %(f)s, %(a)s).
-        for name, value in head.headers:
-            key = _LOGGED_FIELDS.get(name.lower())
-            if key is not None and key not in environ:
-                environ[key] = value
-        if worker.post_request is not None:
-            try:
-                worker.post_request(worker=worker, req=head, environ=environ, resp=request.response)
-            except Exception:
-                worker.log.exception("post_request hook failed")
-        if worker.access_log is not None:
-            worker.access_log(head, environ, request.response, took)
+        try:
+            return build_environ(head, conn.env, EMPTY_BODY, conn.peer,
+                                 client=proxied.source if proxied is not None else None)
+        except E.HTTPError:
+            # Conflicting scheme headers: tornado answered the request all the
+            # same; the log still gets its line.
+            return {"REQUEST_METHOD": head.method, "PATH_INFO": head.path, "QUERY_STRING": head.query,
+                    "SERVER_PROTOCOL": head.version}
 
     def connection_closed(self, conn: AsyncHttpConnection) -> None:
         try:

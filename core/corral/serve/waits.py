@@ -1,0 +1,106 @@
+"""How long a connection waits for its client, and when it gives up: the wait policy, once.
+
+Every class waits for the same things, with its own I/O (blocking or
+cooperative sockets, an asyncio protocol, a selector loop); what the waits
+are, and what ends them, is decided here, without I/O, so that the rules
+cannot drift apart between classes:
+
+1. **A connection's first request** must start within ``--header-timeout``
+   of the accept; **a kept-alive connection's next request** within
+   ``--keep-alive`` of the last response. Ending either wait is a quiet
+   close: the client sent nothing, so nothing is owed to it.
+2. **A head, once its first byte is here,** must be complete within
+   ``--header-timeout`` of that byte; a head cut off by the deadline is
+   answered **408** and the connection closed.
+3. **A body** must keep coming: each read waits at most ``--header-timeout``
+   (a client that stops mid-body gets 408 too).
+4. **While retiring** (:mod:`corral.serve.retirement`), the wait for a
+   request's first byte ends no later than the keep-alive timeout (at least
+   ``FIRST_REQUEST_GRACE``) after the retirement began.
+5. **Dropping an unread body** (so that the connection can be kept) reads at
+   most :data:`DRAIN_MAX_BYTES` within :data:`DRAIN_MAX_SECONDS`; a larger or
+   slower remainder closes the connection instead (:class:`Drain`).
+
+Times are plain floats in whatever clock the caller uses (``time.monotonic``
+or an event loop's ``time()``): the policy only adds and compares.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from corral.http import errors as E
+from corral.http.parser import NEED_DATA, RequestParser
+from corral.serve.retirement import next_request_deadline
+
+#: After a response, at most this much unread request body is read and
+#: dropped to keep the connection; a larger remainder closes it instead
+#: (reading a large upload nobody wants costs more than a new connection).
+DRAIN_MAX_BYTES: Final = 1 << 20
+#: ...and draining may take at most this long.
+DRAIN_MAX_SECONDS: Final = 2.0
+#: What a client hears when its head did not arrive in time (rule 2).
+HEAD_TIMEOUT_DETAIL: Final = "request head not received in time"
+#: ...and when its body stopped coming (rule 3).
+BODY_TIMEOUT_DETAIL: Final = "request body not received in time"
+
+
+def first_byte_deadline(now: float, *, first: bool, header_timeout: float, keepalive: float,
+                        retiring_for: float | None) -> float:
+    """When to stop waiting for the first byte of a connection's next request (rules 1 and 4).
+
+    :param first: the connection's first request (``--header-timeout``), or
+        a later one (``--keep-alive``).
+    :param retiring_for: how long ago the worker began to retire; None while
+        it serves.
+    """
+    deadline = now + (header_timeout if first else keepalive)
+    if retiring_for is None:
+        return deadline
+    return next_request_deadline(deadline, retiring_since=now - retiring_for, keepalive=keepalive)
+
+
+def head_wait_timed_out(parser: RequestParser) -> None:
+    """A wait for a head ran out (rules 1 and 2): 408 if the head had begun, else a quiet close (returns)."""
+    if parser.in_head:
+        raise E.RequestTimeout(HEAD_TIMEOUT_DETAIL)
+
+
+def body_wait_timed_out() -> E.HTTPError:
+    """A read of the body ran out (rule 3): the error to raise."""
+    return E.RequestTimeout(BODY_TIMEOUT_DETAIL)
+
+
+class Drain:
+    """Dropping the rest of a request body without I/O (rule 5): feed the parser, call :meth:`step`.
+
+    ``step()`` consumes what the parser holds and says what to do: True,
+    the body is done (keep the connection); False, too much is left (close
+    it); None, read more (until :attr:`deadline`, set at the first read, in
+    the caller's clock: :meth:`need_deadline`).
+    """
+
+    __slots__ = ("budget", "deadline", "parser")
+
+    def __init__(self, parser: RequestParser) -> None:
+        self.parser = parser
+        self.budget = DRAIN_MAX_BYTES
+        self.deadline = 0.0
+
+    def step(self) -> bool | None:
+        parser = self.parser
+        while not parser.done:
+            event = parser.next_event()
+            if type(event) is bytes:
+                self.budget -= len(event)
+                if self.budget < 0:
+                    return False
+            elif event is NEED_DATA:
+                return None
+        return True
+
+    def need_deadline(self, now: float) -> float:
+        """The deadline of the next read: DRAIN_MAX_SECONDS from the first one."""
+        if not self.deadline:
+            self.deadline = now + DRAIN_MAX_SECONDS
+        return self.deadline

@@ -24,13 +24,11 @@ class SyncWorker(Worker):
     def run(self) -> None:
         # Each listening socket with what its connections need: its accept
         # function and its environ context, looked up once per wake-up.
-        # No TCP_NODELAY (acceptor's default) here: a sync connection carries
-        # one response and closes, which pushes out whatever Nagle held, and a
-        # fresh connection's client ACKs at once (quick-ack), so streamed
-        # chunks are not held either (the kit's streaming check passes). The
-        # option would cost a system call per request, 4% of hello world.
-        listeners = {lst.sock: (acceptor(lst.sock, nodelay=False), self.envs[id(lst)])
-                     for lst in self.listeners}
+        # acceptor() sets TCP_NODELAY: a long streamed response outlasts the
+        # client's quick-ack start, and Nagle would then hold each small
+        # chunk for a delayed ACK. The system call it costs per connection
+        # did not show in bench/ab.py (sync, hello, 5 rounds: within noise).
+        listeners = {lst.sock: (acceptor(lst.sock), self.envs[id(lst)]) for lst in self.listeners}
         for sock in listeners:
             sock.setblocking(False)
         waitables: list[socket.socket | int] = [*listeners, self.wake_fd]

@@ -111,3 +111,49 @@ def _parse_v2(buf: bytearray) -> tuple[int, ProxyInfo] | None:
         raise E.BadRequest("unsupported PROXY v2 address family")
     return total, ProxyInfo((str(ipaddress.ip_address(src)), sport),
                             (str(ipaddress.ip_address(dst)), dport), 2)
+
+
+#: The longest PROXY header: a v2 header's 16 fixed bytes and a 16-bit length
+#: (a v1 line is at most 107 bytes).
+PROXY_MAX: Final = 16 + 0xFFFF
+
+
+class ProxyPreamble:
+    """Reading a PROXY header that comes before TLS records, without I/O.
+
+    Such a header must be taken off the raw socket before the handshake,
+    and not one byte more: the TLS records behind it belong to the
+    handshake. So the caller peeks at what has arrived (at most
+    :meth:`want` bytes, ``MSG_PEEK``), hands it to :meth:`peeked`, then
+    receives (consumes) exactly the count it returns, already queued, and
+    hands that to :meth:`consumed`. Blocking and asyncio workers wrap this
+    one loop in their own waits.
+    """
+
+    __slots__ = ("buf", "mode")
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.buf = bytearray()
+
+    def want(self) -> int:
+        """How many bytes to peek at."""
+        return PROXY_MAX - len(self.buf)
+
+    def peeked(self, data: bytes) -> tuple[int, ProxyInfo | None]:
+        """What a peek returned: (bytes to consume now, the header once it is complete).
+
+        :raises BadRequest: for a malformed header, or a close (no bytes) before its end.
+        """
+        if not data:
+            raise E.BadRequest("connection closed before the end of a PROXY header")
+        parsed = parse(self.buf + data, self.mode, eof=False)
+        if parsed is None:
+            return len(data), None
+        return parsed[0] - len(self.buf), parsed[1]
+
+    def consumed(self, data: bytes) -> None:
+        """Bytes received after a peek (part of the header)."""
+        if not data:
+            raise E.BadRequest("connection closed inside a PROXY header")
+        self.buf += data

@@ -50,7 +50,6 @@ from corral.workers.balance import STEP
 from corral.workers.base import Worker
 from corral.workers.connection import proxy_trusted
 from corral.workers.memory import IdleTrim
-from corral.workers.tls import PROXY_MAX
 from corral.workers.watchdog import RequestWatchdog
 
 if TYPE_CHECKING:
@@ -245,7 +244,7 @@ class AsyncioWorker(Worker):
         if not proxy_trusted(self, peer):
             return None
         fd = client.fileno()
-        buf = bytearray()
+        preamble = proxy.ProxyPreamble(self.limits.proxy_protocol)
         deadline = self.loop.time() + self.cfg.ssl_handshake_timeout
         try:
             while True:
@@ -255,14 +254,13 @@ class AsyncioWorker(Worker):
                     await asyncio.wait_for(ready, max(deadline - self.loop.time(), 0))
                 finally:
                     self.loop.remove_reader(fd)
-                data = client.recv(PROXY_MAX - len(buf), socket.MSG_PEEK)
-                if not data:
-                    return None
-                parsed = proxy.parse(buf + data, self.limits.proxy_protocol, eof=False)
-                take = len(data) if parsed is None else parsed[0] - len(buf)
-                buf += client.recv(take)  # already queued: returns at once
-                if parsed is not None:
-                    return parsed[1]
+                take, info = preamble.peeked(client.recv(preamble.want(), socket.MSG_PEEK))
+                while take:
+                    got = client.recv(take)  # already queued: returns at once
+                    preamble.consumed(got)
+                    take -= len(got)
+                if info is not None:
+                    return info
         except (OSError, TimeoutError, E.HTTPError):
             return None
 

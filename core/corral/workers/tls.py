@@ -53,8 +53,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: The most a PROXY header can take: v2's 16 fixed bytes and a 16-bit length.
-PROXY_MAX: Final = 16 + 0xFFFF
 #: What the TLS layer tells the client it speaks (ALPN); a client that offers
 #: only h2 still gets a handshake without ALPN and may fall back.
 ALPN_PROTOCOLS: Final = ("http/1.1",)
@@ -194,27 +192,22 @@ def read_proxy_header(sock: socket.socket, mode: str, deadline: float,
                       beat: Callable[[], None] = lambda: None) -> ProxyInfo:
     """Read exactly one PROXY header from ``sock``, not a byte of the TLS records after it.
 
-    Peeks at what has arrived, then consumes only the bytes that belong to
-    the header, so the handshake starts at the right byte.
+    :class:`corral.http.proxy.ProxyPreamble` decides; this waits (on a
+    blocking socket, beating the heartbeat).
 
     :raises BadRequest: for a malformed header or a close inside it.
     """
-    buf = bytearray()
+    preamble = proxy.ProxyPreamble(mode)
     while True:
-        want = PROXY_MAX - len(buf)
+        want = preamble.want()
         data = _beating(sock, deadline, beat, lambda: sock.recv(want, socket.MSG_PEEK))  # noqa: B023 (called at once)
-        if not data:
-            raise E.BadRequest("connection closed before the end of a PROXY header")
-        parsed = proxy.parse(buf + data, mode, eof=False)
-        take = len(data) if parsed is None else parsed[0] - len(buf)
+        take, info = preamble.peeked(data)
         while take:
             got = sock.recv(take)  # already queued: returns at once
-            if not got:
-                raise E.BadRequest("connection closed inside a PROXY header")
-            buf += got
+            preamble.consumed(got)
             take -= len(got)
-        if parsed is not None:
-            return parsed[1]
+        if info is not None:
+            return info
 
 
 def _beating(sock: socket.socket, deadline: float, beat: Callable[[], None], call: Callable[[], T]) -> T:

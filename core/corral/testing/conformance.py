@@ -28,6 +28,7 @@ given as ``package.module:Class`` has no declaration to check against).
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import signal
@@ -41,6 +42,7 @@ import pytest
 
 from corral.plugins import WorkerSpec, make_plugin_manager, worker_registry
 from corral.testing.process import CorralProcess, parse_responses, read_until_close, wait_for_file
+from corral.testing.reserved import collisions
 
 __all__ = [
     "MALFORMED_REQUESTS",
@@ -75,6 +77,7 @@ __all__ = [
     "test_stuck_worker_is_killed_and_replaced",
     "test_term_finishes_inflight_request",
     "test_validator_wrapped_app",
+    "test_worker_class_keeps_clear_of_base_attributes",
 ]
 
 Shared = Callable[[str], CorralProcess]
@@ -97,6 +100,19 @@ def worker_spec(name: str) -> WorkerSpec:
 
 def _get(server: CorralProcess, path: str, **kw: object) -> tuple[int, dict[str, str], bytes]:
     return server.request("GET", path, **kw)  # type: ignore[arg-type]
+
+
+def test_worker_class_keeps_clear_of_base_attributes(corral_worker_class: str) -> None:
+    """The class's own code takes no attribute its corral base classes keep (corral.testing.reserved).
+
+    Reusing ``self.limits`` or ``self.write_timeout`` for a setting of its
+    own silently changes what the base does; reading a private name ties the
+    class to one release of corral.
+    """
+    module, _, name = worker_spec(corral_worker_class).path.partition(":")
+    worker_class = getattr(importlib.import_module(module), name)
+    found = collisions(worker_class)
+    assert not found, "\n".join(found)
 
 
 # -- the basics ---------------------------------------------------------------

@@ -160,7 +160,8 @@ def venv(tmp_path_factory: pytest.TempPathFactory, builds: Builds) -> Venv:
     # saves the seconds ensurepip would take.
     check(run([sys.executable, "-m", "venv", "--without-pip", root], timeout=60))
     venv = Venv(root=root, scratch=base / "scratch")
-    check(run(pip_cmd("install", *corral_projects(), "pytest>=8", "pytest-timeout>=2", python=venv.python)))
+    # corral-testing (ROOT/testing): the kit's pytest plugin, as `corral[testing]` would bring it.
+    check(run(pip_cmd("install", *corral_projects(), ROOT / "testing", python=venv.python)))
     builds.example.wait()
     (wheel,) = (builds.dir / "wheels").glob("corral_asyncio_threads-*.whl")
     # --no-deps: its one dependency, corral, is the one installed above.

@@ -5,7 +5,8 @@
   :func:`read_until_close` and :func:`parse_responses` help talk to it;
   :func:`run_corral` runs a command that ends by itself (``corral plugins``,
   ``--help``, a start-up that must fail).
-- The pytest plugin (entry point ``pytest11`` named ``corral``, module
+- The pytest plugin (entry point ``pytest11`` named ``corral``, registered by
+  the ``corral-testing`` distribution, ``corral[testing]``; module
   :mod:`corral.testing.plugin`) gives the fixtures ``corral_worker_class``,
   ``corral_server_args``, ``corral_server`` and ``corral_shared_server``.
 - :mod:`corral.testing.conformance` is the shared worker conformance suite.

@@ -1,4 +1,4 @@
-"""pytest plugin of corral.testing (entry point ``pytest11``, named ``corral``).
+"""pytest plugin of corral.testing (entry point ``pytest11``, named ``corral``, of ``corral-testing``).
 
 Installing corral makes these fixtures available to every pytest run; a
 plugin's test suite needs no conftest import. With plugin autoloading off

@@ -170,7 +170,10 @@ def plugins_command(argv: Sequence[str]) -> int:
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin.module) or [])
         added = sorted(s.name for s in settings if s.owner == plugin.name)
         workers = [
-            {"name": s.name, "description": s.description, "path": s.path}
+            {"name": s.name, "description": s.description, "path": s.path, "keepalive": s.keepalive,
+             "concurrency": s.concurrency, "multithread": s.runs_requests_at_once,
+             "monkey_patches": s.monkey_patches, "preload_safe": s.preload_safe, "tls": s.tls,
+             "shared_modules": list(s.shared_modules), "traits": s.traits()}
             for s in registry.values() if _provided_by(pm, plugin.module, s.name)
         ]
         out.append({"name": plugin.name, "distribution": plugin.distribution,
@@ -187,6 +190,7 @@ def plugins_command(argv: Sequence[str]) -> int:
         print(f"{item['name']} ({item['distribution']} {item['version']})")
         for w in item["workers"]:
             print(f"  worker {w['name']}: {w['description']}")
+            print(f"    {', '.join(w['traits'])}")
         print(f"  hooks: {', '.join(item['hooks']) or '-'}")
         if item["settings"]:
             print(f"  settings: {', '.join(item['settings'])}")

@@ -44,7 +44,13 @@ class WorkerSpec:
     :param path: ``"package.module:Class"``, imported only in the worker.
     :param description: one line for ``corral plugins``.
     :param keepalive: serves several requests per connection.
-    :param concurrency: ``"process"``, ``"threads"``, ``"greenlets"`` or ``"event-loop"``.
+    :param concurrency: ``"process"``, ``"threads"``, ``"greenlets"`` or ``"event-loop"``:
+        how requests of one process run (for ``corral plugins`` and the docs).
+    :param multithread: whether requests of one process may run at once, which
+        is what an app must know (``wsgi.multithread``); None: derived from
+        ``concurrency`` (anything but ``"process"``). Separate because the two
+        differ: an event loop that runs one request at a time is not
+        multithreaded.
     :param monkey_patches: patches the standard library when it starts.
     :param preload_safe: an app imported in the arbiter before fork still works.
     :param tls: terminates TLS itself (--certfile): it serves connections through
@@ -62,11 +68,32 @@ class WorkerSpec:
     description: str = ""
     keepalive: bool = True
     concurrency: str = "process"
+    multithread: bool | None = None
     monkey_patches: bool = False
     preload_safe: bool = True
     tls: bool = False
     shared_modules: tuple[str, ...] = ()
     distribution: str = field(default="", compare=False)
+
+    @property
+    def runs_requests_at_once(self) -> bool:
+        """``wsgi.multithread`` for apps served by this class (``multithread``, or derived)."""
+        if self.multithread is not None:
+            return self.multithread
+        return self.concurrency != "process"
+
+    def traits(self) -> list[str]:
+        """What ``corral plugins`` prints about the class, in words."""
+        out = ["keep-alive" if self.keepalive else "closes each connection", self.concurrency]
+        out.append("requests at once (wsgi.multithread)" if self.runs_requests_at_once
+                   else "one request at a time")
+        if self.monkey_patches:
+            out.append("patches the standard library")
+        if self.tls:
+            out.append("TLS")
+        if not self.preload_safe:
+            out.append("not with --preload")
+        return out
 
 
 @dataclass

@@ -41,6 +41,18 @@ def test_every_hook_is_documented() -> None:
             f"hook {name} does not say in which process it runs"
 
 
+def test_plugins_shows_what_each_worker_spec_declares() -> None:
+    data = json.loads(corral("plugins", "--json").stdout)
+    workers = {w["name"]: w for p in data["plugins"] for w in p["workers"]}
+    sync, gthread = workers["sync"], workers["gthread"]
+    assert (sync["keepalive"], sync["multithread"], sync["tls"]) == (False, False, True)
+    assert (gthread["keepalive"], gthread["concurrency"], gthread["multithread"]) == (True, "threads", True)
+    assert sync["shared_modules"] == ["corral_sync.worker"]
+    text = corral("plugins").stdout
+    assert "    closes each connection, process, one request at a time, TLS" in text
+    assert "    keep-alive, threads, requests at once (wsgi.multithread)" in text
+
+
 def test_plugins_json_lists_sync_without_importing_workers() -> None:
     res = corral("plugins", "--json")
     assert res.returncode == 0, res.stderr

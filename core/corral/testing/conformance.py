@@ -152,7 +152,7 @@ def test_environ_is_complete(corral_shared_server: Shared, corral_worker_class: 
     assert env["wsgi.run_once"] is False
     assert env["corral.worker_class"] == corral_worker_class
     spec = worker_spec(corral_worker_class)
-    assert env["wsgi.multithread"] is (spec.concurrency in ("threads", "greenlets", "event-loop"))
+    assert env["wsgi.multithread"] is spec.runs_requests_at_once
     # Percent-decoding of PATH_INFO is latin-1, as PEP 3333 asks.
     status, _, body = _get(server, "/%65nviron")
     assert json.loads(body)["PATH_INFO"] == "/environ"

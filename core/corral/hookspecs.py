@@ -21,9 +21,12 @@ if TYPE_CHECKING:
 
     from corral.arbiter import Arbiter
     from corral.config import Config
+    from corral.http.parser import RequestHead
     from corral.plugins import WorkerSpec
+    from corral.pool import WorkerHandle
     from corral.settings import SettingsRegistry
     from corral.workers.base import Worker
+    from corral.wsgi.response import Response
 
 hookspec = pluggy.HookspecMarker("corral")
 
@@ -90,10 +93,12 @@ def corral_on_reload(server: Arbiter) -> None:
 
 
 @hookspec
-def corral_pre_fork(server: Arbiter, worker: Worker) -> None:
+def corral_pre_fork(server: Arbiter, worker: WorkerHandle) -> None:
     """Called in the arbiter just before a worker is forked.
 
-    :param worker: the worker object the child will run; its ``pid`` is not set yet.
+    :param worker: the arbiter's record of the worker to be (``pool``,
+        ``age``, ``generation``, ``worker_class``); its ``pid`` is not set yet.
+        (The worker object itself exists only in the child: ``corral_post_fork``.)
     """
 
 
@@ -156,7 +161,7 @@ def corral_ssl_context(
 
 
 @hookspec
-def corral_pre_request(worker: Worker, req: Any) -> None:
+def corral_pre_request(worker: Worker, req: RequestHead) -> None:
     """Called in the worker before the app handles a request.
 
     Skipped entirely (no call, no argument building) when no plugin implements it.
@@ -166,18 +171,25 @@ def corral_pre_request(worker: Worker, req: Any) -> None:
 
 
 @hookspec
-def corral_post_request(worker: Worker, req: Any, environ: dict[str, Any], resp: Any) -> None:
-    """Called in the worker after the response was written.
+def corral_post_request(worker: Worker, req: RequestHead, environ: dict[str, Any], resp: Response) -> None:
+    """Called in the worker after the response was written, on every class.
 
     Skipped entirely when no plugin implements it.
 
-    :param resp: the :class:`corral.wsgi.response.Response`, with ``status_code`` and ``sent``.
+    :param req: the request's head (``method``, ``target``, ``path``, ``headers``...).
+    :param environ: the request's WSGI environ (built for it on classes that
+        answer in a framework of their own, such as tornado's native handlers).
+    :param resp: the :class:`corral.wsgi.response.Response`, with ``status_code``,
+        ``headers`` and ``bytes_sent``.
     """
 
 
 @hookspec
-def corral_child_exit(server: Arbiter, worker: Worker) -> None:
-    """Called in the arbiter after a worker process has been reaped."""
+def corral_child_exit(server: Arbiter, worker: WorkerHandle) -> None:
+    """Called in the arbiter after a worker process has been reaped.
+
+    :param worker: the arbiter's record of it (``pid``, ``pool``, ``age``, ``worker_class``).
+    """
 
 
 @hookspec
@@ -191,8 +203,11 @@ def corral_nworkers_changed(server: Arbiter, new_value: int, old_value: int | No
 
 
 @hookspec
-def corral_worker_timeout(server: Arbiter, worker: Worker) -> None:
-    """Called in the arbiter when a worker missed its heartbeat, before it is sent SIGABRT."""
+def corral_worker_timeout(server: Arbiter, worker: WorkerHandle) -> None:
+    """Called in the arbiter when a worker missed its heartbeat, before it is sent SIGABRT.
+
+    :param worker: the arbiter's record of it (``pid``, ``pool``, ``age``, ``worker_class``).
+    """
 
 
 @hookspec

@@ -131,13 +131,25 @@ def corral_cases() -> dict[str, Callable[[], object]]:
 
     def respond_to(h: RequestHead, e: dict[str, Any]) -> None:
         # What HttpConnection.handle does around the app, minus the socket.
-        resp = Response(h, send, h.keep_alive)
-        result = hello_app(e, resp.start_response)
+        resp = Response(h, h.keep_alive)
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            resp.start(status, headers, exc_info)
+            return write
+
+        def write(data: bytes) -> None:
+            out = resp.piece(data)
+            if out:
+                send(out)
+
+        result = hello_app(e, start_response)
         if type(result) in (list, tuple) and len(result) == 1 and resp.content_length is None:
             resp.length_hint = len(result[0])  # type: ignore[index]
         for data in result:
-            resp.write(data)
-        resp.finish()
+            write(data)
+        out = resp.end()
+        if out:
+            send(out)
         sent.clear()
 
     def response() -> None:
@@ -148,10 +160,14 @@ def corral_cases() -> dict[str, Callable[[], object]]:
         respond_to(h, build_environ(h, ctx, EMPTY_BODY, PEER))
 
     # Sanity: the pieces produce what a client expects.
-    resp = Response(head, send, True)
-    for data in hello_app(env, resp.start_response):
-        resp.write(data)
-    resp.finish()
+    resp = Response(head, True)
+
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        resp.start(status, headers, exc_info)
+        return lambda data: sent.append(resp.piece(data))
+
+    sent.extend(resp.piece(data) for data in hello_app(env, start))
+    sent.append(resp.end())
     wire = b"".join(sent)
     sent.clear()
     assert wire.startswith(b"HTTP/1.1 200 OK\r\n") and wire.endswith(b"\r\n\r\n" + HELLO), wire

@@ -112,25 +112,22 @@ def _head(method: str = "GET", version: str = "HTTP/1.1") -> RequestHead:
 
 def _run(app_result: list[bytes], status: str, headers: list[tuple[str, str]], *,
          method: str = "GET", version: str = "HTTP/1.1", hint: bool = True) -> bytes:
-    out: list[bytes] = []
-    resp = Response(_head(method, version), out.append, True)
-    resp.start_response(status, headers)
+    resp = Response(_head(method, version), True)
+    resp.start(status, headers)
     if hint and len(app_result) == 1:
         resp.length_hint = len(app_result[0])
-    for data in app_result:
-        resp.write(data)
-    resp.finish()
-    return b"".join(out)
+    out = [resp.piece(data) for data in app_result]
+    return b"".join([*out, resp.end()])
 
 
 def test_single_piece_gets_a_length_and_one_send() -> None:
-    out: list[bytes] = []
-    resp = Response(_head(), out.append, True)
-    resp.start_response("200 OK", [("Content-Type", "text/plain")])
+    resp = Response(_head(), True)
+    resp.start("200 OK", [("Content-Type", "text/plain")])
     resp.length_hint = 5
-    resp.write(b"hello")
-    resp.finish()
-    assert len(out) == 1 and out[0].endswith(b"Content-Length: 5\r\n\r\nhello")
+    out = resp.piece(b"hello")
+    assert out.endswith(b"Content-Length: 5\r\n\r\nhello")
+    assert resp.complete  # nothing can follow: a closing connection may close right after
+    assert resp.end() == b""
 
 
 def test_unknown_length_is_chunked_on_11_and_close_delimited_on_10() -> None:
@@ -148,19 +145,18 @@ def test_no_body_for_head_204_304() -> None:
 
 
 def test_never_more_than_content_length() -> None:
-    out: list[bytes] = []
-    resp = Response(_head(), out.append, True)
-    resp.start_response("200 OK", [("Content-Length", "3")])
-    resp.write(b"abcdef")
-    resp.finish()
-    assert b"".join(out).endswith(b"\r\n\r\nabc") and resp.keep_alive is False
+    resp = Response(_head(), True)
+    resp.start("200 OK", [("Content-Length", "3")])
+    out = resp.piece(b"abcdef") + resp.end()
+    assert out.endswith(b"\r\n\r\nabc") and resp.keep_alive is False
 
 
 def test_short_body_closes_connection() -> None:
-    resp = Response(_head(), lambda b: None, True)
-    resp.start_response("200 OK", [("Content-Length", "10")])
-    resp.write(b"abc")
-    resp.finish()
+    resp = Response(_head(), True)
+    resp.start("200 OK", [("Content-Length", "10")])
+    resp.piece(b"abc")
+    assert not resp.complete
+    resp.end()
     assert resp.keep_alive is False
 
 
@@ -170,41 +166,39 @@ def test_short_body_closes_connection() -> None:
     [("Content-Length", "+5")], [(b"X", "v")],  # type: ignore[list-item]
 ])
 def test_bad_response_headers_refused(headers: list[tuple[str, str]]) -> None:
-    resp = Response(_head(), lambda b: None, True)
+    resp = Response(_head(), True)
     with pytest.raises(ResponseError):
-        resp.start_response("200 OK", headers)
+        resp.start("200 OK", headers)
 
 
 @pytest.mark.parametrize("status", ["200", "OK 200", "2000 X", "200 bad\r\nX: y", 200])
 def test_bad_status_refused(status: object) -> None:
-    resp = Response(_head(), lambda b: None, True)
+    resp = Response(_head(), True)
     if status == "200":
-        resp.start_response(status, [])  # a bare code is allowed
+        resp.start(status, [])  # a bare code is allowed
         return
     with pytest.raises(ResponseError):
-        resp.start_response(status, [])  # type: ignore[arg-type]
+        resp.start(status, [])  # type: ignore[arg-type]
 
 
 def test_exc_info_before_and_after_headers() -> None:
-    out: list[bytes] = []
-    resp = Response(_head(), out.append, True)
-    resp.start_response("200 OK", [])
+    resp = Response(_head(), True)
+    resp.start("200 OK", [])
     with pytest.raises(ResponseError):
-        resp.start_response("500 Oops", [])  # a second call needs exc_info
+        resp.start("500 Oops", [])  # a second call needs exc_info
     try:
         raise ValueError("app failed")
     except ValueError:
-        resp.start_response("500 Oops", [("Content-Length", "0")], sys.exc_info())
-    resp.finish()
-    assert b"".join(out).startswith(b"HTTP/1.1 500 Oops\r\n")
-    sent = Response(_head(), out.append, True)
-    sent.start_response("200 OK", [])
-    sent.write(b"x")
+        resp.start("500 Oops", [("Content-Length", "0")], sys.exc_info())
+    assert resp.end().startswith(b"HTTP/1.1 500 Oops\r\n")
+    sent = Response(_head(), True)
+    sent.start("200 OK", [])
+    sent.piece(b"x")
     with pytest.raises(ValueError, match="late"):
         try:
             raise ValueError("late")
         except ValueError:
-            sent.start_response("500 Oops", [], sys.exc_info())
+            sent.start("500 Oops", [], sys.exc_info())
 
 
 def test_connection_close_from_app_is_honoured() -> None:
@@ -227,8 +221,8 @@ def test_a_field_validated_before_goes_out_the_same_and_keeps_its_role() -> None
     assert second == first
     assert first.count(b"Server:") == 1 and b"Server: mine\r\n" in first
     assert first.count(b"Date:") == 1
-    resp = Response(_head(), lambda b: None, True)
-    resp.start_response("200 OK", headers)
+    resp = Response(_head(), True)
+    resp.start("200 OK", headers)
     assert resp.headers == headers
 
 
@@ -238,21 +232,21 @@ def test_hop_by_hop_and_refused_fields_are_judged_every_time(field: tuple[str, s
 
     R._VALID_FIELDS.clear()
     for _ in range(2):
-        resp = Response(_head(), lambda b: None, True)
+        resp = Response(_head(), True)
         if field[0] == "Connection":
-            resp.start_response("200 OK", [field])
+            resp.start("200 OK", [field])
             assert resp.keep_alive is False and resp.headers == []
         else:
             with pytest.raises(ResponseError):
-                resp.start_response("200 OK", [field])
+                resp.start("200 OK", [field])
     assert not R._VALID_FIELDS
 
 
 def test_an_unhashable_value_is_refused_as_an_error_of_the_app() -> None:
     # The field cache is a dict: a list value must not turn into a TypeError.
-    resp = Response(_head(), lambda b: None, True)
+    resp = Response(_head(), True)
     with pytest.raises(ResponseError, match="must be str"):
-        resp.start_response("200 OK", [("X-A", ["v"])])  # type: ignore[list-item]
+        resp.start("200 OK", [("X-A", ["v"])])  # type: ignore[list-item]
 
 
 def test_a_list_pair_is_refused_even_when_its_values_were_seen() -> None:
@@ -260,9 +254,9 @@ def test_a_list_pair_is_refused_even_when_its_values_were_seen() -> None:
 
     R._VALID_FIELDS.clear()
     _run([b"x"], "200 OK", [("X-A", "1")])
-    resp = Response(_head(), lambda b: None, True)
+    resp = Response(_head(), True)
     with pytest.raises(ResponseError, match="tuple"):
-        resp.start_response("200 OK", [["X-A", "1"]])  # type: ignore[list-item]
+        resp.start("200 OK", [["X-A", "1"]])  # type: ignore[list-item]
 
 
 def test_environ_script_name_and_decoding() -> None:

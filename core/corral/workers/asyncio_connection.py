@@ -411,7 +411,7 @@ class AsyncHttpConnection:
         return parser.message_received and (parser.has_unread or self.protocol.pending_size > 0)
 
     def may_keep_alive(self) -> bool:
-        """Asked when a response head is made (Response.alive_check): keep-alive or close."""
+        """Asked when a response head is about to be made: keep-alive or close."""
         # corral.serve.retirement, rule 2; the check of the input only once
         # retiring (it may cost a system call), so serving pays nothing for it.
         return self.worker.alive or self.next_request_here()

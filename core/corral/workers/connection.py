@@ -111,6 +111,11 @@ class HttpConnection:
     #: sockets take send flags, ``fileno()`` and ``close()`` as OS sockets do
     #: sets True (gevent); TLS is excluded either way.
     close_early: ClassVar[bool | None] = None
+    #: The response being served (set by handle()), and how its last bytes go:
+    #: with _early, the final send closes the connection (_send_last), once.
+    _resp: Response
+    _early: bool = False
+    _last_sent: bool = False
 
     def _recv(self, deadline: float) -> None:
         sock = self.sock
@@ -217,7 +222,7 @@ class HttpConnection:
         should send nothing more, but a stray CRLF or a late request may
         come): then the held tail is pushed out, and the connection closes
         later as any other. Not for TLS: an SSL socket takes no send flags
-        (Response.last_send is not set there).
+        (HttpConnection._early is False there).
         """
         if (self._has_body and not self._body.complete) or self.parser.has_unread:
             if data:
@@ -351,7 +356,7 @@ class HttpConnection:
             return False  # closed, or not an OS socket (a stand-in): nothing known
 
     def may_keep_alive(self) -> bool:
-        """Asked when a response head is made (Response.alive_check): keep-alive or close."""
+        """Asked when a response head is about to be made (_decide_keep_alive): keep-alive or close."""
         # corral.serve.retirement, rule 2; the check of the input only once
         # retiring (it may cost a system call), so serving pays nothing for it.
         return self.worker.alive or self.next_request_here()
@@ -416,16 +421,16 @@ class HttpConnection:
         # (may_keep_alive): a request that arrived during the drain, or was
         # in flight when it began, then says Connection: close.
         keep = self.keepalive > 0 and head.keep_alive
-        resp = Response(head, self._send, keep)
-        resp.alive_check = self.may_keep_alive
+        self._resp = resp = Response(head, keep)
+        early = False
         if not head.keep_alive and MSG_MORE:
-            early = self.close_early
-            if early is None:
+            choice = self.close_early
+            if choice is None:
                 early = type(self.sock) is socket.socket
-            elif early:
+            elif choice:
                 early = not _is_tls(self.sock)
-            if early:
-                resp.last_send = self._send_last
+        self._early = early
+        self._last_sent = False
         self._has_body = has_body = head.has_body
         continue_sent = False
 
@@ -453,15 +458,16 @@ class HttpConnection:
                                     client=proxied.source if proxied is not None else None)
             if worker.pre_request is not None:
                 worker.pre_request(worker=worker, req=head)
-            result = worker.wsgi(environ, resp.start_response)
+            result = worker.wsgi(environ, self.start_response)
             if isinstance(result, FileWrapper) and not resp.headers_sent:
                 self._send_file(resp, result)
             else:
                 if type(result) in (list, tuple) and len(result) == 1 and resp.content_length is None:
                     resp.length_hint = len(result[0])
+                write = self.write
                 for data in result:
-                    resp.write(data)
-                resp.finish()
+                    write(data)
+                self._finish(resp)
         except E.HTTPError as exc:
             # A framing error found while the app read the body.
             if not resp.headers_sent:
@@ -496,12 +502,59 @@ class HttpConnection:
             # short. Nothing more can be said on this connection.
             return False
 
+    # -- the response: Response makes the bytes, the connection sends them ------------
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], None]:
+        """WSGI's start_response for the request being served."""
+        self._resp.start(status, headers, exc_info)
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """WSGI's write(), and each piece the app's iterable yields: framed by Response, sent here."""
+        resp = self._resp
+        if not resp.headers_sent:
+            self._decide_keep_alive(resp)
+        out = resp.piece(data)
+        if out:
+            if self._early and not resp.keep_alive and resp.complete:
+                # Nothing can follow these bytes: send them and close at once.
+                self._send_final(out)
+            else:
+                self._send(out)
+
+    def _finish(self, resp: Response) -> None:
+        """The app is done: send what is left; close at once if the connection closes after it."""
+        if not resp.headers_sent:
+            self._decide_keep_alive(resp)
+        out = resp.end()
+        if self._early and not resp.keep_alive:
+            # Complete, whichever piece went last (a body without a length
+            # ends only when the connection does): close now, not after the
+            # app's close() and the hooks.
+            self._send_final(out)
+        elif out:
+            self._send(out)
+
+    def _decide_keep_alive(self, resp: Response) -> None:
+        # Asked when the head is about to be made: a worker that began to
+        # retire since the request arrived answers Connection: close
+        # (corral.serve.retirement, rule 2).
+        if resp.keep_alive and not self.may_keep_alive():
+            resp.keep_alive = False
+
+    def _send_final(self, data: bytes) -> None:
+        # Once per response: after _send_last the socket may be closed.
+        if not self._last_sent:
+            self._last_sent = True
+            self._send_last(data)
+
     def _send_file(self, resp: Response, wrapper: FileWrapper) -> None:
         fd = wrapper.fileno()
         if fd is None:
             for data in wrapper:
-                resp.write(data)
-            resp.finish()
+                self.write(data)
+            self._finish(resp)
             return
         try:
             st = os.fstat(fd)
@@ -518,10 +571,11 @@ class HttpConnection:
             # Only a regular file can go through sendfile (a pipe or a
             # socket behind the file-like object is read and sent).
             for data in wrapper:
-                resp.write(data)
-            resp.finish()
+                self.write(data)
+            self._finish(resp)
             return
         count = size if resp.content_length is None else min(resp.content_length, size)
+        self._decide_keep_alive(resp)
         self._send(resp.make_head())
         if _is_tls(self.sock):
             # A TLS socket must encrypt: socket.sendfile sends what it reads
@@ -533,7 +587,7 @@ class HttpConnection:
         else:
             sent = self._sendfile(fd, offset, count)
         resp.bytes_sent = sent
-        resp.finish()
+        self._finish(resp)
 
     def sendfile_cooperative(self, filelike: Any, fd: int, offset: int, count: int) -> int:
         """Send a file over a cooperative socket; by default its own ``sendfile``.

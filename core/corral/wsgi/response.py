@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, Final
 
@@ -80,9 +79,27 @@ class ResponseError(Exception):
 
 
 class Response:
-    """The response to one request: the WSGI start_response and write callables.
+    """The response to one request, as bytes: a writer with no I/O and no callbacks.
 
-    :param send: writes bytes to the client (blocking, or cooperative under gevent).
+    The connection (whoever owns the socket) feeds it and sends what it
+    returns:
+
+    - :meth:`start` validates the app's status and headers (what WSGI's
+      ``start_response`` receives; the connection's ``start_response``
+      calls it and returns its own ``write``);
+    - :meth:`piece` frames one piece of body, with the head before the
+      first one, and returns the bytes to send (``b""``: nothing yet);
+    - :meth:`end` returns what is left to send (the head of an empty
+      response, the last chunk) and settles :attr:`keep_alive`;
+    - :attr:`complete` says that nothing can follow the bytes returned so
+      far: with ``keep_alive`` false, the connection may close right after
+      them (corral.workers.connection: HttpConnection._send_last).
+
+    :attr:`keep_alive` is the connection's to lower until the head is made
+    (a retiring worker answers ``Connection: close``); the app lowers it
+    with ``Connection: close``; framing lowers it when the length cannot be
+    kept.
+
     :param keep_alive: whether the connection may stay open if framing allows.
     """
 
@@ -91,23 +108,19 @@ class Response:
         "_lines",
         "_no_body",
         "_own",
-        "_send",
-        "alive_check",
         "bytes_sent",
         "content_length",
         "head",
         "headers",
         "headers_sent",
         "keep_alive",
-        "last_send",
         "length_hint",
         "status",
         "status_code",
     )
 
-    def __init__(self, head: RequestHead, send: Callable[[bytes], Any], keep_alive: bool) -> None:
+    def __init__(self, head: RequestHead, keep_alive: bool) -> None:
         self.head = head
-        self._send = send
         self.keep_alive = keep_alive
         self.status: str | None = None
         self.status_code = 0
@@ -119,22 +132,16 @@ class Response:
         self._chunked = False
         self._no_body = False
         self._own = 0  # which of Server/Date the app set itself
-        #: Asked when the head is made: False (the worker is stopping) turns
-        #: keep-alive off, so the client learns from "Connection: close" rather
-        #: than from a closed connection it tries to reuse.
-        self.alive_check: Callable[[], bool] | None = None
-        #: Sends the response's last bytes when the connection closes after
-        #: them, and closes it (the worker's choice; None: always ``send``).
-        self.last_send: Callable[[bytes], Any] | None = None
 
     # -- WSGI ------------------------------------------------------------------
 
-    def start_response(
+    def start(
         self,
         status: str,
         headers: list[tuple[str, str]],
         exc_info: Any = None,
-    ) -> Callable[[bytes], None]:
+    ) -> None:
+        """What WSGI's ``start_response`` receives: validate and keep it (PEP 3333 on a second call)."""
         if exc_info is not None:
             try:
                 if self.headers_sent:
@@ -211,10 +218,9 @@ class Response:
         self.headers = checked
         self.content_length = content_length
         self.keep_alive = keep_alive
-        return self.write
 
-    def write(self, data: bytes) -> None:
-        """The write() callable of PEP 3333, also used for each yielded piece."""
+    def piece(self, data: bytes) -> bytes:
+        """One piece of the body (a yielded item, a write() call): the bytes to send for it."""
         if self.status is None:
             raise ResponseError("write() before start_response()")
         if type(data) is not bytes:
@@ -224,63 +230,46 @@ class Response:
                 raise ResponseError(f"the app yielded {type(data).__name__}, not bytes")
         if not self.headers_sent:
             if not data:
-                return
-            out = self.make_head() + self._frame(data)
-        elif data:
-            out = self._frame(data)
-            if not out:
-                return
-        else:
-            return
-        length = self.content_length
-        if self.last_send is not None and not self.keep_alive and (
-            self._no_body or (not self._chunked and length is not None and self.bytes_sent >= length)
-        ):
-            # Nothing can follow these bytes: _frame sends no more than the
-            # announced length, and a response without a body has nothing after its head.
-            self._end(out)
-        else:
-            self._send(out)
+                return b""
+            return self.make_head() + self._frame(data)
+        if not data:
+            return b""
+        return self._frame(data)
 
-    def finish(self) -> None:
-        """Send what is left: the head if nothing was sent yet, the last chunk."""
+    def end(self) -> bytes:
+        """The app is done: the bytes left to send (the head if none went out, the last chunk)."""
+        out = b""
         if not self.headers_sent:
             if self.status is None:
                 raise ResponseError("the app returned without calling start_response()")
             if self.content_length is None and self.length_hint is None:
                 self.length_hint = 0
-            head = self.make_head()
             # Not chunked (the length is known by now): the head is all there is.
-            self._send_final(head)
+            out = self.make_head()
         if self._chunked:
-            self._send_final(b"0\r\n\r\n")
-            return
+            return out + b"0\r\n\r\n"
         if self.content_length is not None and not self._no_body and self.bytes_sent < self.content_length:
             # The client is waiting for bytes that will never come.
             self.keep_alive = False
-        if self.last_send is not None and not self.keep_alive:
-            # Complete, whichever write went last (a body without a length
-            # ends only when the connection does): close now, not after the
-            # app's close() and the hooks.
-            self._end(b"")
+        return out
 
-    def _send_final(self, data: bytes) -> None:
-        if self.last_send is not None and not self.keep_alive:
-            self._end(data)
-        else:
-            self._send(data)
+    @property
+    def complete(self) -> bool:
+        """Nothing can follow what was returned so far (no body, or the announced length is out).
 
-    def _end(self, data: bytes) -> None:
-        """Send the last bytes through ``last_send``, once: after it the connection may be closed."""
-        last_send, self.last_send = self.last_send, None
-        assert last_send is not None
-        last_send(data)
+        A chunked or close-delimited body is complete only at :meth:`end`.
+        """
+        if not self.headers_sent:
+            return False
+        if self._no_body:
+            return True
+        length = self.content_length
+        return not self._chunked and length is not None and self.bytes_sent >= length
 
     # -- serialisation ---------------------------------------------------------
 
     def make_head(self) -> bytes:
-        if self.keep_alive and self.alive_check is not None and not self.alive_check():
-            self.keep_alive = False
+        """The response head (once): status line, the app's fields, Server, Date, framing, Connection."""
         head = self.head
         code = self.status_code
         self._no_body = head.method == "HEAD" or code < 200 or code in _NO_BODY_STATUS

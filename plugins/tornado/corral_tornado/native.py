@@ -119,12 +119,11 @@ class TornadoRequest(httputil.HTTPConnection):
             raise RuntimeError("write_headers() called twice")
         self.committed = True
         assert isinstance(start_line, httputil.ResponseStartLine)
-        resp = Response(self.head, self.conn.send, self.keep_alive)
-        resp.alive_check = self.conn.may_keep_alive  # Connection: close once retiring
+        resp = Response(self.head, self.keep_alive)
         fields = [(name, value) for name, value in headers.get_all()
                   if not (name == "Server" and value.startswith(_TORNADO_SERVER))]
         try:
-            resp.start_response(f"{start_line.code} {start_line.reason}", fields)
+            resp.start(f"{start_line.code} {start_line.reason}", fields)
         except ResponseError:
             self.conn.worker.log.exception(
                 "Invalid response to %s %s", self.head.method, self.head.target)
@@ -132,7 +131,7 @@ class TornadoRequest(httputil.HTTPConnection):
             return self._flow()
         self.response = resp
         if chunk:
-            resp.write(chunk)
+            self._send_piece(resp, chunk)
         else:
             # Headers without a body: finish() usually follows in the same
             # call stack and sends them with the right framing (length 0);
@@ -147,15 +146,20 @@ class TornadoRequest(httputil.HTTPConnection):
                 return self._flow()
             raise RuntimeError("write() before write_headers()")
         if not self.finished and chunk:
-            self.response.write(chunk)
+            self._send_piece(self.response, chunk)
         return self._flow()
 
     def finish(self) -> None:
         if self.finished:
             return
         self.finished = True
-        if self.response is not None:
-            self.response.finish()
+        resp = self.response
+        if resp is not None:
+            if not resp.headers_sent:
+                self._decide_keep_alive(resp)
+            out = resp.end()
+            if out:
+                self.conn.send(out)
         elif not self.committed:
             self.conn.worker.log.error(
                 "The app finished %s %s without a response", self.head.method, self.head.target)
@@ -177,9 +181,22 @@ class TornadoRequest(httputil.HTTPConnection):
 
     # -- internals -------------------------------------------------------------------
 
+    def _send_piece(self, resp: Response, chunk: bytes) -> None:
+        if not resp.headers_sent:
+            self._decide_keep_alive(resp)
+        out = resp.piece(chunk)
+        if out:
+            self.conn.send(out)
+
+    def _decide_keep_alive(self, resp: Response) -> None:
+        # When the head is about to be made: Connection: close once retiring.
+        if resp.keep_alive and not self.conn.may_keep_alive():
+            resp.keep_alive = False
+
     def _send_head(self) -> None:
         resp = self.response
         if resp is not None and not resp.headers_sent and not self.finished:
+            self._decide_keep_alive(resp)
             self.conn.send(resp.make_head())
 
     def _flow(self) -> asyncio.Future[None]:

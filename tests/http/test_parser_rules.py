@@ -467,6 +467,25 @@ def test_underscore_dropped_content_length_does_not_frame(parse: Parse) -> None:
     assert out.bodies[0] == b""  # "GET" is the start of the next request
 
 
+@pytest.mark.parametrize(("name", "dropped"), [
+    (b"Content_Length", True), (b"content_length", True), (b"Content_Type", True),
+    (b"Transfer_Encoding", True), (b"Keep_Alive", True), (b"Proxy_Connection", True),
+    (b"X_Content_Length", False),  # not a framing field: dangerous passes it on
+])
+def test_dangerous_never_lets_an_underscore_name_pose_as_a_framing_field(parse: Parse, name: bytes,
+                                                                         dropped: bool) -> None:
+    # header_map=dangerous passes underscore names on, but one that reads as
+    # a field corral frames or routes on (or a hop-by-hop one) is dropped:
+    # Content_Length: -1E23 beside Content-Length: 7 must not reach the app
+    # as its CONTENT_LENGTH.
+    limits = ParserLimits(header_map="dangerous")
+    out = parse(req(b"POST / HTTP/1.1", HOST, b"Content-Length: 7", name + b": -1E23", body=b"payload"), limits)
+    head = out.heads[0]
+    assert head.dropped == ([name.decode()] if dropped else [])
+    assert (head.get(name.decode()) == "-1E23") is not dropped
+    assert head.content_length == 7 and out.bodies[0] == b"payload"
+
+
 # -- Content-Length -------------------------------------------------------------
 
 

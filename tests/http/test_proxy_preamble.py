@@ -17,20 +17,37 @@ HEADER = b"PROXY TCP4 203.0.113.7 192.0.2.1 51234 443\r\n"
 TLS = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40)
 
 
-def read(stream: bytes, peek_sizes: list[int]) -> tuple[bytes, object]:
+class Wire:
+    """A socket's receive queue: bytes arrive in steps; peek looks, recv takes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.arrived = 0
+        self.pos = 0
+
+    def arrive(self, n: int) -> None:
+        self.arrived = min(len(self.data), self.arrived + n)
+
+    def peek(self, n: int) -> bytes:
+        return self.data[self.pos:min(self.arrived, self.pos + n)]
+
+    def recv(self, n: int) -> bytes:
+        out = self.peek(n)
+        self.pos += len(out)
+        return out
+
+
+def read(stream: bytes, arrivals: list[int]) -> tuple[bytes, object]:
     """Drive the preamble as a worker does: peek, consume what it says; (consumed bytes, the info)."""
     preamble = ProxyPreamble("v1")
-    pos = 0
-    sizes = iter(peek_sizes)
+    wire = Wire(stream)
+    steps = iter(arrivals)
     while True:
-        arrived = stream[: pos + next(sizes, len(stream))]  # what the kernel holds so far
-        peek = arrived[pos: pos + preamble.want()]
-        take, info = preamble.peeked(peek)
-        if take:
-            preamble.consumed(stream[pos: pos + take])
-        pos += take
+        wire.arrive(next(steps, len(stream)))  # the last step: everything is here
+        take, info = preamble.peeked(wire.peek(preamble.want()))
+        preamble.consume(wire.recv, take)
         if info is not None:
-            return stream[:pos], info
+            return stream[:wire.pos], info
 
 
 def test_only_the_header_is_consumed_when_tls_bytes_follow_in_the_same_peek() -> None:

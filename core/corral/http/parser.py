@@ -62,6 +62,13 @@ _CONTENT_LENGTH_STR = re.compile(_CONTENT_LENGTH.pattern.decode("ascii"))
 #: Fields the parser itself must look at, by lowercased name.
 _FRAMING_FIELDS: Final = {n: n for n in (
     "host", "content-length", "transfer-encoding", "content-type", "connection", "expect")}
+#: What an underscore name may never pose as, even under header_map=dangerous:
+#: the fields the parser frames and routes on (above), and the hop-by-hop ones
+#: whose WSGI keys (CONTENT_LENGTH, CONTENT_TYPE, HTTP_TRANSFER_ENCODING...)
+#: an app reads as the request's own. ``Content_Length: -1E23`` beside a real
+#: ``Content-Length: 7`` must not make CONTENT_LENGTH lie about the body.
+_NEVER_FROM_UNDERSCORE: Final = frozenset(
+    (*_FRAMING_FIELDS, "te", "trailer", "upgrade", "keep-alive", "proxy-connection"))
 #: Field name as sent -> "" (nothing special), "_" (holds an underscore) or
 #: its framing role. Names repeat from request to request, so one dict
 #: lookup replaces a lower() and two tests; bounded so that a client making
@@ -536,6 +543,9 @@ class RequestParser:
                         continue
                     if header_map == "refuse":
                         raise E.BadRequest("header name with '_'")
+                    if name.lower().replace("_", "-") in _NEVER_FROM_UNDERSCORE:
+                        dropped.append(name)  # dangerous, but never for framing (logged)
+                        continue
                     append(pair)
                     continue
                 if kind == "host":

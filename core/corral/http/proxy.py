@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -157,3 +158,10 @@ class ProxyPreamble:
         if not data:
             raise E.BadRequest("connection closed inside a PROXY header")
         self.buf += data
+
+    def consume(self, recv: Callable[[int], bytes], take: int) -> None:
+        """Receive the ``take`` bytes a peek showed (queued already, so ``recv`` returns at once)."""
+        while take:
+            got = recv(take)
+            self.consumed(got)
+            take -= len(got)

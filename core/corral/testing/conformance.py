@@ -76,6 +76,7 @@ __all__ = [
     "test_streaming_response_is_chunked",
     "test_stuck_worker_is_killed_and_replaced",
     "test_term_finishes_inflight_request",
+    "test_underscore_fields_never_pose_as_framing_fields",
     "test_validator_wrapped_app",
     "test_worker_class_keeps_clear_of_base_attributes",
 ]
@@ -463,6 +464,19 @@ def test_forwarded_scheme_from_trusted_peers_only(corral_server: Callable[..., C
     other = corral_server("--forwarded-allow-ips", "10.9.8.7")
     _, _, body = other.request("GET", "/environ", headers={"X-Forwarded-Proto": "https"})
     assert json.loads(body)["wsgi.url_scheme"] == "http"
+
+
+def test_underscore_fields_never_pose_as_framing_fields(corral_server: Callable[..., CorralProcess]) -> None:
+    """Even with ``--header-map dangerous``, CONTENT_LENGTH and CONTENT_TYPE say what framed the request."""
+    server = corral_server("--header-map", "dangerous")
+    data = server.raw(b"POST /environ HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nContent-Type: text/plain\r\n"
+                      b"Content_Length: -1E23\r\nContent_Type: application/evil\r\nX_Custom: passed\r\n"
+                      b"Connection: close\r\n\r\npayload")
+    (status, _, body), = list(parse_responses(data))
+    assert status == 200
+    env = json.loads(body)
+    assert (env["CONTENT_LENGTH"], env["CONTENT_TYPE"]) == ("7", "text/plain")
+    assert env["HTTP_X_CUSTOM"] == "passed"  # what dangerous is for
 
 
 def test_proxy_protocol(corral_server: Callable[..., CorralProcess]) -> None:

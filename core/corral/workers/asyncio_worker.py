@@ -255,10 +255,7 @@ class AsyncioWorker(Worker):
                 finally:
                     self.loop.remove_reader(fd)
                 take, info = preamble.peeked(client.recv(preamble.want(), socket.MSG_PEEK))
-                while take:
-                    got = client.recv(take)  # already queued: returns at once
-                    preamble.consumed(got)
-                    take -= len(got)
+                preamble.consume(client.recv, take)
                 if info is not None:
                     return info
         except (OSError, TimeoutError, E.HTTPError):

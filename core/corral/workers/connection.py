@@ -586,7 +586,7 @@ class HttpConnection:
             sent = self.sendfile_cooperative(wrapper.filelike, fd, offset, count) if count else 0
         else:
             sent = self._sendfile(fd, offset, count)
-        resp.bytes_sent = sent
+        resp.sent_elsewhere(sent)
         self._finish(resp)
 
     def sendfile_cooperative(self, filelike: Any, fd: int, offset: int, count: int) -> int:

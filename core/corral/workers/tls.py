@@ -202,10 +202,7 @@ def read_proxy_header(sock: socket.socket, mode: str, deadline: float,
         want = preamble.want()
         data = _beating(sock, deadline, beat, lambda: sock.recv(want, socket.MSG_PEEK))  # noqa: B023 (called at once)
         take, info = preamble.peeked(data)
-        while take:
-            got = sock.recv(take)  # already queued: returns at once
-            preamble.consumed(got)
-            take -= len(got)
+        preamble.consume(sock.recv, take)
         if info is not None:
             return info
 

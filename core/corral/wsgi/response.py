@@ -253,6 +253,10 @@ class Response:
             self.keep_alive = False
         return out
 
+    def sent_elsewhere(self, count: int) -> None:
+        """Body bytes that went out past :meth:`piece` (a file through sendfile, after the head)."""
+        self.bytes_sent += count
+
     @property
     def complete(self) -> bool:
         """Nothing can follow what was returned so far (no body, or the announced length is out).

@@ -513,8 +513,8 @@ class HttpConnection:
     def write(self, data: bytes) -> None:
         """WSGI's write(), and each piece the app's iterable yields: framed by Response, sent here."""
         resp = self._resp
-        if not resp.headers_sent:
-            self._decide_keep_alive(resp)
+        if not resp.headers_sent and resp.keep_alive and not self.may_keep_alive():
+            resp.keep_alive = False  # _decide_keep_alive, inlined: once per response, on the hot path
         out = resp.piece(data)
         if out:
             if self._early and not resp.keep_alive and resp.complete:

@@ -1,0 +1,190 @@
+"""The request cycle (HttpConnection.serve) driven without a socket: a scripted stand-in in, bytes out.
+
+The same path every blocking, threaded and cooperative class runs, down to
+keep-alive, pipelining, the retirement rule, 100-continue, the drain and
+the timeouts; the stand-in is a cooperative "socket" (HttpConnection's
+mode for objects with their own timeouts, like the tornado bridge), so
+the tests need no kernel and no clock beyond the deadlines they script.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from corral.api import HttpConnection, InFlight, ParserLimits
+from corral.testing import parse_responses
+from corral.wsgi.environ import EnvironContext, TrustedPeers
+
+#: In a script: the client sends nothing more until the connection's deadline.
+STALL = object()
+
+
+class ScriptedSocket:
+    """recv() returns the script's pieces in turn, b"" after the last; STALL times the wait out."""
+
+    def __init__(self, script: Iterable[object]) -> None:
+        self.script = list(script)
+        self.sent: list[bytes] = []
+        self.timeouts: list[float | None] = []
+        self.closed = False
+        self.shut_write = False
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeouts.append(timeout)
+
+    def recv(self, size: int) -> bytes:
+        if not self.script:
+            return b""
+        piece = self.script.pop(0)
+        if piece is STALL:
+            raise TimeoutError("scripted stall")
+        assert isinstance(piece, bytes)
+        return piece
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+    def shutdown(self, how: int) -> None:
+        self.shut_write = True  # the graceful close of RFC 9112 9.6 begins
+
+    def fileno(self) -> int:
+        return -1 if self.closed else 99
+
+    def close(self) -> None:
+        self.closed = True
+
+    def wire(self) -> bytes:
+        return b"".join(self.sent)
+
+
+class StubWorker:
+    """What HttpConnection reads from its worker, and no more."""
+
+    def __init__(self, app: Any) -> None:
+        self.limits = ParserLimits()
+        self.header_timeout = 10.0
+        self.watchdog = None
+        self.write_timeout = 10.0
+        self.proxy_peers = TrustedPeers(["127.0.0.1"])
+        self.ssl_context = None
+        self.alive = True
+        self.retiring_since: float | None = None
+        self.in_flight = InFlight()
+        self.pre_request = None
+        self.post_request: Any = None
+        self.access_log = None
+        self.log = logging.getLogger("test.cycle")
+        self.wsgi = app
+        self.done = 0
+
+    def notify(self) -> None:
+        pass
+
+    def request_done(self) -> None:
+        self.done += 1
+
+
+class Conn(HttpConnection):
+    cooperative = True   # the stand-in has its own timeouts
+    close_early = False  # and takes no send flags
+
+    def kernel_has_input(self) -> bool:
+        return bool(self.sock.script)  # type: ignore[attr-defined]
+
+
+def echo_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["PATH_INFO"].encode() + b":" + body]
+
+
+def serve(script: Iterable[object], app: Any = echo_app, *, keepalive: float = 5.0,
+          worker: StubWorker | None = None) -> tuple[ScriptedSocket, StubWorker]:
+    worker = worker or StubWorker(app)
+    sock = ScriptedSocket(script)
+    env = EnvironContext(server_name="127.0.0.1", server_port="8000")
+    Conn(worker, sock, ("127.0.0.1", 5555), env, keepalive).serve()  # type: ignore[arg-type]
+    return sock, worker
+
+
+GET = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection() -> None:
+    sock, worker = serve([GET % b"a" + GET % b"b" + b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nxyz"])
+    responses = list(parse_responses(sock.wire()))
+    assert [(status, body) for status, _, body in responses] == [(200, b"/a:"), (200, b"/b:"), (200, b"/c:xyz")]
+    assert all("connection" not in headers for _, headers, _ in responses)
+    assert worker.done == 3 and not worker.in_flight and sock.closed
+
+
+def test_retiring_answers_what_it_holds_and_says_close_on_the_last() -> None:
+    # Retirement began after the first response: the second request is
+    # already here (pipelined), so the first keeps the connection, and the
+    # second, the last this worker will serve, says Connection: close.
+    worker = StubWorker(echo_app)
+
+    def retire_during_first(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        worker.alive, worker.retiring_since = False, time.monotonic()
+        return echo_app(environ, start_response)
+
+    worker.wsgi = retire_during_first
+    sock, _ = serve([GET % b"a" + GET % b"b", GET % b"never-sent-in-time"], worker=worker)
+    responses = list(parse_responses(sock.wire()))
+    assert [body for _, _, body in responses] == [b"/a:", b"/b:", b"/never-sent-in-time:"]
+    # Each response offered keep-alive while the client's next request was in
+    # hand (buffered, or in the "kernel" of the script); the last one says close.
+    assert [h.get("connection") for _, h, _ in responses] == [None, None, "close"]
+
+
+def test_a_head_cut_off_by_its_deadline_is_a_408_and_silence_is_a_quiet_close() -> None:
+    sock, _ = serve([b"GET / HTTP/1.1\r\nHo", STALL])
+    (status, headers, _), = list(parse_responses(sock.wire()))
+    assert status == 408 and headers["connection"] == "close"
+    sock, worker = serve([STALL])
+    assert sock.wire() == b"" and worker.done == 0 and sock.closed
+
+
+def test_an_unread_small_body_is_drained_and_the_connection_kept() -> None:
+    def ignore_body(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ignored"]
+
+    post = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+    sock, worker = serve([post, b"he", b"llo" + GET % b"next"], ignore_body)
+    assert [status for status, _, _ in parse_responses(sock.wire())] == [200, 200]
+    assert worker.done == 2
+
+
+def test_a_client_told_to_hold_its_body_and_never_told_to_go_on_is_not_kept() -> None:
+    # The app answered without reading: no 100 Continue went out, the client
+    # may still send its body, which could not be told from a next request.
+    def early_answer(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("413 Payload Too Large", [])
+        return [b"no"]
+
+    expect = b"PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+    sock, worker = serve([expect, GET % b"looks-like-a-request"], early_answer)
+    (status, _, body), = list(parse_responses(sock.wire()))
+    assert (status, body) == (413, b"no")
+    assert b"100 Continue" not in sock.wire() and worker.done == 1
+    # Closed with input unread: write side shut first, the rest read and
+    # dropped (RFC 9112 9.6), never a bare close that resets the 413 away.
+    assert sock.shut_write and sock.closed and not sock.script
+
+
+def test_post_request_and_the_in_flight_record_see_every_request() -> None:
+    seen: list[tuple[str, int, int]] = []
+    worker = StubWorker(echo_app)
+    worker.post_request = lambda **kw: seen.append((kw["environ"]["PATH_INFO"], kw["resp"].status_code,
+                                                    len(worker.in_flight)))
+    serve([GET % b"one" + GET % b"two"], worker=worker)
+    # Still counted in flight while its post_request runs? No: the request is done by then.
+    assert seen == [("/one", 200, 0), ("/two", 200, 0)]

@@ -107,6 +107,7 @@ _EXPORTS: dict[str, str] = {
     "body_wait_timed_out": "corral.serve.waits",
     "after_response": "corral.serve.cycle",
     "keeps_connection": "corral.serve.cycle",
+    "Listener": "corral.sockets",
 }
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ if TYPE_CHECKING:
     from corral.serve.threads import RequestThreads
     from corral.serve.waits import Drain, body_wait_timed_out, first_byte_deadline, head_wait_timed_out
     from corral.settings import Setting, SettingsRegistry, seconds
-    from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
+    from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, Listener, acceptor
     from corral.workers.asyncio_connection import AsyncHttpConnection, Responder, WsgiThreadResponder
     from corral.workers.asyncio_worker import AsyncioWorker
     from corral.workers.balance import AcceptBalance
@@ -202,6 +203,7 @@ __all__ = [
     "HttpConnection",
     "IdleTrim",
     "InFlight",
+    "Listener",
     "LoopConnection",
     "ParserEvent",
     "ParserLimits",

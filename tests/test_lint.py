@@ -27,3 +27,11 @@ def test_mypy_is_clean() -> None:
     res = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", *packages],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
+def test_the_public_api_is_mypy_strict() -> None:
+    # corral.api is what plugins type-check against: strict, and so is all it imports.
+    res = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--strict", "core/corral/api.py"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr

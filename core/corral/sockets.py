@@ -68,7 +68,8 @@ def acceptor(sock: socket.socket, *, nodelay: bool = True) -> Acceptor:
 
     :param nodelay: set TCP_NODELAY on each connection accepted from a TCP
         listener (unix sockets have no such option). On by default, for
-        every worker class: a response goes out in several writes (head,
+        every worker class but sync (one response per connection, and the
+        close pushes out its tail): a response goes out in several writes (head,
         chunks of a streamed body, the last chunk), and with Nagle's
         algorithm each small write after the first waits for the client's
         ACK of the one before, which a client delays up to 40 ms on a

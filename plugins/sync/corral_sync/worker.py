@@ -24,11 +24,17 @@ class SyncWorker(Worker):
     def run(self) -> None:
         # Each listening socket with what its connections need: its accept
         # function and its environ context, looked up once per wake-up.
-        # acceptor() sets TCP_NODELAY: a long streamed response outlasts the
-        # client's quick-ack start, and Nagle would then hold each small
-        # chunk for a delayed ACK. The system call it costs per connection
-        # did not show in bench/ab.py (sync, hello, 5 rounds: within noise).
-        listeners = {lst.sock: (acceptor(lst.sock), self.envs[id(lst)]) for lst in self.listeners}
+        # No TCP_NODELAY (acceptor's default elsewhere): a sync connection
+        # carries one response and closes, and the close pushes out what
+        # Nagle holds; a fresh connection's client acknowledges at once
+        # (quick-ack), so the kit's streamed-response check passes without
+        # it. The option is a system call per request, and sync's requests
+        # are one per connection: bench/run.py back to back, the code before
+        # and after issue 31, gave sync's hello world 3% fewer req/s with it.
+        # (A long stream to a client that delays its ACKs is gthread's or
+        # gevent's to serve; sync belongs behind a buffering proxy.)
+        listeners = {lst.sock: (acceptor(lst.sock, nodelay=False), self.envs[id(lst)])
+                     for lst in self.listeners}
         for sock in listeners:
             sock.setblocking(False)
         waitables: list[socket.socket | int] = [*listeners, self.wake_fd]

@@ -49,6 +49,9 @@ from corral.http.parser import RequestHead
 
 if TYPE_CHECKING:
     import logging
+    from collections.abc import Callable
+
+    from corral.http.parser import RequestParser
 
 #: While retiring, a fresh connection (accepted, no byte of a request yet)
 #: waits at least this long for its first request. Its client connected
@@ -66,6 +69,18 @@ CLOSE_LINGER: Final = 2.0
 CLOSE_LINGER_BYTES: Final = 1 << 20
 #: The graceful-timeout report lists at most this many requests, oldest first.
 REPORT_MAX: Final = 20
+
+
+def next_request_in_hand(parser: RequestParser, input_waiting: Callable[[], bool]) -> bool:
+    """Rule 2's test: bytes of a request after the current one have arrived.
+
+    Only once the current request is wholly received can a later byte be
+    told to belong to the next one; then it is in the parser's buffer or
+    still waiting for the connection to read it (``input_waiting``: the
+    kernel's receive queue, an asyncio protocol's buffer), which is asked
+    last because it may cost a system call.
+    """
+    return parser.message_received and (parser.has_unread or input_waiting())
 
 
 def next_request_deadline(deadline: float, *, retiring_since: float | None, keepalive: float) -> float:

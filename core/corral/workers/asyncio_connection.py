@@ -52,6 +52,7 @@ from corral.serve.retirement import (
     CLOSE_LINGER,
     CLOSE_LINGER_BYTES,
     next_request_deadline,
+    next_request_in_hand,
 )
 from corral.serve.threads import RequestThreads
 from corral.serve.waits import Drain, first_byte_deadline, head_wait_timed_out
@@ -407,8 +408,8 @@ class AsyncHttpConnection:
 
     def next_request_here(self) -> bool:
         """Bytes of a request after the current one have arrived (in the parser or the protocol)."""
-        parser = self.parser
-        return parser.message_received and (parser.has_unread or self.protocol.pending_size > 0)
+        protocol = self.protocol
+        return next_request_in_hand(self.parser, lambda: protocol.pending_size > 0)
 
     def may_keep_alive(self) -> bool:
         """Asked when a response head is about to be made: keep-alive or close."""

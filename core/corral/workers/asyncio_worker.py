@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import socket
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, ClassVar, Final
@@ -292,8 +291,7 @@ class AsyncioWorker(Worker):
 
     def _on_wake(self) -> None:
         # Worker.handle_exit (TERM) and request_done (max-requests) write here.
-        with contextlib.suppress(OSError):
-            os.read(self.wake_fd, 512)
+        self.clear_wake()
         if not self.alive:
             self._begin_stop()
 

@@ -339,8 +339,8 @@ class Worker:
         try:
             while os.read(self.wake_fd, 512):
                 pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        except OSError:
+            pass  # empty (BlockingIOError), or closed at exit: nothing left to read either way
 
     def wake(self) -> None:
         """End the worker's current wait: Python retries interrupted waits (PEP 475)."""

@@ -29,7 +29,7 @@ from corral.http.parser import (
     RequestParser,
 )
 from corral.serve.cycle import after_response, keeps_connection
-from corral.serve.retirement import CLOSE_LINGER, CLOSE_LINGER_BYTES
+from corral.serve.retirement import CLOSE_LINGER, CLOSE_LINGER_BYTES, next_request_in_hand
 from corral.serve.waits import (
     Drain,
     body_wait_timed_out,
@@ -342,12 +342,7 @@ class HttpConnection:
 
     def next_request_here(self) -> bool:
         """Bytes of a request after the current one have arrived (buffered, or in the kernel)."""
-        parser = self.parser
-        if not parser.message_received:
-            return False
-        if parser.has_unread:
-            return True
-        return self.kernel_has_input()
+        return next_request_in_hand(self.parser, self.kernel_has_input)
 
     def kernel_has_input(self) -> bool:
         try:

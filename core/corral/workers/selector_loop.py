@@ -42,7 +42,6 @@ has passed, logging the requests it cuts.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import socket
@@ -273,8 +272,7 @@ class SelectorLoop:
                 if data.open:
                     self.on_readable(data, registered=True)
             elif data is None:
-                with contextlib.suppress(OSError):
-                    os.read(self.worker.wake_fd, 4096)
+                self.worker.clear_wake()
             else:
                 self.accept(data)
         now = time.monotonic()

@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
-import os
 import select
 import time
 from socket import AF_INET, AF_INET6, IPPROTO_TCP, TCP_NODELAY
@@ -366,9 +365,7 @@ class GeventWorker(Worker):
         while self.alive:
             with contextlib.suppress(TimeoutError):
                 gevent.socket.wait_read(self.wake_fd, timeout=STOP_POLL)
-            with contextlib.suppress(OSError):
-                while os.read(self.wake_fd, 64):
-                    pass
+            self.clear_wake()
 
     def _drain(self) -> None:
         """Serve what was received, let waiting connections wait out, kill what is left at the end.

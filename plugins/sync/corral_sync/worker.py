@@ -8,8 +8,6 @@ absorbs slow clients; use gthread or gevent to face clients directly.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import select
 import socket
 
@@ -48,8 +46,7 @@ class SyncWorker(Worker):
                 break
             for waitable in ready:
                 if waitable is self.wake_fd:
-                    with contextlib.suppress(OSError):
-                        os.read(self.wake_fd, 64)
+                    self.clear_wake()
                     continue
                 assert isinstance(waitable, socket.socket)
                 accept, env = listeners[waitable]

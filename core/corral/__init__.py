@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 #: ``CORRAL_PLUGIN_API = N``; a plugin built for another major API is refused
 #: at load time with both numbers named, rather than failing later with an
 #: AttributeError in a worker.
-PLUGIN_API = 1
+PLUGIN_API = 2
 
 #: Marker for hook implementations: ``@corral.hookimpl def corral_post_fork(...)``.
 hookimpl = pluggy.HookimplMarker("corral")

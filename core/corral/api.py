@@ -21,9 +21,12 @@ What is here, by what a worker does:
   :class:`RequestThreads`, the request thread pool;
 - accept: :func:`acceptor` (an accept that returns None when another
   worker took the connection), :data:`ACCEPT_RESOURCE_ERRNOS`;
-- serve a connection: :class:`HttpConnection` (blocking or cooperative
-  sockets), :class:`AsyncHttpConnection` with a :class:`Responder`, and
-  :class:`WsgiThreadResponder`; :class:`ClientTimeout`, ``RECV_SIZE``;
+- serve a connection: :class:`HttpConnection`, the request cycle, over a
+  :class:`Transport` (:class:`SocketTransport` for an OS socket, whose
+  ``wait`` a cooperative framework replaces; :class:`ThreadBridge` for a
+  request in a pool thread of an event loop), :class:`AsyncHttpConnection`
+  with a :class:`Responder`, and :class:`WsgiThreadResponder`;
+  :class:`ClientTimeout`, ``RECV_SIZE``;
 - run the steps around the app that every request goes through:
   :mod:`corral.serve.cycle` (:func:`after_response`, :func:`keeps_connection`);
 - wait and retire by the one policy: :mod:`corral.serve.waits`
@@ -80,8 +83,11 @@ _EXPORTS: dict[str, str] = {
     "WsgiThreadResponder": "corral.workers.asyncio_connection",
     "AsyncioWorker": "corral.workers.asyncio_worker",
     "Worker": "corral.workers.base",
-    "RECV_SIZE": "corral.workers.connection",
-    "ClientTimeout": "corral.workers.connection",
+    "RECV_SIZE": "corral.serve.transport",
+    "ClientTimeout": "corral.serve.transport",
+    "SocketTransport": "corral.serve.transport",
+    "Transport": "corral.serve.transport",
+    "ThreadBridge": "corral.workers.asyncio_connection",
     "HttpConnection": "corral.workers.connection",
     "LoopConnection": "corral.workers.loop_connection",
     "IdleTrim": "corral.workers.memory",
@@ -134,14 +140,20 @@ if TYPE_CHECKING:
         next_request_deadline,
     )
     from corral.serve.threads import RequestThreads
+    from corral.serve.transport import RECV_SIZE, ClientTimeout, SocketTransport, Transport
     from corral.serve.waits import Drain, body_wait_timed_out, first_byte_deadline, head_wait_timed_out
     from corral.settings import Setting, SettingsRegistry, seconds
     from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, Listener, acceptor
-    from corral.workers.asyncio_connection import AsyncHttpConnection, Responder, WsgiThreadResponder
+    from corral.workers.asyncio_connection import (
+        AsyncHttpConnection,
+        Responder,
+        ThreadBridge,
+        WsgiThreadResponder,
+    )
     from corral.workers.asyncio_worker import AsyncioWorker
     from corral.workers.balance import AcceptBalance
     from corral.workers.base import Worker
-    from corral.workers.connection import RECV_SIZE, ClientTimeout, HttpConnection
+    from corral.workers.connection import HttpConnection
     from corral.workers.loop_connection import LoopConnection
     from corral.workers.memory import IdleTrim
     from corral.workers.selector_loop import SelectorLoop, SelectorLoopWorker
@@ -219,6 +231,9 @@ __all__ = [
     "SelectorLoopWorker",
     "Setting",
     "SettingsRegistry",
+    "SocketTransport",
+    "ThreadBridge",
+    "Transport",
     "Worker",
     "WorkerSpec",
     "WsgiThreadResponder",

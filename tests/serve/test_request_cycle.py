@@ -1,10 +1,10 @@
-"""The request cycle (HttpConnection.serve) driven without a socket: a scripted stand-in in, bytes out.
+"""The request cycle (HttpConnection.serve) driven without a socket: a scripted Transport in, bytes out.
 
 The same path every blocking, threaded and cooperative class runs, down to
 keep-alive, pipelining, the retirement rule, 100-continue, the drain and
-the timeouts; the stand-in is a cooperative "socket" (HttpConnection's
-mode for objects with their own timeouts, like the tornado bridge), so
-the tests need no kernel and no clock beyond the deadlines they script.
+the timeouts. The connection sees only the Transport protocol
+(corral.serve.transport), so the tests need no kernel and no clock beyond
+the deadlines they script.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import IO, Any
 
-from corral.api import HttpConnection, InFlight, ParserLimits
+from corral.api import ClientTimeout, HttpConnection, InFlight, ParserLimits, Transport
 from corral.testing import parse_responses
 from corral.wsgi.environ import EnvironContext, TrustedPeers
 
@@ -22,42 +22,54 @@ from corral.wsgi.environ import EnvironContext, TrustedPeers
 STALL = object()
 
 
-class ScriptedSocket:
-    """recv() returns the script's pieces in turn, b"" after the last; STALL times the wait out."""
+class ScriptedTransport:
+    """recv() returns the script's pieces in turn, b"" after the last; STALL times the wait out.
+
+    What the script still holds is what "the kernel" has received and the
+    connection has not read.
+    """
+
+    closes_early = False
 
     def __init__(self, script: Iterable[object]) -> None:
         self.script = list(script)
         self.sent: list[bytes] = []
-        self.timeouts: list[float | None] = []
+        self.deadlines: list[float] = []
         self.closed = False
-        self.shut_write = False
+        #: close() was asked for with input unread: the graceful close of RFC 9112 9.6.
+        self.lingered = False
 
-    def settimeout(self, timeout: float | None) -> None:
-        self.timeouts.append(timeout)
-
-    def recv(self, size: int) -> bytes:
+    def recv(self, deadline: float) -> bytes:
+        self.deadlines.append(deadline)
         if not self.script:
             return b""
         piece = self.script.pop(0)
         if piece is STALL:
-            raise TimeoutError("scripted stall")
+            raise ClientTimeout
         assert isinstance(piece, bytes)
         return piece
 
-    def send(self, data: bytes) -> int:
+    def send(self, data: bytes) -> None:
+        assert not self.closed, "sent on a closed transport"
         self.sent.append(bytes(data))
+
+    def send_last(self, data: bytes) -> None:
+        self.send(data)
+        self.closed = True
+
+    def sendfile(self, file: IO[bytes], fd: int, offset: int, count: int) -> int:
+        file.seek(offset)
+        data = file.read(count)
+        self.send(data)
         return len(data)
 
-    def sendall(self, data: bytes) -> None:
-        self.sent.append(bytes(data))
+    def has_input(self) -> bool:
+        return any(piece is not STALL for piece in self.script)
 
-    def shutdown(self, how: int) -> None:
-        self.shut_write = True  # the graceful close of RFC 9112 9.6 begins
-
-    def fileno(self) -> int:
-        return -1 if self.closed else 99
-
-    def close(self) -> None:
+    def close(self, unread: bool) -> None:
+        if unread or self.has_input():
+            self.lingered = True
+            self.script.clear()  # read and dropped until the client closes
         self.closed = True
 
     def wire(self) -> bytes:
@@ -91,14 +103,6 @@ class StubWorker:
         self.done += 1
 
 
-class Conn(HttpConnection):
-    cooperative = True   # the stand-in has its own timeouts
-    close_early = False  # and takes no send flags
-
-    def kernel_has_input(self) -> bool:
-        return bool(self.sock.script)  # type: ignore[attr-defined]
-
-
 def echo_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     body = environ["wsgi.input"].read()
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -106,11 +110,12 @@ def echo_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 def serve(script: Iterable[object], app: Any = echo_app, *, keepalive: float = 5.0,
-          worker: StubWorker | None = None) -> tuple[ScriptedSocket, StubWorker]:
+          worker: StubWorker | None = None) -> tuple[ScriptedTransport, StubWorker]:
     worker = worker or StubWorker(app)
-    sock = ScriptedSocket(script)
+    sock = ScriptedTransport(script)
+    transport: Transport = sock  # it satisfies the protocol
     env = EnvironContext(server_name="127.0.0.1", server_port="8000")
-    Conn(worker, sock, ("127.0.0.1", 5555), env, keepalive).serve()  # type: ignore[arg-type]
+    HttpConnection(worker, transport, ("127.0.0.1", 5555), env, keepalive).serve()  # type: ignore[arg-type]
     return sock, worker
 
 
@@ -177,7 +182,7 @@ def test_a_client_told_to_hold_its_body_and_never_told_to_go_on_is_not_kept() ->
     assert b"100 Continue" not in sock.wire() and worker.done == 1
     # Closed with input unread: write side shut first, the rest read and
     # dropped (RFC 9112 9.6), never a bare close that resets the 413 away.
-    assert sock.shut_write and sock.closed and not sock.script
+    assert sock.lingered and sock.closed and not sock.script
 
 
 def test_post_request_and_the_in_flight_record_see_every_request() -> None:

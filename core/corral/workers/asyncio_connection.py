@@ -18,7 +18,7 @@ Three pieces:
 - :class:`AsyncHttpConnection` is the request loop on the loop thread.
 - A responder answers one request. :class:`WsgiThreadResponder` runs a WSGI
   app in a thread pool through the blocking :class:`HttpConnection` code,
-  whose "socket" is a :class:`ThreadBridge` that forwards to the loop; a
+  over a :class:`ThreadBridge`, the Transport whose bytes the loop moves; a
   worker plugin may bring its own responder (tornado's native apps).
 
 On shutdown the worker calls :meth:`AsyncHttpConnection.stop_when_idle` on
@@ -55,6 +55,7 @@ from corral.serve.retirement import (
     next_request_in_hand,
 )
 from corral.serve.threads import RequestThreads
+from corral.serve.transport import ClientTimeout
 from corral.serve.waits import Drain, first_byte_deadline, head_wait_timed_out
 from corral.workers.connection import HttpConnection, proxy_trusted
 from corral.workers.watchdog import clock_stopper
@@ -62,7 +63,6 @@ from corral.wsgi.environ import EnvironContext
 from corral.wsgi.response import error_response
 
 if TYPE_CHECKING:
-    import socket
 
     from corral.workers.base import Worker
     from corral.workers.watchdog import RequestWatchdog
@@ -585,21 +585,25 @@ class LoopInbox:
 
 
 class ThreadBridge:
-    """The "socket" an :class:`HttpConnection` uses when it runs in a pool thread.
+    """The :class:`~corral.serve.transport.Transport` of a request run in a pool thread.
 
     Blocking calls from the thread become work on the loop: ``recv`` waits
-    for the connection's protocol to deliver input, ``sendall`` hands bytes
-    to the transport (waiting only once more than
-    :data:`THREAD_SEND_HIGH_WATER` bytes are still unsent, so a slow client
-    paces the app), ``sendfile`` runs ``loop.sendfile``. Timeouts set with
-    ``settimeout`` apply as on a real socket: TimeoutError.
+    for the connection's protocol to deliver input, ``send`` hands bytes to
+    the transport (waiting only once more than :data:`THREAD_SEND_HIGH_WATER`
+    bytes are still unsent, so a slow client paces the app), ``sendfile``
+    runs ``loop.sendfile``. Waits end at their deadline (recv) or after
+    ``--timeout`` without progress (send, sendfile) with ClientTimeout, and
+    stop the request's watchdog clock: the request waits, it is not stuck.
 
-    :class:`HttpConnection` treats it as a cooperative socket (its own
-    timeouts, no poll on a file descriptor), and uses only the methods below.
     The loop never touches the parser while a thread runs a request (the
     connection's coroutine is awaiting the thread), so the thread may use it
-    directly; input stays in the protocol until the thread asks.
+    directly; input stays in the protocol until the thread asks. The loop
+    owns the socket: the bridge never closes it.
     """
+
+    #: The loop closes the connection once the thread hands it back.
+    closes_early = False
+    closed = False
 
     def __init__(self, conn: AsyncHttpConnection, inbox: LoopInbox) -> None:
         self._conn = conn
@@ -607,7 +611,7 @@ class ThreadBridge:
         self._inbox = inbox
         self._call = inbox.call
         self._protocol = conn.protocol
-        self._timeout: float | None = None
+        self._write_timeout = conn.worker.write_timeout or None
         self._lock = threading.Lock()
         #: Built on ``_lock`` the first time a thread must wait for the client
         #: to read (most connections never do: a Condition costs 2 µs to make).
@@ -616,22 +620,23 @@ class ThreadBridge:
         self._unsent = 0
         self.client_wait = clock_stopper(conn.worker.watchdog) or contextlib.nullcontext
 
-    def settimeout(self, timeout: float | None) -> None:
-        self._timeout = timeout
-
-    def recv(self, bufsize: int) -> bytes:
-        timeout = self._timeout if self._timeout is not None else _NO_DEADLINE
+    def recv(self, deadline: float) -> bytes:
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            raise ClientTimeout
+        timeout = min(timeout, _NO_DEADLINE)
         answer: concurrent.futures.Future[bytes | None] = concurrent.futures.Future()
-        deadline = self._loop.time() + timeout
-        self._call(self._protocol.wait_data, answer.set_result, deadline)
+        # In the loop's own clock (uvloop's need not be time.monotonic's).
+        self._call(self._protocol.wait_data, answer.set_result, self._loop.time() + timeout)
         # The loop answers by the deadline; the margin only guards against a
         # loop that has stopped for good.
-        data = answer.result(timeout + 5.0)
+        with self.client_wait():
+            data = answer.result(timeout + 5.0)
         if data is None:
-            raise TimeoutError("timed out waiting for the client")
+            raise ClientTimeout
         return data
 
-    def sendall(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
         if self._protocol.closed:
             raise ConnectionResetError("the client closed the connection")
         with self._lock:
@@ -644,15 +649,13 @@ class ThreadBridge:
                 cond = self._cond
                 if cond is None:
                     cond = self._cond = threading.Condition(self._lock)
-                if not cond.wait_for(self._may_send, self._timeout):
-                    raise TimeoutError("timed out waiting for the client to read")
+                if not cond.wait_for(self._may_send, self._write_timeout):
+                    raise ClientTimeout
             if self._protocol.closed:
                 raise ConnectionResetError("the client closed the connection")
 
-    def send(self, data: bytes) -> int:
-        """Hands over everything, as sendall (HttpConnection tries send first)."""
-        self.sendall(data)
-        return len(data)
+    def send_last(self, data: bytes) -> None:
+        self.send(data)  # never called (closes_early is False); the loop closes
 
     def _may_send(self) -> bool:
         return self._unsent <= THREAD_SEND_HIGH_WATER or self._protocol.closed
@@ -667,12 +670,14 @@ class ThreadBridge:
             if self._cond is not None:
                 self._cond.notify()
 
-    def sendfile(self, file: IO[bytes], offset: int = 0, count: int | None = None) -> int:
+    def sendfile(self, file: IO[bytes], fd: int, offset: int, count: int) -> int:
+        if not count:
+            return 0
         # Bytes handed earlier reach the transport first: _sendfile flushes
         # the inbox, and loop.sendfile waits for the buffer to empty.
         progress = [0]
         future = asyncio.run_coroutine_threadsafe(self._sendfile(file, offset, count, progress), self._loop)
-        timeout = self._timeout
+        timeout = self._write_timeout
         seen = -1
         # Waiting for a (slow) client to read: the request is not stuck. It is
         # given up once a whole --timeout passes without a piece going out.
@@ -683,17 +688,17 @@ class ThreadBridge:
                 except concurrent.futures.TimeoutError:
                     if progress[0] == seen:
                         future.cancel()
-                        raise TimeoutError("timed out waiting for the client to read") from None
+                        raise ClientTimeout from None
                     seen = progress[0]
 
-    async def _sendfile(self, file: IO[bytes], offset: int, count: int | None, progress: list[int]) -> int:
+    async def _sendfile(self, file: IO[bytes], offset: int, count: int, progress: list[int]) -> int:
         self._inbox.flush()
         transport = self._conn.transport
         total = 0
-        while count is None or total < count:
+        while total < count:
             if transport.is_closing():
                 raise ConnectionResetError("the client closed the connection")
-            piece = SENDFILE_PIECE if count is None else min(SENDFILE_PIECE, count - total)
+            piece = min(SENDFILE_PIECE, count - total)
             sent = await self._loop.sendfile(transport, file, offset + total, piece)
             total += sent
             progress[0] = total
@@ -701,24 +706,12 @@ class ThreadBridge:
                 break  # the end of the file
         return total
 
-    def close(self) -> None:
-        """The loop owns the real socket; the connection closes it."""
-
-
-class _BridgedConnection(HttpConnection):
-    """HttpConnection over a :class:`ThreadBridge`.
-
-    ``cooperative``: use the "socket's" own timeouts (settimeout, recv,
-    sendall), as for gevent sockets; there is no real file descriptor to poll.
-    ``close_early`` off: the transport, not this thread, owns the socket.
-    """
-
-    cooperative = True
-    close_early = False
-
-    def kernel_has_input(self) -> bool:
+    def has_input(self) -> bool:
         # The loop reads the socket as bytes come: what arrived waits in the protocol.
-        return cast("ThreadBridge", self.sock)._protocol.pending_size > 0
+        return self._protocol.pending_size > 0
+
+    def close(self, unread: bool) -> None:
+        """The loop owns the real socket; the connection's coroutine closes it."""
 
 
 #: The pool a WsgiThreadResponder takes besides a concurrent.futures
@@ -816,9 +809,8 @@ class WsgiThreadResponder:
     def _handle_in_thread(self, conn: AsyncHttpConnection, head: RequestHead, inbox: LoopInbox) -> bool:
         blocking: HttpConnection | None = conn.state
         if blocking is None:
-            bridge = cast("socket.socket", ThreadBridge(conn, inbox))
-            blocking = _BridgedConnection(conn.worker, bridge, conn.peer, conn.env, conn.keepalive,
-                                          conn.parser)
+            blocking = HttpConnection(conn.worker, ThreadBridge(conn, inbox), conn.peer, conn.env,
+                                      conn.keepalive, conn.parser)
             conn.state = blocking
         self.watchdog.started(head)
         try:

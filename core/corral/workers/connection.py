@@ -1,24 +1,22 @@
-"""Serving one HTTP/1.1 connection with blocking-style socket calls.
+"""Serving one HTTP/1.1 connection: the request cycle, over a Transport.
 
-Shared by every worker whose sockets look blocking to the code that uses them:
-sync and gthread (real blocking sockets) and gevent (cooperative ones). The
-worker owns accepting and concurrency; this module owns the request loop on
-one connection: read a head within the header timeout, run the app, write
-the response, drain what the app left unread, and decide whether to keep the
-connection. All protocol decisions are in corral.http and corral.wsgi.
+Shared by every worker class: sync and gthread (blocking-style calls on
+OS sockets), gevent (the same, waiting on its hub) and the asyncio workers'
+WSGI requests in pool threads (over a thread bridge). The worker owns
+accepting and concurrency; the transport (corral.serve.transport) moves
+the bytes; this module owns the request loop on one connection: read a
+head within the header timeout, run the app, write the response, drain
+what the app left unread, and decide whether to keep the connection. All
+protocol decisions are in corral.http, corral.serve and corral.wsgi.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import select
 import socket
 import time
-from termios import FIONREAD
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from corral.heartbeat import WAIT_SLICE
 from corral.http import errors as E
 from corral.http.parser import (
     CONNECTION_CLOSED,
@@ -29,7 +27,8 @@ from corral.http.parser import (
     RequestParser,
 )
 from corral.serve.cycle import after_response, keeps_connection
-from corral.serve.retirement import CLOSE_LINGER, CLOSE_LINGER_BYTES, next_request_in_hand
+from corral.serve.retirement import next_request_in_hand
+from corral.serve.transport import RECV_SIZE, ClientTimeout, SocketTransport, Transport
 from corral.serve.waits import (
     Drain,
     body_wait_timed_out,
@@ -53,38 +52,52 @@ if TYPE_CHECKING:
 
     from corral.workers.base import Worker
 
-#: recv size. 64 KiB takes a typical head and a good slice of a body in one call.
-RECV_SIZE: Final = 65536
-#: Most bytes one os.sendfile call is asked for (the kernel sends what fits anyway).
-SENDFILE_CHUNK: Final = 1 << 30
-#: "More data follows": the kernel holds a segment's tail back (Linux; 0
-#: elsewhere turns the closing send off). See HttpConnection._send_last.
-MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
-#: FIONREAD's answer when no byte is waiting to be read (a C int).
-_NO_BYTES: Final = bytes(4)
+#: Kept importable from here: plugins written against the first layout read them here.
+__all__ = ["RECV_SIZE", "ClientTimeout", "HttpConnection", "proxy_trusted"]
 
-
-class ClientTimeout(Exception):
-    pass
+#: What API-1 connections customised, and where it went.
+_MOVED_TO_TRANSPORT: dict[str, str] = {
+    "wait_io": "override wait() in a SocketTransport subclass and name it in transport_class",
+    "cooperative": "pass a Transport of your own instead of the socket",
+    "close_early": "a Transport says closes_early",
+    "sendfile_cooperative": "a Transport of your own has sendfile()",
+    "_sendfile": "SocketTransport.sendfile() sends files",
+    "_linger": "SocketTransport.close() lingers",
+}
 
 
 class HttpConnection:
     """One client connection, served until it closes or must close.
 
+    :param sock: an OS socket (served through :attr:`transport_class`) or a
+        ready :class:`~corral.serve.transport.Transport` (a bridge, a test's).
     :param keepalive: seconds to wait for the next request; 0 closes after each response.
     """
+
+    #: How an OS socket given to the constructor is served: a subclass of
+    #: SocketTransport that replaces its ``wait`` (gevent waits on its hub).
+    transport_class: ClassVar[type[SocketTransport]] = SocketTransport
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # An API-1 subclass that customised I/O here would now be bypassed
+        # without a word (a cooperative framework's wait_io never called,
+        # its scheduler blocked in poll): refuse it at import, naming the move.
+        super().__init_subclass__(**kwargs)
+        for name, instead in _MOVED_TO_TRANSPORT.items():
+            if name in cls.__dict__:
+                raise TypeError(f"{cls.__qualname__}.{name}: HttpConnection no longer has {name!r} "
+                                f"(corral plugin API 2); {instead} (docs/writing-a-worker.md)")
 
     def __init__(
         self,
         worker: Worker,
-        sock: socket.socket,
+        sock: socket.socket | Transport,
         peer: Any,
         env: EnvironContext,
         keepalive: float,
         parser: RequestParser | None = None,
     ) -> None:
         self.worker = worker
-        self.sock = sock
         self.peer = peer
         self.env = env
         self.keepalive = keepalive
@@ -96,157 +109,48 @@ class HttpConnection:
         self.header_timeout = worker.header_timeout
         #: Stops the request's watchdog clock around waits for the client (None: no watchdog).
         self.client_wait = clock_stopper(worker.watchdog)
+        # Told apart by what a Transport has, not by class: under gevent's
+        # monkey-patching socket.socket is gevent's class, not the sockets'.
+        if hasattr(sock, "send_last"):
+            self.sock: socket.socket | None = None
+            transport = cast("Transport", sock)
+        else:
+            #: The OS socket, for the loops that poll it (None over a bridge).
+            self.sock = cast("socket.socket", sock)
+            transport = self.transport_class(self.sock, worker.write_timeout, worker.notify,
+                                             self.client_wait)
+        self.transport = transport
+        #: Bound once: the hot path's send.
+        self._send = transport.send
 
-    # -- I/O -----------------------------------------------------------------
-
-    #: True for sockets whose timeouts cost no system call (gevent's): then
-    #: the socket's own timeout is used. For OS sockets CPython polls before
-    #: every recv and send that has a timeout, so corral keeps them
-    #: non-blocking, tries the call first, and polls only when it would block:
-    #: one system call per recv or send in the common case instead of two.
-    cooperative: ClassVar[bool] = False
-    #: Whether a response after which the connection closes may end with
-    #: :meth:`_send_last` (MSG_MORE, then the socket closed at once). None:
-    #: only on a plain OS socket (TLS and stand-ins excluded). A worker whose
-    #: sockets take send flags, ``fileno()`` and ``close()`` as OS sockets do
-    #: sets True (gevent); TLS is excluded either way.
-    close_early: ClassVar[bool | None] = None
     #: The response being served (set by handle()), and how its last bytes go:
-    #: with _early, the final send closes the connection (_send_last), once.
+    #: with _early, the final send closes the connection (Transport.send_last), once.
     _resp: Response
     _early: bool = False
     _last_sent: bool = False
 
-    def _recv(self, deadline: float) -> None:
-        sock = self.sock
-        if self.cooperative:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ClientTimeout
-            sock.settimeout(remaining)
-            try:
-                if self.client_wait is None:
-                    data = sock.recv(RECV_SIZE)
-                else:
-                    with self.client_wait():
-                        data = sock.recv(RECV_SIZE)
-            except TimeoutError:
-                raise ClientTimeout from None
-            except OSError:
-                data = b""
-        else:
-            if sock.gettimeout() != 0.0:
-                sock.setblocking(False)
-            while True:
-                try:
-                    data = sock.recv(RECV_SIZE)
-                    break
-                except (BlockingIOError, InterruptedError):
-                    self.wait_io(select.POLLIN, deadline)
-                except OSError as exc:
-                    want = _ssl_want(exc)
-                    if want:
-                        self.wait_io(want, deadline)
-                        continue
-                    data = b""
-                    break
-        self.parser.feed(data)
-        self.worker.notify()
+    # -- I/O: the transport moves the bytes ------------------------------------------
 
-    def _send(self, data: bytes, flags: int = 0) -> None:
-        sock = self.sock
-        timeout = self.worker.write_timeout
-        if self.cooperative:
-            sock.settimeout(timeout or None)
-            # One send first: gevent's sendall asks the kernel for SO_SNDBUF
-            # on every call, a second system call a short response never needs.
-            # (A cooperative socket's send may block until some bytes went;
-            # one that runs a watchdog stops the clock itself while it waits.)
-            # Flags only when there are some: a stand-in socket (the tornado
-            # bridge, a plugin's own) may take none.
-            sent = sock.send(data, flags) if flags else sock.send(data)
-            if sent < len(data):
-                rest = memoryview(data)[sent:]
-                if flags:
-                    sock.sendall(rest, flags)
-                else:
-                    sock.sendall(rest)
-            return
-        if sock.gettimeout() != 0.0:
-            sock.setblocking(False)
-        # The usual case first: the whole response fits the socket's buffer
-        # and goes out in one call; the deadline and the view are for the rest.
-        try:
-            sent = sock.send(data, flags) if data else 0
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            if not _ssl_want(exc):
-                raise
-            sent = 0
-        if sent == len(data):
-            return
-        deadline = time.monotonic() + timeout if timeout else float("inf")
-        view = memoryview(data)[sent:]
-        while view:
-            try:
-                sent = sock.send(view, flags)
-            except (BlockingIOError, InterruptedError):
-                self.wait_io(select.POLLOUT, deadline)
-                continue
-            except OSError as exc:
-                want = _ssl_want(exc)
-                if not want:
-                    raise
-                self.wait_io(want, deadline)
-                continue
-            view = view[sent:]
+    def _recv(self, deadline: float) -> None:
+        self.parser.feed(self.transport.recv(deadline))
+        self.worker.notify()
 
     def _send_last(self, data: bytes) -> None:
         """Send the last bytes of a response after which the connection closes, and close it.
 
-        Sent with MSG_MORE, the tail waits in the kernel, and the close right
-        after puts the FIN into the same segment: two TCP segments fewer per
-        connection (10 -> 8 on loopback: the FIN and the ACK it draws), and
-        the client learns that the response is complete from one packet.
         Closing here, before the app's close() and the hooks run, is what
-        makes holding the tail free: nothing stands between it and the close,
-        and a client that asked to close is not kept waiting for the app's
-        cleanup.
-
-        Only when every byte the client sent was read: closing a socket with
-        unread input makes the kernel reset the connection and throw away
-        what it still holds, this response. A body the app left unread or a
-        pipelined request already received makes this an ordinary send. The
-        kernel is asked too, after the send (a client that asked to close
-        should send nothing more, but a stray CRLF or a late request may
-        come): then the held tail is pushed out, and the connection closes
-        later as any other. Not for TLS: an SSL socket takes no send flags
-        (HttpConnection._early is False there).
+        makes holding the tail (MSG_MORE) free: nothing stands between it and
+        the close, and a client that asked to close is not kept waiting for
+        the app's cleanup. Only when every byte the client sent was read
+        (closing with unread input makes the kernel reset the connection and
+        throw away this response): a body the app left unread or a
+        pipelined request already received makes this an ordinary send.
         """
         if (self._has_body and not self._body.complete) or self.parser.has_unread:
             if data:
                 self._send(data)
             return
-        if data:
-            self._send(data, MSG_MORE)
-        sock = self.sock
-        if fcntl.ioctl(sock.fileno(), FIONREAD, _NO_BYTES) != _NO_BYTES:
-            # Bytes arrived after the last read: send what is held (setting
-            # TCP_NODELAY pushes pending output; a unix socket holds nothing
-            # back and has no such option) and close as before.
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return
-        sock.close()
-
-    def wait_io(self, events: int, deadline: float) -> None:
-        """Block until the OS socket is ready for ``events``: waiting on the client, not stuck."""
-        if self.client_wait is None:
-            _wait(self.sock, events, deadline, self.worker.notify)
-        else:
-            with self.client_wait():
-                _wait(self.sock, events, deadline, self.worker.notify)
+        self.transport.send_last(data)
 
     def next_head(self, first: bool) -> RequestHead | None:
         """The next request head, or None when the connection should just close (corral.serve.waits)."""
@@ -345,10 +249,8 @@ class HttpConnection:
         return next_request_in_hand(self.parser, self.kernel_has_input)
 
     def kernel_has_input(self) -> bool:
-        try:
-            return fcntl.ioctl(self.sock.fileno(), FIONREAD, _NO_BYTES) != _NO_BYTES
-        except (OSError, ValueError, TypeError):
-            return False  # closed, or not an OS socket (a stand-in): nothing known
+        """Bytes from the client wait in the kernel (or, over a bridge, in the loop's buffer)."""
+        return self.transport.has_input()
 
     def may_keep_alive(self) -> bool:
         """Asked when a response head is about to be made (_decide_keep_alive): keep-alive or close."""
@@ -357,46 +259,8 @@ class HttpConnection:
         return self.worker.alive or self.next_request_here()
 
     def close_gracefully(self) -> None:
-        """Close the socket; with unread input, as RFC 9112 section 9.6 says (no reset).
-
-        A bare close with bytes unread makes the kernel answer with a reset,
-        which can destroy the response the client has not read yet (a
-        pipelined request behind a ``Connection: close``, a body the app
-        left unread). So the write side is shut first, and what the client
-        still sends is read and dropped until it closes, for at most
-        CLOSE_LINGER seconds and CLOSE_LINGER_BYTES.
-        """
-        sock = self.sock
-        try:
-            if sock.fileno() < 0:
-                return  # closed already (HttpConnection._send_last)
-            if (self.parser.has_unread or self.kernel_has_input()) and not _is_tls(sock):
-                self._linger(sock)
-        except (OSError, ClientTimeout, ValueError):
-            pass
-        finally:
-            try:
-                sock.close()
-            except OSError:
-                pass
-
-    def _linger(self, sock: socket.socket) -> None:
-        sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + CLOSE_LINGER
-        budget = CLOSE_LINGER_BYTES
-        if self.cooperative:
-            sock.settimeout(CLOSE_LINGER)
-        elif sock.gettimeout() != 0.0:
-            sock.setblocking(False)
-        while budget > 0:
-            try:
-                data = sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                self.wait_io(select.POLLIN, deadline)
-                continue
-            if not data:
-                return
-            budget -= len(data)
+        """Close the connection; with unread input, without a reset (Transport.close)."""
+        self.transport.close(self.parser.has_unread)
 
     def send_error(self, exc: E.HTTPError) -> None:
         """Answer a protocol error (the caller then closes the connection)."""
@@ -417,14 +281,7 @@ class HttpConnection:
         # in flight when it began, then says Connection: close.
         keep = self.keepalive > 0 and head.keep_alive
         self._resp = resp = Response(head, keep)
-        early = False
-        if not head.keep_alive and MSG_MORE:
-            choice = self.close_early
-            if choice is None:
-                early = type(self.sock) is socket.socket
-            elif choice:
-                early = not _is_tls(self.sock)
-        self._early = early
+        self._early = not head.keep_alive and self.transport.closes_early
         self._last_sent = False
         self._has_body = has_body = head.has_body
         continue_sent = False
@@ -572,99 +429,14 @@ class HttpConnection:
         count = size if resp.content_length is None else min(resp.content_length, size)
         self._decide_keep_alive(resp)
         self._send(resp.make_head())
-        if _is_tls(self.sock):
-            # A TLS socket must encrypt: socket.sendfile sends what it reads
-            # (it polls by itself).
-            self.sock.settimeout(self.worker.write_timeout or None)
-            sent = self.sock.sendfile(wrapper.filelike, offset, count) if count else 0
-        elif self.cooperative:
-            sent = self.sendfile_cooperative(wrapper.filelike, fd, offset, count) if count else 0
-        else:
-            sent = self._sendfile(fd, offset, count)
+        sent = self.transport.sendfile(wrapper.filelike, fd, offset, count)
         resp.sent_elsewhere(sent)
         self._finish(resp)
-
-    def sendfile_cooperative(self, filelike: Any, fd: int, offset: int, count: int) -> int:
-        """Send a file over a cooperative socket; by default its own ``sendfile``.
-
-        A worker overrides this when its sockets' sendfile is slow (gevent's
-        socket.sendfile reads and sends 8 KiB at a time; that is one reason
-        the gevent worker keeps OS sockets and overrides :meth:`wait_io`
-        instead, so that files take the os.sendfile loop of :meth:`_sendfile`).
-        """
-        self.sock.settimeout(self.worker.write_timeout or None)
-        return int(self.sock.sendfile(filelike, offset, count))
-
-    def _sendfile(self, fd: int, offset: int, count: int) -> int:
-        """os.sendfile on the non-blocking socket, waiting (and beating) only when it is full.
-
-        Not socket.sendfile: it waits in a selector of its own for as long
-        as the whole transfer takes, where no heartbeat can run, so a slow
-        client downloading a large file got a sync worker killed as stuck.
-        Each wait has its own --timeout, as with socket.sendfile: a client
-        that stops reading is dropped, one that reads slowly is served.
-        """
-        sock = self.sock
-        if sock.gettimeout() != 0.0:
-            sock.setblocking(False)
-        out = sock.fileno()
-        timeout = self.worker.write_timeout
-        sent = 0
-        while sent < count:
-            try:
-                n = os.sendfile(out, fd, offset + sent, min(count - sent, SENDFILE_CHUNK))
-            except (BlockingIOError, InterruptedError):
-                self.wait_io(select.POLLOUT, time.monotonic() + timeout if timeout else float("inf"))
-                continue
-            if n == 0:
-                break  # the file is shorter than it was: the client sees a short body
-            sent += n
-        return sent
 
     def peer_label(self) -> str:
         if isinstance(self.peer, tuple):
             return f"{self.peer[0]}:{self.peer[1]}"
         return "unix socket"
-
-
-def _is_tls(sock: socket.socket) -> bool:
-    """An ssl.SSLSocket, judged without importing ssl (as _ssl_want does)."""
-    return type(sock).__name__ == "SSLSocket"
-
-
-def _ssl_want(exc: OSError) -> int:
-    """POLLIN/POLLOUT for a TLS socket that must wait (SSLWantRead/WriteError), else 0.
-
-    Judged by class name so that this module does not import ssl: importing
-    it costs every worker about 5 MiB, TLS or not.
-    """
-    name = type(exc).__name__
-    if name == "SSLWantReadError":
-        return select.POLLIN
-    if name == "SSLWantWriteError":
-        return select.POLLOUT
-    return 0
-
-
-def _wait(sock: socket.socket, events: int, deadline: float, beat: Callable[[], None]) -> None:
-    """Poll one socket until ``events`` or the deadline (ClientTimeout), beating the heartbeat meanwhile.
-
-    A worker waiting for a slow client is not stuck: its own deadline
-    (--header-timeout, or --timeout for a client that does not read) ends
-    the wait with a 408 or a close. Without the beats the arbiter would
-    kill it first whenever that deadline is longer than --timeout (a sync
-    worker, one connection at a time, was killed by any client that sent
-    half a head and waited).
-    """
-    poller = select.poll()
-    poller.register(sock, events)
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ClientTimeout
-        if poller.poll(min(remaining, WAIT_SLICE) * 1000):
-            return
-        beat()
 
 
 def proxy_trusted(worker: Worker, peer: Any) -> bool:

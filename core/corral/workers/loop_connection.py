@@ -23,11 +23,15 @@ from corral.http.parser import NEED_DATA, RequestHead
 from corral.workers.connection import RECV_SIZE, HttpConnection
 
 if TYPE_CHECKING:
+    import socket
+
     from corral.http.parser import EndOfMessage, ParserSignal
     from corral.workers.watchdog import RequestWatchdog
 
 
 class LoopConnection(HttpConnection):
+    #: Always over an OS socket: the loop polls it.
+    sock: socket.socket
     #: time.monotonic() by which the loop closes it (or answers 408) while
     #: the loop watches it; negative otherwise. See corral.workers.selector_loop.Deadlines.
     deadline: float = -1.0

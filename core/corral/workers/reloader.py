@@ -36,8 +36,12 @@ def _source_files() -> dict[str, float]:
 
 
 def start_reloader(worker: Worker) -> threading.Thread:
+    # The first scan here, before the worker says it is ready, not in the
+    # thread: a thread scheduled late took a file saved meanwhile for the
+    # original, and the change was never seen.
+    known = _source_files()
+
     def watch() -> None:
-        known = _source_files()
         while worker.alive:
             time.sleep(POLL_INTERVAL)
             for path, mtime in _source_files().items():

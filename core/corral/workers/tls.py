@@ -40,6 +40,7 @@ from corral.heartbeat import WAIT_SLICE
 from corral.http import errors as E
 from corral.http import proxy
 from corral.http.parser import RequestParser
+from corral.serve.transport import SocketTransport
 
 if TYPE_CHECKING:
     import ssl
@@ -175,16 +176,21 @@ def _handshake(conn: HttpConnection, ctx: ssl.SSLContext) -> None:
     worker = conn.worker
     deadline = time.monotonic() + worker.cfg.ssl_handshake_timeout
     limits = worker.limits
+    transport = conn.transport
+    sock = conn.sock
+    if not isinstance(transport, SocketTransport) or sock is None:
+        raise TypeError(f"TLS needs a connection over an OS socket, not {type(transport).__name__}")
     if limits.proxy_protocol != "off":
         from corral.workers.connection import proxy_trusted
 
         if not proxy_trusted(worker, conn.peer):
             raise E.Forbidden("PROXY protocol header from a peer not in proxy_allow_from")
-        info = read_proxy_header(conn.sock, limits.proxy_protocol, deadline, worker.notify)
+        info = read_proxy_header(sock, limits.proxy_protocol, deadline, worker.notify)
         # The parser sees only decrypted bytes, which hold no PROXY header.
         conn.parser = RequestParser(dataclasses.replace(limits, proxy_protocol="off"))
         conn.parser.proxy = info
-    conn.sock = tls_sock = ctx.wrap_socket(conn.sock, server_side=True, do_handshake_on_connect=False)
+    conn.sock = tls_sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    transport.use_tls(tls_sock)
     _beating(tls_sock, deadline, worker.notify, tls_sock.do_handshake)
 
 

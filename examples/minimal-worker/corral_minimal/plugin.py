@@ -2,7 +2,7 @@
 
 from corral.api import WorkerSpec, hookimpl
 
-CORRAL_PLUGIN_API = 1
+CORRAL_PLUGIN_API = 2
 
 
 @hookimpl

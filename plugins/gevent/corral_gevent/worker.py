@@ -57,7 +57,14 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.socket import wait_read, wait_write
 
-from corral.api import ACCEPT_RESOURCE_ERRNOS, ClientTimeout, HttpConnection, Worker, next_request_deadline
+from corral.api import (
+    ACCEPT_RESOURCE_ERRNOS,
+    ClientTimeout,
+    HttpConnection,
+    SocketTransport,
+    Worker,
+    next_request_deadline,
+)
 
 if TYPE_CHECKING:
     import socket
@@ -107,17 +114,37 @@ KILL_GRACE: Final = 1.0
 MAX_SPARES: Final = 64
 
 
-class _Connection(HttpConnection):
-    """HttpConnection on a plain non-blocking OS socket that waits on gevent's hub.
+class _HubTransport(SocketTransport):
+    """corral's socket transport, waiting on gevent's hub instead of in poll.
 
-    Not a gevent socket: corral's connection already tries each call first
-    and waits only when the kernel says it would block (``cooperative``
-    off), so gevent's wrapper would only add its cost: two event watchers
-    built for every connection (each checks its fd with a system call),
-    a Python frame around every recv and send, a settimeout before each,
-    and a deferred close. The waits, the only place that must yield, go to
-    the hub here (:meth:`wait_io`). Files go through the shared non-blocking
-    ``os.sendfile`` loop, which waits through the same method.
+    Not a gevent socket: the socket transport already tries each call first
+    and waits only when the kernel says it would block, so gevent's wrapper
+    would only add its cost: two event watchers built for every connection
+    (each checks its fd with a system call), a Python frame around every
+    recv and send, a settimeout before each, and a deferred close. The
+    waits, the only place that must yield, go to the hub here. Files go
+    through the transport's non-blocking ``os.sendfile`` loop, which waits
+    through the same method. The heartbeat has a greenlet of its own, so
+    there is nothing to beat here.
+    """
+
+    def wait(self, events: int, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ClientTimeout
+        wait = wait_read if events & select.POLLIN else wait_write
+        try:
+            if self.client_wait is None:
+                wait(self.sock.fileno(), timeout=remaining)
+            else:
+                with self.client_wait():
+                    wait(self.sock.fileno(), timeout=remaining)
+        except TimeoutError:
+            raise ClientTimeout from None
+
+
+class _Connection(HttpConnection):
+    """HttpConnection on a plain non-blocking OS socket that waits on gevent's hub (_HubTransport).
 
     A graceful stop leaves a connection that waits for a request alone
     until its wait ends by itself (no longer than the keep-alive timeout
@@ -130,15 +157,13 @@ class _Connection(HttpConnection):
     _turn = -1
     #: The hub's loop. libev counts its iterations; libuv's says -1 always,
     #: and then a connection yields before every request, as it used to.
-    _loop: Any = None
-    #: They take send flags and close as OS sockets do: a closing response
-    #: ends with its FIN in the same segment (HttpConnection._send_last).
-    close_early = True
+    _hub: Any = None
+    transport_class = _HubTransport
     #: The greenlet serving this connection, to kill it when it is idle at stop.
     greenlet: RawGreenlet | None = None
 
     def next_head(self, first: bool) -> RequestHead | None:
-        loop = self._loop
+        loop = self._hub
         if not first and loop.iteration == self._turn:
             # The request just served never gave the CPU away (the loop has
             # not polled since its head was read): let every other ready
@@ -167,24 +192,6 @@ class _Connection(HttpConnection):
     @property
     def idle(self) -> bool:
         return self.waiting and not self.parser.in_head
-
-    def wait_io(self, events: int, deadline: float) -> None:
-        """Yield to other greenlets until the socket is ready for ``events``, or the deadline.
-
-        The heartbeat has a greenlet of its own, so there is nothing to beat here.
-        """
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ClientTimeout
-        wait = wait_read if events & select.POLLIN else wait_write
-        try:
-            if self.client_wait is None:
-                wait(self.sock.fileno(), timeout=remaining)
-            else:
-                with self.client_wait():
-                    wait(self.sock.fileno(), timeout=remaining)
-        except TimeoutError:
-            raise ClientTimeout from None
 
 
 class GeventWorker(Worker):
@@ -335,7 +342,7 @@ class GeventWorker(Worker):
     def _serve(self, client: socket.socket, peer: Any, env: EnvironContext) -> None:
         conn = _Connection(self, client, peer, env, self.cfg.keepalive)
         conn.greenlet = gevent.getcurrent()
-        conn._loop = self._hub_loop
+        conn._hub = self._hub_loop
         connections = self._connections
         connections.add(conn)
         try:

@@ -9,7 +9,7 @@ from corral.api import WorkerSpec, hookimpl
 if TYPE_CHECKING:
     from corral.api import Config
 
-CORRAL_PLUGIN_API = 1
+CORRAL_PLUGIN_API = 2
 
 
 @hookimpl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from corral.api import WorkerSpec, hookimpl
 
-CORRAL_PLUGIN_API = 1
+CORRAL_PLUGIN_API = 2
 
 
 @hookimpl

@@ -13,7 +13,7 @@ from corral.api import Setting, SettingsRegistry, WorkerSpec, hookimpl, seconds
 #: The corral plugin API this plugin was written for. corral refuses to load
 #: a plugin whose number differs from its own ``corral.PLUGIN_API``, naming
 #: both, rather than failing later in a worker.
-CORRAL_PLUGIN_API = 1
+CORRAL_PLUGIN_API = 2
 
 WORKER_NAME = "asyncio-threads"
 

@@ -31,7 +31,7 @@ What is here, by what a worker does:
   :mod:`corral.serve.cycle` (:func:`after_response`, :func:`keeps_connection`);
 - wait and retire by the one policy: :mod:`corral.serve.waits`
   (:func:`first_byte_deadline`, :func:`head_wait_timed_out`,
-  :func:`body_wait_timed_out`, :class:`Drain`) and
+  :func:`body_wait_timed_out`, :class:`HeadWait`, :class:`Drain`) and
   :mod:`corral.serve.retirement` (:func:`next_request_deadline`, its constants);
 - balance accepts across a pool's workers: :class:`AcceptBalance` (as
   ``Worker.balance``);
@@ -108,6 +108,7 @@ _EXPORTS: dict[str, str] = {
     "error_response": "corral.wsgi.response",
     "AcceptBalance": "corral.workers.balance",
     "Drain": "corral.serve.waits",
+    "HeadWait": "corral.serve.waits",
     "first_byte_deadline": "corral.serve.waits",
     "head_wait_timed_out": "corral.serve.waits",
     "body_wait_timed_out": "corral.serve.waits",
@@ -141,7 +142,13 @@ if TYPE_CHECKING:
     )
     from corral.serve.threads import RequestThreads
     from corral.serve.transport import RECV_SIZE, ClientTimeout, SocketTransport, Transport
-    from corral.serve.waits import Drain, body_wait_timed_out, first_byte_deadline, head_wait_timed_out
+    from corral.serve.waits import (
+        Drain,
+        HeadWait,
+        body_wait_timed_out,
+        first_byte_deadline,
+        head_wait_timed_out,
+    )
     from corral.settings import Setting, SettingsRegistry, seconds
     from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, Listener, acceptor
     from corral.workers.asyncio_connection import (
@@ -212,6 +219,7 @@ __all__ = [
     "EndOfMessage",
     "EnvironContext",
     "HTTPError",
+    "HeadWait",
     "HttpConnection",
     "IdleTrim",
     "InFlight",

@@ -11,12 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from corral.http import errors as E
-from corral.http.parser import RequestHead, RequestParser
+from corral.http.parser import ParserLimits, RequestHead, RequestParser
 from corral.serve.retirement import FIRST_REQUEST_GRACE
 from corral.serve.waits import (
     DRAIN_MAX_BYTES,
     DRAIN_MAX_SECONDS,
     Drain,
+    HeadWait,
     body_wait_timed_out,
     first_byte_deadline,
     head_wait_timed_out,
@@ -123,3 +124,38 @@ def test_drain_verdict_depends_on_the_body_not_on_how_it_arrives(size: int, cuts
         pos += cut
         verdict = drain.step()
     assert verdict is (size <= DRAIN_MAX_BYTES)
+
+
+class FakeClock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_head_wait_gives_the_first_byte_its_deadline_then_the_head_its_own() -> None:
+    clock = FakeClock()
+    parser = RequestParser(ParserLimits())
+    wait = HeadWait(parser, clock, first=False, header_timeout=10.0, keepalive=2.0, retiring_since=None)
+    assert not wait.step() and wait.deadline == 102.0 and not wait.started  # idle: the keep-alive
+    clock.now = 101.5
+    parser.feed(b"GET / HT")
+    assert not wait.step() and wait.started and wait.deadline == 111.5  # a head began: its own 10 s
+    parser.feed(b"TP/1.1\r\nHost: x\r\n\r\n")
+    assert wait.step() and wait.head is not None and wait.head.target == "/"
+
+
+def test_head_wait_ends_quietly_on_a_close_and_with_408_on_a_cut_head() -> None:
+    parser = RequestParser(ParserLimits())
+    wait = HeadWait(parser, FakeClock(), first=True, header_timeout=5.0, keepalive=2.0, retiring_since=None)
+    parser.feed(b"")
+    assert wait.step() and wait.head is None
+    parser = RequestParser(ParserLimits())
+    wait = HeadWait(parser, FakeClock(), first=True, header_timeout=5.0, keepalive=2.0, retiring_since=None)
+    assert wait.deadline == 105.0
+    wait.timed_out()  # nothing had come: a quiet close
+    parser.feed(b"GET /")
+    assert not wait.step()
+    with pytest.raises(E.RequestTimeout):
+        wait.timed_out()

@@ -27,10 +27,12 @@ or an event loop's ``time()``): the policy only adds and compares.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Final
 
 from corral.http import errors as E
-from corral.http.parser import NEED_DATA, RequestParser
+from corral.http.parser import CONNECTION_CLOSED, NEED_DATA, RequestHead, RequestParser
 from corral.serve.retirement import next_request_deadline
 
 #: After a response, at most this much unread request body is read and
@@ -69,6 +71,54 @@ def head_wait_timed_out(parser: RequestParser) -> None:
 def body_wait_timed_out() -> E.HTTPError:
     """A read of the body ran out (rule 3): the error to raise."""
     return E.RequestTimeout(BODY_TIMEOUT_DETAIL)
+
+
+class HeadWait:
+    """Waiting for a connection's next request head without I/O (rules 1, 2 and 4).
+
+    Feed the parser, call :meth:`step`: True when the wait is over, with
+    :attr:`head` the head, or None when the client closed between requests
+    (close quietly); False: read more, until :attr:`deadline`. A read that
+    reaches the deadline calls
+    :meth:`timed_out`, which raises the 408 of a head cut off, or returns
+    for a quiet close. :attr:`started` says whether a head has begun (its
+    deadline is then ``--header-timeout`` from its first byte).
+
+    :param clock: the caller's clock (``time.monotonic``, an event loop's ``time``).
+    :param retiring_since: ``time.monotonic()`` when the worker began to
+        retire; None while it serves.
+    """
+
+    __slots__ = ("clock", "deadline", "head", "header_timeout", "parser", "started")
+
+    def __init__(self, parser: RequestParser, clock: Callable[[], float], *, first: bool,
+                 header_timeout: float, keepalive: float, retiring_since: float | None) -> None:
+        self.parser = parser
+        self.clock = clock
+        self.header_timeout = header_timeout
+        self.started = False
+        self.head: RequestHead | None = None
+        self.deadline = first_byte_deadline(
+            clock(), first=first, header_timeout=header_timeout, keepalive=keepalive,
+            retiring_for=None if retiring_since is None else time.monotonic() - retiring_since)
+
+    def step(self) -> bool:
+        parser = self.parser
+        event = parser.next_event()
+        if type(event) is RequestHead:
+            self.head = event
+            return True
+        if event is CONNECTION_CLOSED:
+            return True
+        assert event is NEED_DATA  # between messages the parser yields no body events
+        if not self.started and parser.in_head:
+            # The whole head must arrive within header_timeout of its first byte.
+            self.started = True
+            self.deadline = self.clock() + self.header_timeout
+        return False
+
+    def timed_out(self) -> None:
+        head_wait_timed_out(self.parser)
 
 
 class Drain:

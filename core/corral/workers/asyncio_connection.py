@@ -43,7 +43,6 @@ from typing import IO, TYPE_CHECKING, Any, Final, Protocol, cast
 
 from corral.http import errors as E
 from corral.http.parser import (
-    CONNECTION_CLOSED,
     ClientDisconnected,
     RequestHead,
     RequestParser,
@@ -56,7 +55,7 @@ from corral.serve.retirement import (
 )
 from corral.serve.threads import RequestThreads
 from corral.serve.transport import ClientTimeout
-from corral.serve.waits import Drain, first_byte_deadline, head_wait_timed_out
+from corral.serve.waits import Drain, HeadWait
 from corral.workers.connection import HttpConnection, proxy_trusted
 from corral.workers.watchdog import clock_stopper
 from corral.wsgi.environ import EnvironContext
@@ -493,38 +492,23 @@ class AsyncHttpConnection:
 
     async def next_head(self, first: bool) -> RequestHead | None:
         """The next request head, or None when the connection should just close (corral.serve.waits)."""
-        parser = self.parser
         protocol = self.protocol
-        since = self.worker.retiring_since
-        deadline = first_byte_deadline(self.loop.time(), first=first, header_timeout=self.header_timeout,
-                                       keepalive=self.keepalive,
-                                       retiring_for=None if since is None else time.monotonic() - since)
-        head_started = False
-        while True:
-            event = parser.next_event()
-            if type(event) is RequestHead:
-                return event
-            if event is CONNECTION_CLOSED:
-                return None
+        wait = HeadWait(self.parser, self.loop.time, first=first, header_timeout=self.header_timeout,
+                        keepalive=self.keepalive, retiring_since=self.worker.retiring_since)
+        while not wait.step():
             data = protocol.take()
             if data is not None:
-                parser.feed(data)
+                self.parser.feed(data)
                 continue
-            if not head_started and parser.in_head:
-                # The whole head must arrive within header_timeout of its first byte.
-                head_started = True
-                deadline = self.loop.time() + self.header_timeout
-            if head_started:
-                self.waiting = None
-            else:
-                self.waiting = "fresh" if first else "idle"
+            self.waiting = None if wait.started else "fresh" if first else "idle"
             try:
-                got = await self.receive(deadline)
+                got = await self.receive(wait.deadline)
             finally:
                 self.waiting = None
             if not got:
-                head_wait_timed_out(parser)
+                wait.timed_out()
                 return None
+        return wait.head
 
 
 # -- WSGI apps in a thread pool ----------------------------------------------------------

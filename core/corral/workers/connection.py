@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from corral.http import errors as E
 from corral.http.parser import (
-    CONNECTION_CLOSED,
     NEED_DATA,
     ClientDisconnected,
     EndOfMessage,
@@ -29,12 +28,7 @@ from corral.http.parser import (
 from corral.serve.cycle import after_response, keeps_connection
 from corral.serve.retirement import next_request_in_hand
 from corral.serve.transport import RECV_SIZE, ClientTimeout, SocketTransport, Transport
-from corral.serve.waits import (
-    Drain,
-    body_wait_timed_out,
-    first_byte_deadline,
-    head_wait_timed_out,
-)
+from corral.serve.waits import Drain, HeadWait, body_wait_timed_out
 from corral.workers.tls import start_tls
 from corral.workers.watchdog import clock_stopper
 from corral.wsgi.body import EMPTY_BODY, Body, EmptyBody
@@ -154,29 +148,15 @@ class HttpConnection:
 
     def next_head(self, first: bool) -> RequestHead | None:
         """The next request head, or None when the connection should just close (corral.serve.waits)."""
-        parser = self.parser
-        now = time.monotonic()
-        since = self.worker.retiring_since
-        deadline = first_byte_deadline(now, first=first, header_timeout=self.header_timeout,
-                                       keepalive=self.keepalive,
-                                       retiring_for=None if since is None else now - since)
-        head_started = False
-        while True:
-            event = parser.next_event()
-            if type(event) is RequestHead:
-                return event
-            if event is CONNECTION_CLOSED:
-                return None
-            assert event is NEED_DATA
-            if not head_started and parser.in_head:
-                # The whole head must arrive within header_timeout of its first byte.
-                head_started = True
-                deadline = time.monotonic() + self.header_timeout
+        wait = HeadWait(self.parser, time.monotonic, first=first, header_timeout=self.header_timeout,
+                        keepalive=self.keepalive, retiring_since=self.worker.retiring_since)
+        while not wait.step():
             try:
-                self._recv(deadline)
+                self._recv(wait.deadline)
             except ClientTimeout:
-                head_wait_timed_out(parser)
+                wait.timed_out()
                 return None
+        return wait.head
 
     def _receive_body(self) -> bytes:
         parser = self.parser

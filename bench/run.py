@@ -69,8 +69,6 @@ PIP_TOOLS: Final = {"gunicorn": "gunicorn", "gevent": "gevent", "tornado": "torn
 #: Distributions whose versions go into the report.
 VERSIONED: Final = (
     "corral",
-    "corral-sync",
-    "corral-gthread",
     "corral-gevent",
     "corral-tornado",
     "httptools",

@@ -29,8 +29,8 @@ GROUP = "corral"
 
 #: Where the usual worker classes come from, for the "unknown worker" message.
 KNOWN_DISTRIBUTIONS = {
-    "sync": "corral-sync (installed with corral)",
-    "gthread": "corral-gthread (installed with corral)",
+    "sync": "built into corral (reinstall corral: pip install --force-reinstall corral)",
+    "gthread": "built into corral (reinstall corral: pip install --force-reinstall corral)",
     "gevent": "pip install corral[gevent]",
     "tornado": "pip install corral[tornado]",
 }

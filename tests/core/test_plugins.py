@@ -58,7 +58,7 @@ def test_plugins_json_lists_sync_without_importing_workers() -> None:
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     sync = next(p for p in data["plugins"] if p["name"] == "sync")
-    assert sync["distribution"] == "corral-sync" and sync["version"]
+    assert sync["distribution"] == "corral" and sync["version"]  # built in (pyproject.toml)
     assert sync["workers"][0]["name"] == "sync" and sync["workers"][0]["description"]
     assert "corral_register_workers" in sync["hooks"]
     # Listing imports no worker module, hence no concurrency library.
@@ -74,7 +74,7 @@ def test_disable_plugin_by_flag_and_environment() -> None:
     res = corral("-k", "sync", "--disable-plugin", "sync", "--check-config", "corral.testing.apps:app")
     assert res.returncode == 2 and "unknown worker class 'sync'" in res.stderr
     res = corral("-k", "sync", "--check-config", "corral.testing.apps:app",
-                 env={"CORRAL_DISABLE_PLUGINS": "corral-sync"})
+                 env={"CORRAL_DISABLE_PLUGINS": "gevent,sync"})
     assert res.returncode == 2 and "unknown worker class 'sync'" in res.stderr
 
 

@@ -147,7 +147,7 @@ def test_startup_and_listing_say_why(install: Install) -> None:
     assert f"needs corral plugin API {PLUGIN_API + 1}, but this corral" in res.stderr
     res = run_corral("plugins")
     # The healthy plugins are listed; the status says one was skipped.
-    assert res.returncode == 1 and "sync (corral-sync" in res.stdout
+    assert res.returncode == 1 and "sync (corral " in res.stdout
     assert "problem: plugin 'future' from distribution corral-future 2.0.0 is skipped" in res.stderr
     res = run_corral("plugins", "--json")
     assert res.returncode == 1

@@ -55,7 +55,7 @@ def _canonical(name: str) -> str:
 
 
 def corral_projects() -> list[Path]:
-    """The repository root and the local plugin projects the root depends on (corral-sync, ...).
+    """The repository root and any local plugin project the root depends on (none today: sync and gthread are built in).
 
     Read from the root pyproject.toml, so that a default plugin added there
     is installed here too without touching this test.

@@ -16,11 +16,18 @@ from typing import Final
 
 from corral.settings import default_tmp_dir
 
-#: A worker blocked waiting for a client wakes at least this often to beat
-#: (corral.workers.connection, corral.workers.tls): waiting on a client
-#: with a deadline of its own is not being stuck. The shortest sensible
-#: --timeout is about twice this.
-WAIT_SLICE: Final = 0.5
+#: The heartbeat file is touched at most this often (os.utime is a system
+#: call; Heartbeat.notify is called as often as a loop likes).
+BEAT_THROTTLE: Final = 0.5
+#: One cadence for every worker class: busy or idle, a worker wakes at least
+#: this often to beat, check keep_serving() and run its watchdog
+#: (Worker.check_interval: a quarter of --timeout when that is shorter).
+#: Half the throttle, so beats are never more than 0.75 s apart in any class.
+CHECK_INTERVAL: Final = 0.25
+#: A worker blocked waiting for a client wakes this often to beat
+#: (corral.serve.transport, corral.workers.tls): waiting on a client with a
+#: deadline of its own is not being stuck. The same cadence.
+WAIT_SLICE: Final = CHECK_INTERVAL
 
 
 class Heartbeat:
@@ -30,7 +37,7 @@ class Heartbeat:
         self.fd = fd
         self._next = 0.0
         #: Refresh at most this often: os.utime is a syscall, the check is cheap.
-        self.interval = 0.5
+        self.interval = BEAT_THROTTLE
         #: Called at each beat: periodic work that must not wait for traffic
         #: (the worker flushes its access log buffer here).
         self.on_beat: Callable[[], None] | None = None

@@ -137,7 +137,7 @@ class FakeClock:
 def test_head_wait_gives_the_first_byte_its_deadline_then_the_head_its_own() -> None:
     clock = FakeClock()
     parser = RequestParser(ParserLimits())
-    wait = HeadWait(parser, clock, first=False, header_timeout=10.0, keepalive=2.0, retiring_since=None)
+    wait = HeadWait(parser, clock, header_timeout=10.0, keepalive=2.0).begin(False, None)
     assert not wait.step() and wait.deadline == 102.0 and not wait.started  # idle: the keep-alive
     clock.now = 101.5
     parser.feed(b"GET / HT")
@@ -148,14 +148,29 @@ def test_head_wait_gives_the_first_byte_its_deadline_then_the_head_its_own() -> 
 
 def test_head_wait_ends_quietly_on_a_close_and_with_408_on_a_cut_head() -> None:
     parser = RequestParser(ParserLimits())
-    wait = HeadWait(parser, FakeClock(), first=True, header_timeout=5.0, keepalive=2.0, retiring_since=None)
+    wait = HeadWait(parser, FakeClock(), header_timeout=5.0, keepalive=2.0).begin(True, None)
     parser.feed(b"")
     assert wait.step() and wait.head is None
     parser = RequestParser(ParserLimits())
-    wait = HeadWait(parser, FakeClock(), first=True, header_timeout=5.0, keepalive=2.0, retiring_since=None)
+    wait = HeadWait(parser, FakeClock(), header_timeout=5.0, keepalive=2.0).begin(True, None)
     assert wait.deadline == 105.0
     wait.timed_out()  # nothing had come: a quiet close
     parser.feed(b"GET /")
     assert not wait.step()
     with pytest.raises(E.RequestTimeout):
         wait.timed_out()
+
+
+def test_head_wait_while_retiring_caps_the_wait_and_is_reused_between_requests() -> None:
+    clock = FakeClock()
+    parser = RequestParser(ParserLimits())
+    wait = HeadWait(parser, clock, header_timeout=10.0, keepalive=2.0)
+    assert wait.begin(True, None).deadline == 110.0
+    parser.feed(b"GET / HT")
+    assert not wait.step() and wait.started
+    # Retiring for long already: the wait ends at once but grants the first-request grace.
+    import time as _time
+
+    retired = _time.monotonic() - 60.0
+    assert wait.begin(False, retired).deadline == pytest.approx(deadline(first=False, retiring_for=60.0), abs=0.5)
+    assert wait.head is None and not wait.started

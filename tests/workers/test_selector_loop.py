@@ -36,7 +36,7 @@ def loop() -> Iterator[SelectorLoop]:
     cfg = SimpleNamespace(keepalive=5.0, worker_connections=1000, graceful_timeout=30.0,
                           header_timeout=10.0, threads=1)
     worker = SimpleNamespace(cfg=cfg, listeners=[SimpleNamespace(sock=listener)],
-                             envs={}, wake_fd=wake_r, log=logging.getLogger("test"))
+                             envs={}, wake_fd=wake_r, log=logging.getLogger("test"), check_interval=0.25)
     worker.envs[id(worker.listeners[0])] = None
     ioloop = SelectorLoop(worker, lambda conn, n: None, None)  # type: ignore[arg-type]
     try:

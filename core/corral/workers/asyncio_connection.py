@@ -342,6 +342,7 @@ class AsyncHttpConnection:
     """
 
     __slots__ = (
+        "_head_wait",
         "env",
         "header_timeout",
         "keepalive",
@@ -380,6 +381,7 @@ class AsyncHttpConnection:
         self.waiting: str | None = None
         #: Whatever the responder keeps for this connection.
         self.state: Any = None
+        self._head_wait: HeadWait | None = None
 
     # -- I/O -------------------------------------------------------------------------
 
@@ -493,8 +495,11 @@ class AsyncHttpConnection:
     async def next_head(self, first: bool) -> RequestHead | None:
         """The next request head, or None when the connection should just close (corral.serve.waits)."""
         protocol = self.protocol
-        wait = HeadWait(self.parser, self.loop.time, first=first, header_timeout=self.header_timeout,
-                        keepalive=self.keepalive, retiring_since=self.worker.retiring_since)
+        wait = self._head_wait
+        if wait is None or wait.parser is not self.parser:
+            wait = self._head_wait = HeadWait(self.parser, self.loop.time,
+                                              header_timeout=self.header_timeout, keepalive=self.keepalive)
+        wait.begin(first, self.worker.retiring_since)
         while not wait.step():
             data = protocol.take()
             if data is not None:

@@ -10,7 +10,7 @@ in a :class:`~corral.serve.threads.RequestThreads` (callables, every thread star
 
 Lifecycle on the loop: accept on every listener until ``--worker-connections``
 connections are open (then stop accepting until one closes, leaving new
-connections to other workers); every :data:`BEAT_INTERVAL` the request
+connections to other workers); every ``check_interval`` the request
 watchdog beats the heartbeat (unless a request has been stuck in its thread
 past ``--timeout``, so that the arbiter replaces the worker; a responder
 without a watchdog beats directly, and one that blocks the loop stops the
@@ -70,9 +70,6 @@ ACCEPT_BATCH: Final = 16
 #: After accept() ran out of file descriptors or memory, try again this much
 #: later (or as soon as one of our connections closes).
 ACCEPT_RETRY: Final = 0.1
-#: Heartbeat period in seconds. The watchdog needs to look at least this
-#: often to replace a stuck worker "within about a second" of --timeout.
-BEAT_INTERVAL: Final = 0.5
 
 
 class AsyncioWorker(Worker):
@@ -138,7 +135,7 @@ class AsyncioWorker(Worker):
         # The WSGI threads' malloc arenas keep what big bodies freed: give it
         # back once the worker goes idle (corral.workers.memory).
         self._idle_trim = IdleTrim(self.log, self.pid)
-        self._beat_handle = loop.call_later(BEAT_INTERVAL, self._beat)
+        self._beat_handle = loop.call_later(self.check_interval, self._beat)
         if self.balance is not None:
             self.balance.join()
         self._resume_accepting()
@@ -277,7 +274,7 @@ class AsyncioWorker(Worker):
     def _beat(self) -> None:
         # Re-armed first, so that an error below (logged by the loop's
         # exception handler) cannot stop the heartbeat for good.
-        self._beat_handle = self.loop.call_later(BEAT_INTERVAL, self._beat)
+        self._beat_handle = self.loop.call_later(self.check_interval, self._beat)
         if self.watchdog is not None:
             self.watchdog.check()
             self._idle_trim.check(self.loop.time(), self.nr, self.watchdog.busy)

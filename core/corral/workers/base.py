@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from corral.accesslog import AccessLog
 from corral.app import load_app
+from corral.heartbeat import CHECK_INTERVAL
 from corral.http.parser import ParserLimits
 from corral.logs import reopen_logs
 from corral.process import drop_privileges
@@ -254,6 +255,16 @@ class Worker:
     def notify(self) -> None:
         """Beat the heartbeat (cheap: throttled); call it often."""
         self.heartbeat.notify()
+
+    @property
+    def check_interval(self) -> float:
+        """The longest an idle loop may sleep: it then beats, asks keep_serving(), runs its watchdog.
+
+        Every class uses this one cadence (corral.heartbeat.CHECK_INTERVAL,
+        or a quarter of --timeout when that is shorter).
+        """
+        timeout = self.cfg.timeout
+        return min(CHECK_INTERVAL, timeout / 4) if timeout else CHECK_INTERVAL
 
     def request_done(self) -> None:
         self.nr += 1

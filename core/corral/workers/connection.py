@@ -122,6 +122,7 @@ class HttpConnection:
     _resp: Response
     _early: bool = False
     _last_sent: bool = False
+    _head_wait: HeadWait | None = None
 
     # -- I/O: the transport moves the bytes ------------------------------------------
 
@@ -148,8 +149,11 @@ class HttpConnection:
 
     def next_head(self, first: bool) -> RequestHead | None:
         """The next request head, or None when the connection should just close (corral.serve.waits)."""
-        wait = HeadWait(self.parser, time.monotonic, first=first, header_timeout=self.header_timeout,
-                        keepalive=self.keepalive, retiring_since=self.worker.retiring_since)
+        wait = self._head_wait
+        if wait is None or wait.parser is not self.parser:  # the first, or TLS made a new parser
+            wait = self._head_wait = HeadWait(self.parser, time.monotonic,
+                                              header_timeout=self.header_timeout, keepalive=self.keepalive)
+        wait.begin(first, self.worker.retiring_since)
         while not wait.step():
             try:
                 self._recv(wait.deadline)

@@ -64,11 +64,6 @@ from corral.workers.watchdog import RequestWatchdog
 if TYPE_CHECKING:
     from corral.wsgi.environ import EnvironContext
 
-#: The loop runs the watchdog (which beats the heartbeat), checks the parent
-#: and re-checks ``alive`` at least this often. Well under the heartbeat's
-#: own 0.5 s throttle, so a busy loop never looks silent, and cheap enough
-#: (a clock read and a dict scan of at most --threads entries).
-CHECK_INTERVAL: Final = 0.25
 #: accept() failed for lack of a resource (file descriptors, memory): the
 #: connection stays queued and the listener readable, so retrying at once
 #: would spin. Stop accepting for this long.
@@ -154,6 +149,9 @@ class SelectorLoop:
         self.keepalive: float = cfg.keepalive
         self.max_connections: int = cfg.worker_connections
         self.graceful_timeout: float = cfg.graceful_timeout
+        #: It runs the watchdog (which beats), checks the parent and re-checks
+        #: ``alive`` at least this often (Worker.check_interval: one cadence for every class).
+        self.check_interval = worker.check_interval
         self.poller = make_poller()
         self.header_deadlines = Deadlines(cfg.header_timeout)
         self.idle_deadlines = Deadlines(cfg.keepalive)
@@ -285,7 +283,7 @@ class SelectorLoop:
         if now >= self.peek_at:
             self.peek(now)
         if now >= next_check:
-            next_check = now + CHECK_INTERVAL
+            next_check = now + self.check_interval
             self.watchdog.check()
             self.idle_trim.check(now, self.worker.nr, self.in_threads > 0)
             if self.worker.alive and not self.worker.keep_serving():

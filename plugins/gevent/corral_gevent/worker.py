@@ -93,10 +93,6 @@ ACCEPT_BURST: Final = 16
 #: p99 of 1 MiB files to closing clients (gunicorn accepts one connection per
 #: turn when it has several workers). Measured in docs/performance.md.
 ACCEPT_BATCH_TIME: Final = 0.005
-#: The heartbeat greenlet beats at most this far apart (and a quarter of
-#: --timeout when that is shorter), so a worker that is merely busy is never
-#: mistaken for a stuck one.
-HEARTBEAT_INTERVAL: Final = 0.5
 #: The main greenlet re-checks ``alive`` this often even without a wake-up,
 #: in case something cleared it without writing to the wake pipe.
 STOP_POLL: Final = 1.0
@@ -358,8 +354,7 @@ class GeventWorker(Worker):
     # -- heartbeat and stopping -------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
-        timeout = self.cfg.timeout
-        interval = min(HEARTBEAT_INTERVAL, timeout / 4) if timeout else HEARTBEAT_INTERVAL
+        interval = self.check_interval  # a worker that is merely busy never looks stuck
         while True:
             self.heartbeat.beat()
             if self.alive and not self.keep_serving():

@@ -36,8 +36,7 @@ class SyncWorker(Worker):
         for sock in listeners:
             sock.setblocking(False)
         waitables: list[socket.socket | int] = [*listeners, self.wake_fd]
-        # Wake at least this often to beat the heartbeat and check the parent.
-        interval = min(1.0, (self.cfg.timeout or 2.0) / 2)
+        interval = self.check_interval  # to beat, and to see a retirement without a wake-up
         while self.alive:
             self.notify()
             try:

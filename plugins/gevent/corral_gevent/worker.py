@@ -163,19 +163,11 @@ class _Connection(HttpConnection):
         if not first and loop.iteration == self._turn:
             # The request just served never gave the CPU away (the loop has
             # not polled since its head was read): let every other ready
-            # greenlet run before this one reads its next request. A client
-            # that answers at once would otherwise keep this greenlet on the
-            # CPU request after request, since a recv that finds data never
-            # yields: a few connections were served in microseconds while
-            # the rest waited hundreds of milliseconds (measured p99 1 s at
-            # 64 connections). Under load the yield also leaves time for the
-            # next request to arrive, so the recv after it finds data
-            # instead of waiting on the hub, which costs more.
-            # A request whose app waited (a query, a sleep) has already let
-            # the others run; yielding again only put this connection behind
-            # every greenlet woken with it (a 10 ms sleep app at 64 clients:
-            # 0.9 instead of 0.4 ms from one response to the next request's
-            # start, and 3% fewer requests than gunicorn).
+            # greenlet run before this one reads its next request, or a
+            # client that answers at once keeps this greenlet on the CPU
+            # (a recv that finds data never yields). A request whose app
+            # waited has let the others run already. The p99s behind both
+            # halves of the rule: docs/performance.md (gevent's yield).
             gevent.sleep(0)
         self.waiting = True
         try:

@@ -24,13 +24,8 @@ class SyncWorker(Worker):
         # function and its environ context, looked up once per wake-up.
         # No TCP_NODELAY (acceptor's default elsewhere): a sync connection
         # carries one response and closes, and the close pushes out what
-        # Nagle holds; a fresh connection's client acknowledges at once
-        # (quick-ack), so the kit's streamed-response check passes without
-        # it. The option is a system call per request, and sync's requests
-        # are one per connection: bench/run.py back to back, the code before
-        # and after issue 31, gave sync's hello world 3% fewer req/s with it.
-        # (A long stream to a client that delays its ACKs is gthread's or
-        # gevent's to serve; sync belongs behind a buffering proxy.)
+        # Nagle holds, so the option would be a system call per request for
+        # nothing (measured in docs/performance.md, "the serving layer").
         listeners = {lst.sock: (acceptor(lst.sock, nodelay=False), self.envs[id(lst)])
                      for lst in self.listeners}
         for sock in listeners:

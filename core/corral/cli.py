@@ -24,6 +24,7 @@ from corral import __version__
 from corral.config import Config
 from corral.confighooks import ConfigFileHooks
 from corral.errors import AppImportError, ConfigError
+from corral.parity import GUNICORN_SETTINGS, TREATMENT, unsupported
 from corral.plugins import LoadedPlugin, make_plugin_manager, resolve_worker, worker_registry
 from corral.process import apply_env, daemonize, resolve_ids
 from corral.reference import collect_settings
@@ -34,6 +35,11 @@ from corral.workers.tls import check_tls_settings
 DEFAULT_CONFIG_FILE = "corral.conf.py"
 #: Extra command-line arguments from the environment (gunicorn: GUNICORN_CMD_ARGS).
 CMD_ARGS_ENV = "CORRAL_CMD_ARGS"
+#: A deployment moved from gunicorn keeps these: read when corral's own are
+#: absent (and said so), never silently left out. A container whose command
+#: was `gunicorn app.wsgi` came up on loopback with one sync worker.
+GUNICORN_CONFIG_FILE = "gunicorn.conf.py"
+GUNICORN_CMD_ARGS_ENV = "GUNICORN_CMD_ARGS"
 DISABLE_ENV = "CORRAL_DISABLE_PLUGINS"
 _FLAG_ONLY = ("check_config", "print_config", "disable_plugin")
 
@@ -101,7 +107,30 @@ def build_argparser(registry: SettingsRegistry) -> argparse.ArgumentParser:
             kwargs["action"] = setting.action
             kwargs["metavar"] = setting.metavar or "VALUE"
         group.add_argument(*setting.flags, **kwargs)
+    _add_gunicorn_flags(parser)
     return parser
+
+
+#: Where a gunicorn flag corral does not have lands in the parsed arguments.
+_GUNICORN_DEST = "gunicorn_setting:"
+
+
+def _add_gunicorn_flags(parser: argparse.ArgumentParser) -> None:
+    """gunicorn's flags for settings corral lacks, hidden from --help, judged by corral.parity.
+
+    Without them argparse took ``--statsd-host`` for an unknown option and its
+    value for APP_MODULE ("unrecognized arguments: --statsd-host hello:app").
+    """
+    taken = set(parser._option_string_actions)
+    for name, (kind, text) in TREATMENT.items():
+        flags = [f for f in GUNICORN_SETTINGS[name].flags if f not in taken]
+        if not flags:
+            continue
+        dest = text if kind == "renamed" else _GUNICORN_DEST + name
+        if GUNICORN_SETTINGS[name].takes_value:
+            parser.add_argument(*flags, dest=dest, help=argparse.SUPPRESS, metavar="VALUE")
+        else:
+            parser.add_argument(*flags, dest=dest, action="store_true", help=argparse.SUPPRESS)
 
 
 def build_config(
@@ -112,8 +141,13 @@ def build_config(
     """Every source, later wins: defaults < config file < $CORRAL_CMD_ARGS < command line."""
     parser = parser or build_argparser(registry)
     args = parser.parse_args(list(argv))
-    env_args = parser.parse_args(shlex.split(os.environ.get(CMD_ARGS_ENV, "")))
     cfg = Config(registry)
+    env_name = CMD_ARGS_ENV
+    if CMD_ARGS_ENV not in os.environ and os.environ.get(GUNICORN_CMD_ARGS_ENV):
+        env_name = GUNICORN_CMD_ARGS_ENV
+        cfg.warnings.append(f"reading ${GUNICORN_CMD_ARGS_ENV} (no ${CMD_ARGS_ENV} is set): "
+                            f"{os.environ[GUNICORN_CMD_ARGS_ENV]}")
+    env_args = parser.parse_args(shlex.split(os.environ.get(env_name, "")))
 
     if os.environ.get("SCRIPT_NAME"):
         cfg.set("script_name", os.environ["SCRIPT_NAME"], "environment SCRIPT_NAME")
@@ -124,13 +158,21 @@ def build_config(
     config_path = getattr(args, "config", None) or getattr(env_args, "config", None)
     if config_path is None and os.path.exists(DEFAULT_CONFIG_FILE):
         config_path = DEFAULT_CONFIG_FILE
+    elif config_path is None and os.path.exists(GUNICORN_CONFIG_FILE):
+        config_path = GUNICORN_CONFIG_FILE
+        cfg.warnings.append(f"reading ./{GUNICORN_CONFIG_FILE}, as gunicorn would (no -c and no "
+                            f"./{DEFAULT_CONFIG_FILE} here); rename it to {DEFAULT_CONFIG_FILE} "
+                            "to make this explicit")
     if config_path:
         cfg.load_file(config_path)
         cfg.set("config", config_path, "command line")
 
-    for source, ns in ((f"${CMD_ARGS_ENV}", env_args), ("command line", args)):
+    for source, ns in ((f"${env_name}", env_args), ("command line", args)):
         for name, value in vars(ns).items():
             if name in _FLAG_ONLY or name == "app_module":
+                continue
+            if name.startswith(_GUNICORN_DEST):
+                unsupported(name[len(_GUNICORN_DEST):], value, source, cfg.warnings)
                 continue
             cfg.set(name, value, source)
         if getattr(ns, "app_module", None):
@@ -289,6 +331,13 @@ def serve(argv: list[str]) -> int:
                 os.chdir(cfg.chdir)
             except OSError as exc:
                 raise ConfigError(f"--chdir {cfg.chdir}: {exc.strerror}") from None
+        if cfg.pythonpath:
+            # As gunicorn: each directory first on sys.path, in the order given;
+            # relative ones from the directory the app loads in (after --chdir).
+            for entry in reversed([p.strip() for p in cfg.pythonpath.split(",") if p.strip()]):
+                path = os.path.abspath(entry)
+                if path not in sys.path:
+                    sys.path.insert(0, path)
         cfg.ids = resolve_ids(cfg.user, cfg.group)
         apply_env(cfg.raw_env)
         return cfg

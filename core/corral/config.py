@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from corral.errors import ConfigError
+from corral.parity import GUNICORN_SETTINGS, unsupported
 from corral.settings import SettingsRegistry
 
 #: gunicorn's server-hook names and their positional arguments.
@@ -46,20 +47,6 @@ SERVER_HOOKS: dict[str, tuple[str, ...]] = {
     "worker_timeout": ("server", "worker"),
     "ssl_context": ("config", "default_ssl_context_factory"),
 }
-
-#: gunicorn settings corral does not have (yet); a config file naming them
-#: gets a warning instead of an error so that it keeps loading.
-GUNICORN_ONLY = frozenset({
-    "accesslog", "access_log_format", "capture_output", "logconfig", "logconfig_dict",
-    "logger_class", "syslog", "syslog_addr", "syslog_prefix", "syslog_facility",
-    "statsd_host", "statsd_prefix", "dogstatsd_tags", "enable_stdio_inheritance",
-    "daemon", "raw_env", "user", "group", "umask", "initgroups", "tmp_upload_dir",
-    "reload", "reload_engine", "reload_extra_files", "spew", "check_config", "print_config",
-    "sendfile", "reuse_port", "paste", "pythonpath", "raw_paste_global_conf",
-    "strip_header_spaces", "ssl_version",
-    "suppress_ragged_eofs", "do_handshake_on_connect", "proxy_protocol",
-    "proxy_allow_ips", "casefold_http_method", "forwarder_headers", "default_proc_name",
-})
 
 _CONFIG_LIKE = (str, int, float, bool, list, tuple, dict, type(None))
 
@@ -150,9 +137,12 @@ class Config:
             if name in self.registry:
                 self.set(name, value, source)
                 continue
+            if name in GUNICORN_SETTINGS:  # a dirty_* hook too: named, never passed over
+                self._unknown(name, value, source)
+                continue
             if callable(value) or not isinstance(value, _CONFIG_LIKE):
                 continue
-            self._unknown(name, source)
+            self._unknown(name, value, source)
 
     def _load_toml(self, path: str) -> None:
         try:
@@ -170,14 +160,19 @@ class Config:
                          for n, o in value.items()}
             if key in self.registry:
                 self.set(key, value, source)
+            elif key in GUNICORN_SETTINGS:
+                self._unknown(key, value, source)
             else:
                 raise ConfigError(
                     f"{source}: unknown setting {name!r}{_suggest(key, self.registry)}"
                 )
 
-    def _unknown(self, name: str, source: str) -> None:
-        if name in GUNICORN_ONLY:
-            self.warnings.append(f"{source}: gunicorn setting {name!r} is not supported by corral; ignored")
+    def _unknown(self, name: str, value: Any, source: str) -> None:
+        """A name that is not a corral setting: gunicorn's (corral.parity decides), or a typo."""
+        if name in GUNICORN_SETTINGS:
+            target = unsupported(name, value, source, self.warnings)
+            if target is not None:
+                self.set(target, value, f"{source} (gunicorn's {name})")
             return
         hint = _suggest(name, self.registry)
         if hint:

@@ -328,6 +328,9 @@ def core_settings() -> list[Setting]:
           "The WSGI app as module:callable or module:factory(); same as APP_MODULE."),
         S("chdir", "Application", optional_string, None,
           "Change to this directory before loading the app.", ("--chdir",), "DIR"),
+        S("pythonpath", "Application", optional_string, None,
+          "Comma-separated directories put first on the Python path before the app loads.",
+          ("--pythonpath",), "DIRS"),
         S("preload_app", "Application", boolean, False,
           "Load the app in the arbiter before forking workers.", ("--preload",), action="store_true"),
         S("script_name", "Application", string, "",
@@ -420,7 +423,8 @@ def core_settings() -> list[Setting]:
           "Restart workers when a loaded Python source file changes (development only).",
           ("--reload",), action="store_true"),
         S("config", "Process", optional_string, None,
-          "Config file: Python (*.py) or TOML (*.toml). ./corral.conf.py is read when present.",
+          "Config file: Python (*.py) or TOML (*.toml). ./corral.conf.py is read when present, "
+          "else ./gunicorn.conf.py.",
           ("-c", "--config"), "FILE"),
         # -- logging
         S("loglevel", "Logging", choice("debug", "info", "warning", "error", "critical"), "info",

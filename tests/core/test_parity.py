@@ -1,0 +1,186 @@
+"""Every gunicorn setting is supported, warned about or refused, by one rule, from every source."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corral.cli import build_argparser
+from corral.parity import GUNICORN_SETTINGS, HOOKS, TREATMENT, kind_of, reference
+from corral.settings import default_registry
+from corral.testing import CorralProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "corral.testing.apps:app"
+
+
+def corral(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("CORRAL_CMD_ARGS", "GUNICORN_CMD_ARGS")}
+    return subprocess.run([sys.executable, "-m", "corral", *args], capture_output=True, text=True,
+                          timeout=30, cwd=cwd, env={**clean, **(env or {})})
+
+
+def test_the_table_is_gunicorns_own_list() -> None:
+    gconfig = pytest.importorskip("gunicorn.config")
+    theirs = {s.name: s for s in gconfig.KNOWN_SETTINGS}
+    assert list(theirs) == list(GUNICORN_SETTINGS), "gunicorn's settings changed: update corral/parity.py"
+    for name, setting in theirs.items():
+        ours = GUNICORN_SETTINGS[name]
+        assert ours.flags == tuple(setting.cli or ()), name
+        assert ours.takes_value == (setting.action not in ("store_true", "store_const")), name
+
+
+def test_every_setting_has_a_treatment_that_holds() -> None:
+    registry = default_registry()
+    flags = set(build_argparser(registry)._option_string_actions)
+    for name, gunicorn in GUNICORN_SETTINGS.items():
+        kind, text = kind_of(name)
+        if kind == "same":
+            assert name in registry, f"{name} is said to be supported but corral has no such setting"
+        elif kind == "renamed":
+            assert text in registry, name
+        elif kind == "hook":
+            assert name in HOOKS
+        else:
+            assert text, f"{name}: an {kind} setting must say what corral does instead"
+            assert name not in registry, f"{name} is a corral setting now: drop it from TREATMENT"
+        # Every gunicorn flag parses: as corral's own, or as gunicorn's, judged by the table.
+        assert set(gunicorn.flags) <= flags, name
+    assert set(TREATMENT) <= set(GUNICORN_SETTINGS)
+
+
+def test_the_reference_page_is_current() -> None:
+    committed = (ROOT / "docs" / "gunicorn-settings.md").read_text()
+    assert reference() == committed, "docs/gunicorn-settings.md is stale: run python -m corral.parity"
+    assert committed.count("\n| `") == len(GUNICORN_SETTINGS)
+
+
+def test_an_unsupported_flag_warns_and_leaves_the_app_module_alone() -> None:
+    # It used to read "unrecognized arguments: --statsd-host corral.testing.apps:app".
+    res = corral("--statsd-host", "localhost:8125", "--spew", "--check-config", APP)
+    assert res.returncode == 0, res.stderr
+    assert "'statsd_host' (--statsd-host) is a gunicorn setting corral does not support" in res.stderr
+    assert "'spew' (--spew) is a gunicorn setting" in res.stderr and "ignored" in res.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--paste", "app.ini"], "PasteDeploy apps are not supported"),
+    (["--dirty-app", "tasks:app"], "dirty arbiters are not in corral"),
+    (["--protocol", "uwsgi"], "corral speaks HTTP/1.1 only"),
+])
+def test_a_setting_the_app_depends_on_is_refused_with_what_to_do(args: list[str], says: str) -> None:
+    res = corral(*args, "--check-config", APP)
+    assert res.returncode == 2 and says in res.stderr, res.stderr
+    assert "is a gunicorn setting corral does not support" in res.stderr
+
+
+def test_one_rule_for_a_config_file_toml_included(tmp_path: Path) -> None:
+    py = tmp_path / "g.py"
+    py.write_text("statsd_host = 'localhost:8125'\nprotocol = 'http'\nroot_path = '/api'\n"
+                  "dirty_workers = 2\ndef on_dirty_starting(arbiter):\n    pass\n")
+    res = corral("-c", str(py), "--print-config", APP)
+    assert res.returncode == 0, res.stderr
+    assert "'statsd_host' (--statsd-host) is a gunicorn setting" in res.stderr
+    assert "'dirty_workers'" in res.stderr and "'on_dirty_starting'" in res.stderr  # a hook too
+    assert "protocol" not in res.stderr  # gunicorn's default: nothing to say
+    assert "script_name" in res.stdout and "'/api'" in res.stdout  # root_path, renamed
+    toml = tmp_path / "g.toml"
+    toml.write_text('paste = "app.ini"\n')
+    res = corral("-c", str(toml), "--check-config", APP)
+    assert res.returncode == 2 and "PasteDeploy apps are not supported" in res.stderr
+
+
+def test_pythonpath_puts_directories_first(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "elsewhere.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'from lib']\n")
+    with CorralProcess("elsewhere:app", ["--pythonpath", str(lib)], workdir=tmp_path) as server:
+        assert server.request()[2] == b"from lib"
+
+
+def test_gunicorn_cmd_args_are_read_when_corral_has_none(tmp_path: Path) -> None:
+    res = corral("--print-config", APP, env={"GUNICORN_CMD_ARGS": "--workers 3 --statsd-host x:1"})
+    assert res.returncode == 0, res.stderr
+    assert "reading $GUNICORN_CMD_ARGS" in res.stderr
+    assert "workers" in res.stdout and "3  # $GUNICORN_CMD_ARGS" in res.stdout
+    assert "$GUNICORN_CMD_ARGS: 'statsd_host'" in res.stderr
+    res = corral("--print-config", APP, env={"GUNICORN_CMD_ARGS": "--workers 3", "CORRAL_CMD_ARGS": ""})
+    assert "3  # $GUNICORN_CMD_ARGS" not in res.stdout  # corral's own variable wins, even empty
+
+
+def test_a_gunicorn_deployment_moves_over_unchanged(tmp_path: Path) -> None:
+    """A real gunicorn.conf.py, found as gunicorn finds it, with its hooks as plain callables."""
+    log = tmp_path / "hooks.log"
+    (tmp_path / "gunicorn.conf.py").write_text(f'''
+import multiprocessing
+
+_LOG = {str(log)!r}
+
+def _note(*words):
+    with open(_LOG, "a") as f:
+        f.write(" ".join(str(w) for w in words) + "\\n")
+
+workers = 2
+worker_class = "gthread"
+threads = 4
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+max_requests = 1000
+max_requests_jitter = 50
+backlog = 512
+limit_request_line = 4094
+forwarded_allow_ips = "127.0.0.1"
+secure_scheme_headers = {{"X-FORWARDED-PROTO": "https"}}
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s'
+proc_name = "shop"
+raw_env = ["SHOP_MODE=prod"]
+statsd_host = "localhost:8125"   # gunicorn-only: warned, never silently dropped
+
+def on_starting(server):
+    _note("on_starting")
+
+def when_ready(server):
+    _note("when_ready")
+
+def post_fork(server, worker):
+    _note("post_fork", worker.pid)
+
+def pre_request(worker, req):
+    _note("pre_request", req.method, req.path)
+
+def post_request(worker, req, environ, resp):
+    _note("post_request", req.path, resp.status_code)
+
+def worker_exit(server, worker):
+    _note("worker_exit", worker.pid)
+''')
+    (tmp_path / "shop.py").write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [os.environ['SHOP_MODE'].encode(), b' ', environ['wsgi.url_scheme'].encode()]\n")
+    with CorralProcess("shop:app", workdir=tmp_path, workers=None) as server:
+        server.wait_for_workers(2)
+        status, _, body = server.request("GET", "/cart", headers={"X-Forwarded-Proto": "https"})
+        assert (status, body) == (200, b"prod https")
+        assert server.stop() == 0  # a graceful stop: every hook has run when it returns
+        text = server.log()
+        assert "reading ./gunicorn.conf.py, as gunicorn would" in text
+        assert "'statsd_host' (--statsd-host) is a gunicorn setting corral does not support" in text
+    notes = log.read_text().splitlines()
+    assert notes[0] == "on_starting" and "when_ready" in notes
+    assert sum(n.startswith("post_fork ") for n in notes) == 2
+    assert "pre_request GET /cart" in notes and "post_request /cart 200" in notes
+    assert sum(n.startswith("worker_exit ") for n in notes) == 2

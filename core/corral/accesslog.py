@@ -140,7 +140,8 @@ _ATOMS: Final[dict[str, tuple[str, bool]]] = {
     "H": ("head.version", False),
     "s": ("resp.status_code", False),
     "B": ("resp.bytes_sent", False),
-    "b": ('(resp.bytes_sent or "-")', False),
+    # gunicorn's, not Apache's: 0 for a bodiless response (HEAD, 204, 304), not "-".
+    "b": ("resp.bytes_sent", False),
     "f": ('(environ.get("HTTP_REFERER") or "-")', True),
     "a": ('(environ.get("HTTP_USER_AGENT") or "-")', True),
     "T": ("int(took)", False),

@@ -137,6 +137,8 @@ class Arbiter:
         for pool in self.pools:
             self.log.info("Pool %s: %s x %s worker(s), app %s, at %s", pool.name, pool.size,
                           pool.spec.name, pool.app_uri, ", ".join(lst.name for lst in pool.listeners))
+            # As gunicorn, which calls it when the worker count is first set (old_value None).
+            self.pm.hook.corral_nworkers_changed(server=self, new_value=pool.size, old_value=None)
         set_process_title("master", self.cfg)
         self.manage_workers()
         self.pm.hook.corral_when_ready(server=self)
@@ -315,6 +317,8 @@ class Arbiter:
             gc.unfreeze()
             handle.pid = pid
             self.workers[pid] = handle
+            # gunicorn's wording: the line operators grep for.
+            self.log.info("Booting worker with pid: %s (pool %s, %s)", pid, pool.name, pool.spec.name)
             return
         self._run_worker(handle)
 

@@ -25,10 +25,16 @@ from corral.config import Config
 from corral.confighooks import ConfigFileHooks
 from corral.errors import AppImportError, ConfigError
 from corral.parity import GUNICORN_SETTINGS, TREATMENT, unsupported
-from corral.plugins import LoadedPlugin, make_plugin_manager, resolve_worker, worker_registry
+from corral.plugins import (
+    GUNICORN_CLASSES,
+    LoadedPlugin,
+    make_plugin_manager,
+    resolve_worker,
+    worker_registry,
+)
 from corral.process import apply_env, daemonize, resolve_ids
 from corral.reference import collect_settings
-from corral.settings import SettingsRegistry, default_registry
+from corral.settings import Setting, SettingsRegistry, default_registry
 from corral.workers.tls import check_tls_settings
 
 #: Read when present and no -c is given, as gunicorn reads ./gunicorn.conf.py.
@@ -133,6 +139,41 @@ def _add_gunicorn_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, dest=dest, action="store_true", help=argparse.SUPPRESS)
 
 
+def optional_values(argv: Sequence[str], registry: SettingsRegistry) -> list[str]:
+    """gunicorn's optional-value form of a bare flag (``--proxy-protocol v2``, ``--proxy-protocol=v2``).
+
+    argparse cannot take a value only when one follows (it would swallow an
+    APP_MODULE after a bare ``--proxy-protocol``), so the forms are rewritten
+    to ``FLAG-version VALUE`` when the word after the flag is one of the
+    setting's own choices; anything else leaves the flag bare.
+    """
+    bare = {flag: setting for setting in registry if setting.const is not None for flag in setting.flags}
+    out: list[str] = []
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        flag, eq, value = word.partition("=")
+        setting = bare.get(flag)
+        if setting is not None and eq:
+            out += [f"{setting.flags[-1]}-version", value]
+        elif setting is not None and i + 1 < len(words) and _is_value(setting, words[i + 1]):
+            out += [f"{setting.flags[-1]}-version", words[i + 1]]
+            i += 1
+        else:
+            out.append(word)
+        i += 1
+    return out
+
+
+def _is_value(setting: Setting, word: str) -> bool:
+    try:
+        setting.convert(word)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def build_config(
     argv: Sequence[str],
     registry: SettingsRegistry,
@@ -140,14 +181,14 @@ def build_config(
 ) -> tuple[Config, argparse.Namespace]:
     """Every source, later wins: defaults < config file < $CORRAL_CMD_ARGS < command line."""
     parser = parser or build_argparser(registry)
-    args = parser.parse_args(list(argv))
+    args = parser.parse_args(optional_values(argv, registry))
     cfg = Config(registry)
     env_name = CMD_ARGS_ENV
     if CMD_ARGS_ENV not in os.environ and os.environ.get(GUNICORN_CMD_ARGS_ENV):
         env_name = GUNICORN_CMD_ARGS_ENV
         cfg.warnings.append(f"reading ${GUNICORN_CMD_ARGS_ENV} (no ${CMD_ARGS_ENV} is set): "
                             f"{os.environ[GUNICORN_CMD_ARGS_ENV]}")
-    env_args = parser.parse_args(shlex.split(os.environ.get(env_name, "")))
+    env_args = parser.parse_args(optional_values(shlex.split(os.environ.get(env_name, "")), registry))
 
     if os.environ.get("SCRIPT_NAME"):
         cfg.set("script_name", os.environ["SCRIPT_NAME"], "environment SCRIPT_NAME")
@@ -316,6 +357,10 @@ def serve(argv: list[str]) -> int:
         pm.hook.corral_configure(config=cfg)
         for name, pcfg in cfg.pool_configs():
             spec = resolve_worker(pm, pcfg.worker_class)
+            if pcfg.worker_class.replace(":", ".") in GUNICORN_CLASSES:
+                where = "" if name == "main" else f"pool {name}: "
+                cfg.warnings.append(f"{where}worker class {pcfg.worker_class!r} is gunicorn's; "
+                                    f"running corral's {spec.name!r}")
             if pcfg.preload_app and not spec.preload_safe:
                 where = "" if name == "main" else f" (pool {name})"
                 raise ConfigError(
@@ -325,7 +370,8 @@ def serve(argv: list[str]) -> int:
                 )
             if not pcfg.wsgi_app:
                 raise ConfigError(f"pool {name} has no app: give APP_MODULE or its wsgi_app")
-            check_tls_settings(pcfg, spec)
+            cfg.warnings += [w if name == "main" else f"pool {name}: {w}"
+                             for w in check_tls_settings(pcfg, spec)]
         if cfg.chdir:
             try:
                 os.chdir(cfg.chdir)
@@ -344,7 +390,7 @@ def serve(argv: list[str]) -> int:
 
     try:
         cfg = load()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(optional_values(argv, registry))
     except ConfigError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return 2

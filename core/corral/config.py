@@ -186,7 +186,15 @@ class Config:
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, value, source) for every setting, for --print-config."""
-        return [(n, repr(v), self.sources[n]) for n, v in sorted(self.values.items())]
+        out = []
+        for name, value in sorted(self.values.items()):
+            text = repr(value)
+            if name == "workers" and value == "auto":
+                from corral.pool import cpu_count
+
+                text = f"{cpu_count()}  (auto)"  # what the arbiter will start, as gunicorn prints
+            out.append((name, text, self.sources[name]))
+        return out
 
 
 def _suggest(name: str, registry: SettingsRegistry) -> str:

@@ -199,7 +199,10 @@ def corral_worker_exit(server: Arbiter, worker: Worker) -> None:
 
 @hookspec
 def corral_nworkers_changed(server: Arbiter, new_value: int, old_value: int | None) -> None:
-    """Called in the arbiter when a pool's target worker count changes (TTIN, TTOU, reload)."""
+    """Called in the arbiter when a pool's target worker count is set.
+
+    At start with ``old_value`` None (as gunicorn does), then on TTIN, TTOU and reload.
+    """
 
 
 @hookspec

@@ -8,13 +8,15 @@ classes never imports gevent or tornado. The class itself is imported by
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata as md
+import importlib.util
 import logging
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import pluggy
 
@@ -259,6 +261,69 @@ def worker_registry(pm: pluggy.PluginManager) -> dict[str, WorkerSpec]:
     return registry
 
 
+#: gunicorn's own worker classes by their paths: a config moved over may name
+#: them so. They run as corral's class of the same concept.
+GUNICORN_CLASSES: Final = {
+    "gunicorn.workers.sync.SyncWorker": "sync",
+    "gunicorn.workers.gthread.ThreadWorker": "gthread",
+    "gunicorn.workers.ggevent.GeventWorker": "gevent",
+    "gunicorn.workers.gtornado.TornadoWorker": "tornado",
+}
+
+
+def check_class_path(name: str, path: str) -> None:
+    """A worker class given by path exists: its module is found and defines the name.
+
+    Checked in the arbiter before anything is bound, without running the
+    module (it may import gevent, which the arbiter never does): the module
+    is looked up with find_spec and its source read for a top-level
+    definition of the class. A module without Python source is left to
+    the worker's import.
+    """
+    module_name, _, attr = path.partition(":")
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"worker class {name!r}: cannot find module {module_name!r} ({exc})") from None
+    if spec is None:
+        raise ConfigError(f"worker class {name!r}: no module named {module_name!r} "
+                          "(give a registered name, see 'corral plugins', or package.module:Class)")
+    top = attr.split(".")[0]
+    origin = spec.origin
+    if not top or not origin or not origin.endswith(".py"):
+        return
+    try:
+        with open(origin, "rb") as f:
+            tree = ast.parse(f.read(), origin)
+    except (OSError, SyntaxError, ValueError):
+        return  # the worker's import reports it with its traceback
+    defined = _top_level_names(tree.body)
+    # A star import or a module __getattr__ may define anything: left to the import.
+    if top not in defined and not defined & {"*", "__getattr__"}:
+        raise ConfigError(f"worker class {name!r}: module {module_name!r} ({origin}) defines no {top!r}")
+
+
+def _top_level_names(body: list[ast.stmt]) -> set[str]:
+    """Names a module body binds, through if/try/with blocks (either branch counts)."""
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            inner = getattr(node, block, None)
+            if isinstance(inner, list) and not isinstance(node, ast.ClassDef | ast.FunctionDef
+                                                           | ast.AsyncFunctionDef):
+                stmts = [s for h in inner for s in h.body] if block == "handlers" else inner
+                names |= _top_level_names(stmts)
+    return names
+
+
 def resolve_worker(pm: pluggy.PluginManager, name: str) -> WorkerSpec:
     """Turn ``--worker-class`` into a spec: a registered name or ``pkg.module:Class``.
 
@@ -268,8 +333,15 @@ def resolve_worker(pm: pluggy.PluginManager, name: str) -> WorkerSpec:
     registry = worker_registry(pm)
     if name in registry:
         return registry[name]
+    if name.replace(":", ".") in GUNICORN_CLASSES:
+        ours = GUNICORN_CLASSES[name.replace(":", ".")]
+        if ours in registry:
+            return registry[ours]
+        raise ConfigError(f"worker class {name!r} is gunicorn's {ours} worker: corral's is {ours!r}, "
+                          f"which is not installed ({KNOWN_DISTRIBUTIONS.get(ours, '')})")
     if ":" in name or "." in name:
         path = name if ":" in name else "{}:{}".format(*name.rsplit(".", 1))
+        check_class_path(name, path)
         return WorkerSpec(name=name, path=path, description="worker class given by path")
     skipped: list[SkippedPlugin] = getattr(pm, "skipped", [])
     for plugin in skipped:

@@ -139,6 +139,19 @@ def optional_octal_mode(value: Any) -> int | None:
     return None if value is None else octal_mode(value)
 
 
+def umask_mode(value: Any) -> int | None:
+    """A umask as gunicorn reads it, and as corral always did where gunicorn refuses.
+
+    gunicorn reads a string with int(value, 0): "18" is decimal 18 (0o22),
+    "0o22" and "0x12" too, and "022" is an error there. So a string with a
+    leading 0 is octal (corral's reading, which gunicorn never accepts), and
+    a bare number is decimal, as in gunicorn.
+    """
+    if isinstance(value, str) and re.fullmatch(r"[1-9][0-9]*|0[xX][0-9a-fA-F]+", value.strip()):
+        value = int(value.strip(), 0)
+    return optional_octal_mode(value)
+
+
 def choice(*options: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if isinstance(value, str) and value.strip().lower() in options:
@@ -336,12 +349,15 @@ def core_settings() -> list[Setting]:
         S("script_name", "Application", string, "",
           "SCRIPT_NAME the app is mounted at; $SCRIPT_NAME sets the default.", ("--script-name",), "PATH"),
         # -- HTTP
-        S("limit_request_line", "HTTP", positive_int, 4094,
-          "Longest request line in bytes (414 beyond).", ("--limit-request-line",), "INT"),
-        S("limit_request_fields", "HTTP", positive_int, 100,
-          "Most header fields in a request (431 beyond).", ("--limit-request-fields",), "INT"),
-        S("limit_request_field_size", "HTTP", positive_int, 8190,
-          "Longest header field in bytes (431 beyond).",
+        S("limit_request_line", "HTTP", uint, 4094,
+          "Longest request line in bytes (414 beyond; 0: no limit up to 1 MiB, as gunicorn).",
+          ("--limit-request-line",), "INT"),
+        S("limit_request_fields", "HTTP", uint, 100,
+          "Most header fields in a request (431 beyond; 0: 32768, as gunicorn).",
+          ("--limit-request-fields",), "INT"),
+        S("limit_request_field_size", "HTTP", uint, 8190,
+          "Longest header field line in bytes, its CRLF counted as gunicorn does (431 beyond; "
+          "0: 8190).",
           ("--limit-request-field-size", "--limit-request-field_size"), "INT"),
         S("limit_request_body", "HTTP", uint, 0,
           "Largest request body in bytes (413 beyond; 0 means no limit).",
@@ -360,7 +376,8 @@ def core_settings() -> list[Setting]:
           ("--forwarded-allow-ips",), "ADDRESSES"),
         S("proxy_protocol", "HTTP", choice("off", "v1", "v2", "auto"), "off",
           "Expect a PROXY protocol header before the first request: --proxy-protocol accepts "
-          "v1 or v2 (auto), --proxy-protocol-version v1|v2|auto picks one.",
+          "v1 or v2 (auto); --proxy-protocol v1|v2|auto (gunicorn's form) or "
+          "--proxy-protocol-version picks one.",
           ("--proxy-protocol",), "VERSION", const="auto",
           doc="The value itself is given with --proxy-protocol-version v1|v2|auto, or "
               "proxy_protocol = 'v1' in a config file."),
@@ -413,8 +430,9 @@ def core_settings() -> list[Setting]:
           "Run workers as this user (name or uid); the arbiter keeps its own.", ("-u", "--user"), "USER"),
         S("group", "Process", user_or_id, None,
           "Run workers as this group (name or gid).", ("-g", "--group"), "GROUP"),
-        S("umask", "Process", optional_octal_mode, None,
-          "umask of the arbiter and the workers; unset keeps the inherited one.",
+        S("umask", "Process", umask_mode, None,
+          "umask of the arbiter and the workers (027 and 0o27 octal, 18 decimal, as gunicorn); "
+          "unset keeps the inherited one.",
           ("-m", "--umask"), "MODE"),
         S("initgroups", "Process", boolean, False,
           "Also give workers the supplementary groups of --user.", ("--initgroups",),

@@ -184,3 +184,90 @@ def worker_exit(server, worker):
     assert sum(n.startswith("post_fork ") for n in notes) == 2
     assert "pre_request GET /cart" in notes and "post_request /cart 200" in notes
     assert sum(n.startswith("worker_exit ") for n in notes) == 2
+
+
+def _field_line(length: int) -> bytes:
+    return b"X-Pad: " + b"a" * (length - len(b"X-Pad: "))
+
+
+def test_limits_mean_what_they_mean_in_gunicorn(tmp_path: Path) -> None:
+    # gunicorn counts a field line with its CRLF: at a limit of 98, 96 bytes
+    # pass and 97 do not; at the default 8190, an 8192-byte line is refused.
+    with CorralProcess(APP, ["--limit-request-field-size", "98"], workdir=tmp_path) as server:
+        for length, status in ((96, b" 200 "), (97, b" 431 ")):
+            reply = server.raw(b"GET / HTTP/1.1\r\nHost: x\r\n" + _field_line(length)
+                               + b"\r\nConnection: close\r\n\r\n")
+            assert status in reply[:20], (length, reply[:40])
+    with CorralProcess(APP, workdir=tmp_path) as server:
+        reply = server.raw(b"GET / HTTP/1.1\r\nHost: x\r\n" + _field_line(8192) + b"\r\nConnection: close\r\n\r\n")
+        assert b" 431 " in reply[:20]
+        reply = server.raw(b"GET / HTTP/1.1\r\nHost: x\r\n" + _field_line(8188) + b"\r\nConnection: close\r\n\r\n")
+        assert b" 200 " in reply[:20]
+    # 0: no limit on the request line (up to 1 MiB), 32768 fields, an 8190-byte field line.
+    args = ["--limit-request-line", "0", "--limit-request-fields", "0", "--limit-request-field-size", "0"]
+    with CorralProcess(APP, args, workdir=tmp_path) as server:
+        long_target = b"/?q=" + b"a" * 20000
+        reply = server.raw(b"GET " + long_target + b" HTTP/1.1\r\nHost: x\r\n"
+                           + b"".join(b"X-F%d: 1\r\n" % i for i in range(500)) + b"Connection: close\r\n\r\n")
+        assert b" 200 " in reply[:20]
+
+
+@pytest.mark.parametrize("args, value", [
+    (["--proxy-protocol", "v2", APP], "'v2'"),      # gunicorn's optional-value form
+    (["--proxy-protocol=v1", APP], "'v1'"),
+    (["--proxy-protocol", APP], "'auto'"),           # bare: the APP_MODULE is not taken for a value
+    ([APP, "--proxy-protocol"], "'auto'"),
+    (["--proxy-protocol-version", "v1", APP], "'v1'"),
+])
+def test_proxy_protocol_takes_gunicorns_forms(args: list[str], value: str) -> None:
+    res = corral("--print-config", *args)
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("proxy_protocol "))
+    assert f"= {value}" in line
+
+
+@pytest.mark.parametrize("worker_class, says", [
+    ("corral.testing.apps:Missing", "module 'corral.testing.apps' "),
+    ("no_such_package.workers:Worker", "cannot find module 'no_such_package.workers'"),
+])
+def test_a_worker_class_path_that_cannot_work_is_refused_before_anything_binds(
+        worker_class: str, says: str) -> None:
+    res = corral("-k", worker_class, "-b", "127.0.0.1:0", APP)  # serving, not only --check-config
+    assert res.returncode == 2, res.stderr
+    assert says in res.stderr and "Traceback" not in res.stderr and "Listening" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_gunicorns_own_class_paths_run_corrals_classes(tmp_path: Path) -> None:
+    res = corral("-k", "gunicorn.workers.gthread.ThreadWorker", "--check-config", APP)
+    assert res.returncode == 0, res.stderr
+    assert "is gunicorn's; running corral's 'gthread'" in res.stderr
+    with CorralProcess(APP, ["-k", "gunicorn.workers.sync.SyncWorker"], workdir=tmp_path) as server:
+        assert server.request()[0] == 200
+
+
+def test_gunicorn_value_forms_umask_and_auto_workers() -> None:
+    res = corral("--print-config", "-m", "18", "-w", "auto", APP)
+    assert res.returncode == 0, res.stderr
+    lines = {ln.split()[0]: ln for ln in res.stdout.splitlines() if ln.strip()}
+    assert "= 18 " in lines["umask"]  # decimal 18 (0o22), as gunicorn reads it
+    assert "(auto)" in lines["workers"] and "'auto'" not in lines["workers"]
+    res = corral("--print-config", "-m", "027", APP)
+    assert "= 23 " in next(ln for ln in res.stdout.splitlines() if ln.startswith("umask"))  # octal
+
+
+def test_the_log_lines_and_hooks_operators_rely_on(tmp_path: Path) -> None:
+    log = tmp_path / "n.log"
+    conf = tmp_path / "c.py"
+    conf.write_text(f"def nworkers_changed(server, new_value, old_value):\n"
+                    f"    open({str(log)!r}, 'a').write(f'{{new_value}} {{old_value}}\\n')\n"
+                    "accesslog = '-'\n")
+    with CorralProcess(APP, ["-c", str(conf), "-w", "2"], workdir=tmp_path, workers=None) as server:
+        pids = server.wait_for_workers(2)
+        assert server.request("HEAD", "/")[0] == 200
+        server.wait_for_log(r'"HEAD / HTTP/1.1" 200 0 ')  # %(b)s: 0, as gunicorn logs a HEAD
+        assert server.stop() == 0
+        text = server.log()
+    for pid in pids:
+        assert f"Booting worker with pid: {pid}" in text and f"Worker exiting (pid: {pid})" in text
+    assert log.read_text().splitlines()[0] == "2 None"  # at start, as gunicorn calls it

@@ -249,8 +249,13 @@ def _corral(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30)
 
 
+def test_tls_settings_without_a_certificate_are_ignored_with_a_warning(certs: Certs) -> None:
+    res = _corral("--keyfile", str(certs.key), "--ciphers", "ECDHE+AESGCM")  # gunicorn ignores them too
+    assert res.returncode == 0, res.stderr
+    assert "--keyfile, --ciphers given without --certfile, which turns TLS on: ignored" in res.stderr
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--keyfile", "{key}"], "--keyfile given without --certfile"),
     (["--certfile", "{cert}", "--keyfile", "{client_key}"], "cannot use --certfile"),
     (["--certfile", "{tmp}/missing.pem"], "No such file"),
     (["--certfile", "{cert}", "--keyfile", "{key}", "--cert-reqs", "required"], "needs --ca-certs"),

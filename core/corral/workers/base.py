@@ -81,6 +81,28 @@ APP_LOAD_ERROR: Final = 4
 RECYCLE_WAIT: Final = 60.0
 
 
+#: What a 0 means for the head limits, as in gunicorn, so that a deployment's
+#: values mean there what they meant before: no limit on the request line
+#: (up to 1 MiB), gunicorn's most header fields, its default field size.
+UNLIMITED_REQUEST_LINE: Final = 1 << 20
+MAX_HEADER_FIELDS: Final = 32768
+DEFAULT_FIELD_SIZE: Final = 8190
+
+
+def parser_limits(line: int, fields: int, field_size: int) -> dict[str, int]:
+    """The parser's limits for the limit_request_* settings, in gunicorn's terms.
+
+    gunicorn counts a header field line with its CRLF (a 97-byte line is over
+    a limit of 98); corral's parser counts the line alone, so it is given two
+    bytes less.
+    """
+    return {
+        "limit_request_line": line or UNLIMITED_REQUEST_LINE,
+        "limit_request_fields": fields or MAX_HEADER_FIELDS,
+        "limit_request_field_size": max((field_size or DEFAULT_FIELD_SIZE) - 2, 1),
+    }
+
+
 class Worker:
     """Subclass and implement :meth:`run`; see the module docstring for the lifecycle."""
 
@@ -144,9 +166,7 @@ class Worker:
         self.header_timeout: float = cfg.header_timeout
         self.write_timeout: float = cfg.timeout
         self.limits = ParserLimits(
-            limit_request_line=cfg.limit_request_line,
-            limit_request_fields=cfg.limit_request_fields,
-            limit_request_field_size=cfg.limit_request_field_size,
+            **parser_limits(cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size),
             limit_request_body=cfg.limit_request_body,
             permit_obsolete_folding=cfg.permit_obsolete_folding,
             header_map=cfg.header_map,
@@ -217,6 +237,7 @@ class Worker:
             if self.access_logger is not None:
                 self.access_logger.flush()
             self.pm.hook.corral_worker_exit(server=self.server, worker=self)
+            self.log.info("Worker exiting (pid: %s)", self.pid)
 
     def init_concurrency(self) -> None:
         """Set up the concurrency library before the app is imported (gevent patches here)."""

@@ -128,9 +128,11 @@ def worker_ssl_context(cfg: Config, pm: pluggy.PluginManager) -> ssl.SSLContext 
     return ctx
 
 
-def check_tls_settings(cfg: Config, spec: WorkerSpec) -> None:
+def check_tls_settings(cfg: Config, spec: WorkerSpec) -> list[str]:
     """In the arbiter, before anything starts (and on HUP): refuse TLS settings that cannot work.
 
+    :return: warnings: TLS settings given without --certfile, which gunicorn
+        ignores; corral ignores them too, but says so.
     :raises ConfigError: naming the setting and the fix.
     """
     if not tls_enabled(cfg):
@@ -139,9 +141,9 @@ def check_tls_settings(cfg: Config, spec: WorkerSpec) -> None:
         if cfg.cert_reqs:
             stray.append("--cert-reqs")
         if stray:
-            raise ConfigError(f"{', '.join(stray)} given without --certfile, which turns TLS on; "
-                              "without it they would do nothing. Add --certfile or drop them.")
-        return
+            return [f"{', '.join(stray)} given without --certfile, which turns TLS on: ignored, "
+                    "as gunicorn does (add --certfile to serve TLS)"]
+        return []
     if not spec.tls:
         raise ConfigError(
             f"--certfile is not supported by worker class {spec.name!r} yet: use -k sync, "
@@ -151,6 +153,7 @@ def check_tls_settings(cfg: Config, spec: WorkerSpec) -> None:
         raise ConfigError("--cert-reqs optional/required needs --ca-certs: the CAs that client "
                           "certificates are verified against.")
     default_ssl_context(cfg)
+    return []
 
 
 def start_tls(conn: HttpConnection, ctx: ssl.SSLContext) -> bool:

@@ -28,7 +28,8 @@ What is here, by what a worker does:
   with a :class:`Responder`, and :class:`WsgiThreadResponder`;
   :class:`ClientTimeout`, ``RECV_SIZE``;
 - run the steps around the app that every request goes through:
-  :mod:`corral.serve.cycle` (:func:`after_response`, :func:`keeps_connection`);
+  :mod:`corral.serve.cycle` (:func:`before_app`, :func:`after_response`,
+  :func:`keeps_connection`);
 - wait and retire by the one policy: :mod:`corral.serve.waits`
   (:func:`first_byte_deadline`, :func:`head_wait_timed_out`,
   :func:`body_wait_timed_out`, :class:`HeadWait`, :class:`Drain`) and
@@ -113,6 +114,7 @@ _EXPORTS: dict[str, str] = {
     "head_wait_timed_out": "corral.serve.waits",
     "body_wait_timed_out": "corral.serve.waits",
     "after_response": "corral.serve.cycle",
+    "before_app": "corral.serve.cycle",
     "keeps_connection": "corral.serve.cycle",
     "Listener": "corral.sockets",
 }
@@ -132,7 +134,7 @@ if TYPE_CHECKING:
         RequestParser,
     )
     from corral.plugins import WorkerSpec
-    from corral.serve.cycle import after_response, keeps_connection
+    from corral.serve.cycle import after_response, before_app, keeps_connection
     from corral.serve.retirement import (
         CLOSE_LINGER,
         CLOSE_LINGER_BYTES,
@@ -247,6 +249,7 @@ __all__ = [
     "WsgiThreadResponder",
     "acceptor",
     "after_response",
+    "before_app",
     "body_wait_timed_out",
     "build_environ",
     "error_response",

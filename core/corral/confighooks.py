@@ -13,15 +13,19 @@ from typing import Any
 
 from corral import hookimpl
 from corral.config import SERVER_HOOKS
+from corral.gunicorn_views import VIEWS
 
 
 def _wrap(func: Callable[..., Any], argnames: tuple[str, ...]) -> Callable[..., Any]:
     # pluggy learns which arguments to pass from the implementation's code
     # object, so the wrapper needs real parameters with the hook's names.
     # They come from the SERVER_HOOKS constant, never from user input.
+    # Each argument reaches the function as gunicorn's hooks see it
+    # (corral.gunicorn_views): req.uri, resp.sent, server.num_workers, ...
     params = ", ".join(argnames)
-    namespace: dict[str, Any] = {"func": func}
-    exec(f"def corral_{func.__name__}({params}):\n    return func({params})\n", namespace)
+    args = ", ".join(f"_views[{n!r}]({n})" if n in VIEWS else n for n in argnames)
+    namespace: dict[str, Any] = {"func": func, "_views": VIEWS}
+    exec(f"def corral_{func.__name__}({params}):\n    return func({args})\n", namespace)
     return hookimpl(namespace[f"corral_{func.__name__}"])
 
 

@@ -152,16 +152,21 @@ def on_starting(server):
     _note("on_starting")
 
 def when_ready(server):
-    _note("when_ready")
+    _note("when_ready", server.num_workers, len(server.LISTENERS), server.proc_name,
+          server.cfg.worker_class_str, len(server.cfg.address), server.app.cfg.workers)
 
 def post_fork(server, worker):
     _note("post_fork", worker.pid)
 
+def post_worker_init(worker):
+    worker.tmp.notify()
+    _note("post_worker_init", worker.timeout, len(worker.sockets), callable(worker.app.wsgi()))
+
 def pre_request(worker, req):
-    _note("pre_request", req.method, req.path)
+    _note("pre_request", req.method, req.path, req.uri, req.scheme, req.remote_addr[0])
 
 def post_request(worker, req, environ, resp):
-    _note("post_request", req.path, resp.status_code)
+    _note("post_request", req.path, resp.status_code, resp.sent, resp.response_length)
 
 def worker_exit(server, worker):
     _note("worker_exit", worker.pid)
@@ -173,16 +178,19 @@ def worker_exit(server, worker):
         "    return [os.environ['SHOP_MODE'].encode(), b' ', environ['wsgi.url_scheme'].encode()]\n")
     with CorralProcess("shop:app", workdir=tmp_path, workers=None) as server:
         server.wait_for_workers(2)
-        status, _, body = server.request("GET", "/cart", headers={"X-Forwarded-Proto": "https"})
+        status, _, body = server.request("GET", "/cart?x=1", headers={"X-Forwarded-Proto": "https"})
         assert (status, body) == (200, b"prod https")
         assert server.stop() == 0  # a graceful stop: every hook has run when it returns
         text = server.log()
         assert "reading ./gunicorn.conf.py, as gunicorn would" in text
         assert "'statsd_host' (--statsd-host) is a gunicorn setting corral does not support" in text
     notes = log.read_text().splitlines()
-    assert notes[0] == "on_starting" and "when_ready" in notes
+    # gunicorn's attribute names on every object a hook gets (req.uri, resp.sent, ...).
+    assert notes[0] == "on_starting" and "when_ready 2 1 shop gthread 1 2" in notes
     assert sum(n.startswith("post_fork ") for n in notes) == 2
-    assert "pre_request GET /cart" in notes and "post_request /cart 200" in notes
+    assert notes.count("post_worker_init 30.0 1 True") == 2
+    assert "pre_request GET /cart /cart?x=1 https 127.0.0.1" in notes
+    assert "post_request /cart 200 10 None" in notes
     assert sum(n.startswith("worker_exit ") for n in notes) == 2
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import httptools
 
@@ -190,6 +190,8 @@ class RequestHead:
     expect_continue: bool
     #: Names with "_" that were dropped under header_map=drop, for the log.
     dropped: list[str] = field(default_factory=list)
+    #: The request's WSGI environ, set before pre_request runs (corral.serve.cycle.before_app).
+    environ: dict[str, Any] | None = None
 
     @property
     def has_body(self) -> bool:

@@ -7,7 +7,8 @@ native handlers). Both go through the same steps around the app, and those
 steps live here so that they cannot differ:
 
 1. the request is registered as in flight (``worker.in_flight``), for the
-   graceful-timeout report, and the ``pre_request`` hook runs;
+   graceful-timeout report, and the ``pre_request`` hook runs
+   (:func:`before_app`, which hands hooks the environ through the head);
 2. whoever runs the app answers it;
 3. the request is done (``worker.request_done()``: the count that
    ``--max-requests`` watches), whatever happened;
@@ -18,9 +19,10 @@ steps live here so that they cannot differ:
    (:func:`keeps_connection`); the caller then drains the unread body
    (:class:`corral.serve.waits.Drain`).
 
-Steps 1 and 3 are two dict operations and a method call, written out where
-a request is handled (a function call per request would cost more than
-they do); steps 4 and 5 are the functions below.
+The in-flight record and step 3 are two dict operations and a method call,
+written out where a request is handled (a function call per request would
+cost more than they do); the hooks and steps 4 and 5 are the functions
+below, called only when a hook or the access log is on.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ if TYPE_CHECKING:
     from corral.http.parser import RequestHead
     from corral.workers.base import Worker
     from corral.wsgi.response import Response
+
+
+def before_app(worker: Worker, head: RequestHead, environ: dict[str, Any]) -> None:
+    """Step 2: ``pre_request``, with the environ on the head for hooks that want the peer or scheme.
+
+    A failing hook fails the request (500): it runs where the app would.
+    """
+    if worker.pre_request is not None:
+        head.environ = environ
+        worker.pre_request(worker=worker, req=head)
 
 
 def after_response(worker: Worker, head: RequestHead, environ: dict[str, Any], resp: Response,

@@ -25,7 +25,7 @@ from corral.http.parser import (
     RequestHead,
     RequestParser,
 )
-from corral.serve.cycle import after_response, keeps_connection
+from corral.serve.cycle import after_response, before_app, keeps_connection
 from corral.serve.retirement import next_request_in_hand
 from corral.serve.transport import RECV_SIZE, ClientTimeout, SocketTransport, Transport
 from corral.serve.waits import Drain, HeadWait, body_wait_timed_out
@@ -293,7 +293,7 @@ class HttpConnection:
             environ = build_environ(head, self.env, body, self.peer,
                                     client=proxied.source if proxied is not None else None)
             if worker.pre_request is not None:
-                worker.pre_request(worker=worker, req=head)
+                before_app(worker, head, environ)
             result = worker.wsgi(environ, self.start_response)
             if isinstance(result, FileWrapper) and not resp.headers_sent:
                 self._send_file(resp, result)

@@ -42,6 +42,7 @@ from corral.api import (
     Response,
     ResponseError,
     after_response,
+    before_app,
     body_wait_timed_out,
     build_environ,
     forwarded_secure,
@@ -272,7 +273,7 @@ class TornadoResponder:
                 target = head.target
             request = TornadoRequest(conn, head, keep, self._context(conn, head, headers))
             if worker.pre_request is not None:
-                worker.pre_request(worker=worker, req=head)
+                before_app(worker, head, self._environ(conn, head))
             conn.protocol.on_lost = request.connection_lost
             delegate = self.app.start_request(conn, request)
             request.delegate = delegate

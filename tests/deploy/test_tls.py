@@ -40,7 +40,7 @@ INSTALLED = set(worker_registry(make_plugin_manager()[0]))
 needs_gevent = pytest.mark.skipif("gevent" not in INSTALLED, reason="corral-gevent is not installed")
 needs_tornado = pytest.mark.skipif("tornado" not in INSTALLED, reason="corral-tornado is not installed")
 #: The classes that serve TLS; the others refuse --certfile at startup.
-TLS_CLASSES = {"sync", "gevent", "tornado"}
+TLS_CLASSES = {"sync", "gthread", "gevent", "tornado"}
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,6 +72,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[
         # A short handshake timeout, so that the sync test sees it expire.
         started["sync"] = CorralProcess(APP, tls_args(certs, "--ssl-handshake-timeout", "1"),
                                         workdir=workdir, worker_class="sync").start()
+        # Two threads, a handshake timeout of 3 s: long enough for the waits below.
+        started["gthread"] = CorralProcess(APP, tls_args(certs, "--keep-alive", "5", "--threads", "2",
+                                                         "--ssl-handshake-timeout", "3"),
+                                           workdir=workdir, worker_class="gthread").start()
         if "gevent" in INSTALLED:
             # The default handshake timeout (10 s): longer than any wait below.
             started["gevent"] = CorralProcess(APP, tls_args(certs, "--keep-alive", "5"),
@@ -85,7 +89,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[
             server.kill()
 
 
-@pytest.mark.parametrize("worker_class", ["sync", pytest.param("gevent", marks=needs_gevent),
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", pytest.param("gevent", marks=needs_gevent),
                                           pytest.param("tornado", marks=needs_tornado)])
 def test_https_scheme_and_large_file(servers: dict[str, CorralProcess], certs: Certs,
                                      worker_class: str) -> None:
@@ -104,9 +108,9 @@ def test_https_scheme_and_large_file(servers: dict[str, CorralProcess], certs: C
         assert tls.selected_alpn_protocol() is None  # the client offered none
 
 
-@needs_gevent
-def test_keepalive_over_tls(servers: dict[str, CorralProcess], certs: Certs) -> None:
-    server = servers["gevent"]
+@pytest.mark.parametrize("worker_class", ["gthread", pytest.param("gevent", marks=needs_gevent)])
+def test_keepalive_over_tls(servers: dict[str, CorralProcess], certs: Certs, worker_class: str) -> None:
+    server = servers[worker_class]
     conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=certs.client_context(), timeout=10)
     try:
         pids = {https(server, "/pid", certs.client_context(), conn=conn)[1] for _ in range(3)}
@@ -167,6 +171,33 @@ def test_gevent_silent_and_stalled_handshakes_do_not_block_others(
             silent.recv(1)  # still open: it was not answered or dropped by mistake
 
 
+def test_gthread_stalled_handshakes_hold_a_thread_only_until_the_timeout_and_never_the_loop(
+        servers: dict[str, CorralProcess], certs: Certs) -> None:
+    server = servers["gthread"]  # one worker, two threads, --ssl-handshake-timeout 3
+    with server.connect() as silent, server.connect() as stalled:
+        stalled.sendall(b"\x16\x03\x01\x02\x00")  # a ClientHello that never comes
+        # Both threads are in a handshake; the loop still accepts, and the
+        # next client is served once a handshake times out (3 s), not never.
+        started = time.monotonic()
+        assert https(server, "/", certs.client_context(), timeout=10)[0] == 200
+        assert time.monotonic() - started < 8
+        for sock in (silent, stalled):
+            sock.settimeout(8)
+            assert sock.recv(1) == b""  # dropped without an answer at the timeout
+    # Pipelined requests over TLS, one write: every response, in order.
+    with server.connect() as raw, certs.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n" * 3
+                    + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        tls.settimeout(10)
+        while True:
+            piece = tls.recv(65536)
+            if not piece:
+                break
+            data += piece
+        assert data.count(b"HTTP/1.1 200 OK") == 4
+
+
 def test_plain_http_on_a_tls_port_is_dropped(servers: dict[str, CorralProcess], certs: Certs) -> None:
     server = servers["sync"]
     with server.connect() as sock:
@@ -217,7 +248,7 @@ def _proxy_v2(src: tuple[str, int], dst: tuple[str, int]) -> bytes:
     return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
 
 
-@pytest.mark.parametrize("worker_class", ["sync", pytest.param("tornado", marks=needs_tornado)])
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", pytest.param("tornado", marks=needs_tornado)])
 def test_proxy_protocol_header_before_the_handshake(tmp_path: Path, certs: Certs, worker_class: str) -> None:
     # A TCP load balancer (nginx stream, HAProxy, a cloud NLB) passes TLS
     # through and puts its PROXY header before the client's first TLS record.
@@ -271,7 +302,9 @@ def test_bad_tls_settings_are_config_errors(tmp_path: Path, certs: Certs, args: 
     assert message in res.stderr
 
 
-@pytest.mark.parametrize("worker_class", sorted(INSTALLED - TLS_CLASSES))
+# Every installed class serves TLS now; a class given by path declares no TLS.
+@pytest.mark.parametrize("worker_class", [*sorted(INSTALLED - TLS_CLASSES),
+                                          "corral.workers.selector_loop:SelectorLoopWorker"])
 def test_worker_classes_without_tls_refuse_it(certs: Certs, worker_class: str) -> None:
     res = _corral("-k", worker_class, *tls_args(certs))
     assert res.returncode == 2

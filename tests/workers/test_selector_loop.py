@@ -109,7 +109,7 @@ def test_threads_freed_and_filled_in_one_iteration_leave_the_listeners_alone(loo
     calls.clear()
     # The thread hands its connections back (closed ones, to keep this small) ...
     for _ in range(loop.saturation):
-        loop.returned.append(SimpleNamespace(open=False, counted=True))  # type: ignore[arg-type]
+        loop.returned.append(SimpleNamespace(open=False, counted=True, first_head_due=False))  # type: ignore[arg-type]
     loop.take_back()
     assert loop.in_threads == 0 and not loop.accepting
     # ... and the same poll's events bring as many requests again.

@@ -294,6 +294,11 @@ def is_tls(sock: socket.socket) -> bool:
     return type(sock).__name__ == "SSLSocket"
 
 
+def is_ssl_want(exc: OSError) -> bool:
+    """A non-blocking TLS socket must wait for more bytes (or room) before this call can go on."""
+    return _ssl_want(exc) != 0
+
+
 def _ssl_want(exc: OSError) -> int:
     """POLLIN/POLLOUT for a TLS socket that must wait (SSLWantRead/WriteError), else 0.
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from corral.http import errors as E
 from corral.http.parser import NEED_DATA, RequestHead
+from corral.serve.transport import SocketTransport, is_ssl_want
 from corral.workers.connection import RECV_SIZE, HttpConnection
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 class LoopConnection(HttpConnection):
     #: Always over an OS socket: the loop polls it.
     sock: socket.socket
+    transport: SocketTransport
     #: time.monotonic() by which the loop closes it (or answers 408) while
     #: the loop watches it; negative otherwise. See corral.workers.selector_loop.Deadlines.
     deadline: float = -1.0
@@ -49,6 +51,11 @@ class LoopConnection(HttpConnection):
     armed: bool = False
     #: The socket's fd as registered with the poller, -1 when not registered.
     fd: int = -1
+    #: TLS is on and the handshake (with any PROXY header before it) is still
+    #: to do: the loop hands the connection to whoever runs requests first.
+    handshake_due: bool = False
+    #: Back from its handshake: its first head is due within header_timeout.
+    first_head_due: bool = False
 
     # -- in the loop thread ----------------------------------------------------
 
@@ -66,14 +73,21 @@ class LoopConnection(HttpConnection):
         :class:`~corral.http.errors.HTTPError` (answer it, then close) and
         :class:`~corral.http.parser.ClientDisconnected` (just close).
         """
+        sock = self.sock
         try:
-            data = self.sock.recv(RECV_SIZE)
+            data = sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             # Nothing new (a connection tried right after accept): the
             # parser said NEED_DATA last time and still would.
             return NEED_DATA
-        except OSError:
+        except OSError as exc:
+            if self.transport.tls and is_ssl_want(exc):
+                return NEED_DATA  # a TLS record not complete yet
             data = b""  # reset by the peer: same as a close for the parser
+        if self.transport.tls and data:
+            # Decrypted bytes OpenSSL holds are no event for the poller: take them now.
+            while sock.pending():  # type: ignore[attr-defined]
+                data += sock.recv(RECV_SIZE)
         self.parser.feed(data)
         return self.parser.next_event()
 

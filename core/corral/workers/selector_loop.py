@@ -59,6 +59,7 @@ from corral.workers.base import Worker
 from corral.workers.loop_connection import LoopConnection
 from corral.workers.memory import IdleTrim
 from corral.workers.poller import make_poller
+from corral.workers.tls import start_tls
 from corral.workers.watchdog import RequestWatchdog
 
 if TYPE_CHECKING:
@@ -368,6 +369,14 @@ class SelectorLoop:
         self.connections += 1
         if self.connections >= self.max_connections:
             self.pause_accepting()
+        if self.worker.ssl_context is not None:
+            # The handshake (and a PROXY header before it) blocks: it runs
+            # where requests run, within --ssl-handshake-timeout, never in
+            # the loop (serve_connection). The connection then comes back
+            # to wait for its first head.
+            conn.handshake_due = True
+            self.to_thread(conn)
+            return True
         # Clients usually send the request with (or right after) the
         # handshake: try now rather than after another trip through select().
         self.on_readable(conn, registered=False)
@@ -472,12 +481,13 @@ class SelectorLoop:
         while returned:
             conn = returned.popleft()
             self.in_threads -= 1
+            fresh, conn.first_head_due = conn.first_head_due, False  # back from its handshake
             if not conn.open:
                 self.count_closed(conn)
             elif self.poller.threadsafe and not self.stopping:
-                self.set_deadline(conn, fresh=False)  # its thread re-armed it
+                self.set_deadline(conn, fresh=fresh)  # its thread re-armed it
             else:
-                self.wait(conn, fresh=False)
+                self.wait(conn, fresh=fresh)
         # Accepting resumes (if threads are free now) before the next wait: run_once.
 
     # -- stopping ----------------------------------------------------------------
@@ -564,7 +574,12 @@ class SelectorLoopWorker(Worker):
         """Run the connection's requests (the head the loop read, and pipelined ones), then give it back."""
         watchdog = self.watchdog if self.watchdog is not None and self.watchdog.timeout else None
         try:
-            keep = conn.run_requests(watchdog)
+            if conn.handshake_due:
+                conn.handshake_due = False
+                keep = self.ssl_context is not None and start_tls(conn, self.ssl_context)
+                conn.first_head_due = keep
+            else:
+                keep = conn.run_requests(watchdog)
             if keep and conn.sock.gettimeout() != 0.0:
                 # The loop reads it without blocking; done here, off the loop's
                 # thread, and only when needed (sendfile over TLS leaves it blocking):

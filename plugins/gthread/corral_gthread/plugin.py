@@ -24,6 +24,9 @@ def corral_register_workers() -> list[WorkerSpec]:
             monkey_patches=False,
             # Plain threads started after fork: an app imported before fork is fine.
             preload_safe=True,
+            # The selector loop hands each new TLS connection to a pool thread
+            # for its handshake (within --ssl-handshake-timeout), never the loop.
+            tls=True,
             # Imported by the arbiter before fork, shared by every worker
             # (threading is imported; no thread starts before the worker runs).
             shared_modules=("corral_gthread.worker",),

@@ -226,12 +226,8 @@ TREATMENT: Final[dict[str, tuple[Kind, str]]] = {
     "http2_max_header_list_size": ("ignored", _HTTP2),
     "strip_header_spaces": ("ignored", "corral answers whitespace before a field's colon with 400, "
                                        "as RFC 9112 section 5.1 requires; there is no lenient mode"),
-    "permit_unconventional_http_method": ("ignored", "corral accepts any method that is an RFC 9110 "
-                                                     "token and leaves its meaning to the app"),
     "permit_unconventional_http_version": ("ignored", "corral serves HTTP/1.0 and HTTP/1.1 and "
                                                       "answers other versions with 505"),
-    "casefold_http_method": ("ignored", "corral passes methods as sent (they are case-sensitive, "
-                                        "RFC 9110 section 9.1)"),
     "forwarder_headers": ("ignored", "corral takes SCRIPT_NAME from script_name, never from a "
                                      "request header"),
     "asgi_loop": ("ignored", _ASGI),

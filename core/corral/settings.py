@@ -359,6 +359,14 @@ def core_settings() -> list[Setting]:
           "Longest header field line in bytes, its CRLF counted as gunicorn does (431 beyond; "
           "0: 8190).",
           ("--limit-request-field-size", "--limit-request-field_size"), "INT"),
+        S("permit_unconventional_http_method", "HTTP", boolean, False,
+          "Serve any RFC 9110 token as a method; by default, as gunicorn, a method with a lowercase "
+          "letter or outside 3-20 bytes is answered 400.",
+          ("--permit-unconventional-http-method",), action="store_true"),
+        S("casefold_http_method", "HTTP", boolean, False,
+          "Upper-case methods (they are case-sensitive, RFC 9110 9.1; with "
+          "permit_unconventional_http_method, 'get' becomes GET).",
+          ("--casefold-http-method",), action="store_true"),
         S("limit_request_body", "HTTP", uint, 0,
           "Largest request body in bytes (413 beyond; 0 means no limit).",
           ("--limit-request-body",), "INT"),

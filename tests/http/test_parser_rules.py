@@ -64,9 +64,6 @@ ACCEPTED_LINES = [
         },
     ),
     case("token-method", b"FOO-BAR /x HTTP/1.1", {"method": "FOO-BAR", "path": "/x"}),
-    case("every-tchar", b"!#$%&'*+-.^_`|~09azAZ / HTTP/1.1", {"method": "!#$%&'*+-.^_`|~09azAZ"}),
-    case("methods-are-case-sensitive", b"get / HTTP/1.1", {"method": "get"}),
-    case("64-byte-method", b"M" * 64 + b" / HTTP/1.1", {"method": "M" * 64}),
     case("query", b"GET /a/b?x=1&y=2 HTTP/1.1", {"path": "/a/b", "query": "x=1&y=2"}),
     case("second-question-mark", b"GET /a?b?c HTTP/1.1", {"path": "/a", "query": "b?c"}),
     case("empty-query", b"GET /a? HTTP/1.1", {"path": "/a", "query": "", "target": "/a?"}),
@@ -853,3 +850,35 @@ def test_a_body_piece_fed_whole_comes_back_uncopied_and_in_order() -> None:
     parser.start_next()
     head = parser.next_event()
     assert isinstance(head, RequestHead) and head.path == "/next"
+
+
+PERMIT = ParserLimits(permit_unconventional_http_method=True)
+
+
+@pytest.mark.parametrize(("line", "limits", "outcome"), [
+    # gunicorn's default: any token, but no lowercase letter and 3 to 20 bytes.
+    (b"FOO-BAR /x HTTP/1.1", None, "FOO-BAR"),
+    (b"M" * 20 + b" / HTTP/1.1", None, "M" * 20),
+    (b"get / HTTP/1.1", None, 400),
+    (b"Get / HTTP/1.1", None, 400),
+    (b"GE / HTTP/1.1", None, 400),
+    (b"M" * 21 + b" / HTTP/1.1", None, 400),
+    (b"!#$%&'*+-.^_`|~09azAZ / HTTP/1.1", None, 400),
+    # permit_unconventional_http_method: every RFC 9110 token, case kept, up to 64 bytes.
+    (b"!#$%&'*+-.^_`|~09azAZ / HTTP/1.1", PERMIT, "!#$%&'*+-.^_`|~09azAZ"),
+    (b"get / HTTP/1.1", PERMIT, "get"),
+    (b"M" * 64 + b" / HTTP/1.1", PERMIT, "M" * 64),
+    (b"M" * 65 + b" / HTTP/1.1", PERMIT, 501),
+    (b"GE(T / HTTP/1.1", PERMIT, 400),  # still a token, whatever the policy
+    # casefold_http_method (with permit: lowercase methods reach it).
+    (b"get / HTTP/1.1", ParserLimits(permit_unconventional_http_method=True, casefold_http_method=True), "GET"),
+    (b"get / HTTP/1.1", ParserLimits(casefold_http_method=True), 400),
+], ids=repr)
+def test_method_policy_is_gunicorns(parse: Parse, line: bytes, limits: ParserLimits | None,
+                                    outcome: str | int) -> None:
+    data = line + b"\r\nHost: x\r\n\r\n"
+    if isinstance(outcome, int):
+        out = parse(data, limits)
+        assert out.error is not None and out.error.status == outcome
+    else:
+        assert parse(data, limits).heads[0].method == outcome

@@ -142,6 +142,16 @@ _TRAILER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _FIELD_VALUE + rb")[
 #: Longer methods are answered 501: no registered method comes close (the
 #: longest, VERSION-CONTROL, has 15 bytes) and it bounds what we log.
 MAX_METHOD: Final = 64
+#: The methods no policy ever refuses (IANA's registry, the common ones):
+#: the per-request check is one set lookup for them.
+_USUAL_METHODS: Final = frozenset({
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH",
+    "MKCALENDAR", "ACL", "MERGE", "CHECKOUT", "CHECKIN", "UPDATE", "LABEL", "BIND", "UNBIND",
+    "REBIND", "LINK", "UNLINK", "QUERY",
+})
+#: gunicorn's "unconventional" mark: a lowercase letter in a method.
+_LOWERCASE: Final = re.compile(r"[a-z]")
 #: A chunk-size line with extensions longer than this is refused (400): the
 #: extensions are never used, so there is no reason to buffer much of them.
 MAX_CHUNK_LINE: Final = 4096
@@ -167,6 +177,11 @@ class ParserLimits:
     header_map: str = "drop"
     #: PROXY protocol header before the first request: "off", "v1", "v2", "auto".
     proxy_protocol: str = "off"
+    #: Serve any RFC 9110 token as a method; by default (gunicorn's) a method
+    #: with a lowercase letter, or shorter than 3 or longer than 20 bytes, is 400.
+    permit_unconventional_http_method: bool = False
+    #: Upper-case the method (only reaches lowercase ones when they are permitted).
+    casefold_http_method: bool = False
 
 
 @dataclass(slots=True)
@@ -473,6 +488,15 @@ class RequestParser:
             raise E.HeaderFieldsTooLarge("header field too large")
         self._scan = len(buf)
 
+    def _judge_method(self, method: str) -> str:
+        """gunicorn's method policy, for a method that is no registered one (any RFC 9110 token here)."""
+        lim = self.limits
+        if not lim.permit_unconventional_http_method and (
+                not 3 <= len(method) <= 20 or _LOWERCASE.search(method) is not None):
+            raise E.BadRequest(f"unconventional method {method[:20]!r} "
+                               "(permit_unconventional_http_method serves it)")
+        return method.upper() if lim.casefold_http_method else method
+
     def _parse_request_line(self, line: str) -> RequestHead:
         """``line``: the latin-1 text of the request line (ASCII-only patterns judge it)."""
         parts = _REQUEST_LINES.get(line)
@@ -483,6 +507,8 @@ class RequestParser:
                     _REQUEST_LINES.clear()
                 _REQUEST_LINES[line] = parts
         method, target, path, query, version, host, scheme = parts
+        if method not in _USUAL_METHODS:
+            method = self._judge_method(method)
         # Positional: measurably cheaper than keywords on this per-request path.
         # Order: method, target, path, query, version, headers, host,
         # target_scheme, content_length, chunked, keep_alive, expect_continue.

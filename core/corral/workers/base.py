@@ -170,6 +170,8 @@ class Worker:
             limit_request_body=cfg.limit_request_body,
             permit_obsolete_folding=cfg.permit_obsolete_folding,
             header_map=cfg.header_map,
+            permit_unconventional_http_method=cfg.permit_unconventional_http_method,
+            casefold_http_method=cfg.casefold_http_method,
             proxy_protocol=cfg.proxy_protocol,
         )
         self.proxy_peers = TrustedPeers(cfg.proxy_allow_ips)

@@ -58,6 +58,7 @@ from corral import PLUGIN_API, hookimpl
 #: to type checkers; tests/test_public_api.py checks the two agree.
 _EXPORTS: dict[str, str] = {
     "Config": "corral.config",
+    "ConfigError": "corral.errors",
     "errors": "corral.http",
     "HTTPError": "corral.http.errors",
     "CONNECTION_CLOSED": "corral.http.parser",
@@ -121,6 +122,7 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from corral.config import Config
+    from corral.errors import ConfigError
     from corral.http import errors
     from corral.http.errors import HTTPError
     from corral.http.parser import (
@@ -217,6 +219,7 @@ __all__ = [
     "ClientDisconnected",
     "ClientTimeout",
     "Config",
+    "ConfigError",
     "Drain",
     "EndOfMessage",
     "EnvironContext",

@@ -446,7 +446,8 @@ def core_settings() -> list[Setting]:
           "Also give workers the supplementary groups of --user.", ("--initgroups",),
           action="store_true"),
         S("reload", "Process", boolean, False,
-          "Restart workers when a loaded Python source file changes (development only).",
+          "Restart workers when a loaded Python source file changes (development only); an app "
+          "that fails to import is answered 500 with its error until a saved file fixes it.",
           ("--reload",), action="store_true"),
         S("config", "Process", optional_string, None,
           "Config file: Python (*.py) or TOML (*.toml). ./corral.conf.py is read when present, "

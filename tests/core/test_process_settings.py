@@ -102,6 +102,35 @@ def test_reload_restarts_worker_when_source_changes(tmp_path: Path) -> None:
             time.sleep(0.05)
 
 
+def test_reload_serves_the_error_of_a_broken_save_until_the_file_is_fixed(tmp_path: Path) -> None:
+    # A development server survives a typo, as gunicorn's does: it answers
+    # 500 with the error, watches the broken file, and serves again once fixed.
+    app = tmp_path / "devapp.py"
+    good = ("def app(environ, start_response):\n"
+            "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+            "    return [b'%s']\n")
+    app.write_text(good % "one")
+    with CorralProcess("devapp:app", ["--reload", "--chdir", str(tmp_path)], workdir=tmp_path) as server:
+        (pid,) = server.wait_for_workers(1)
+        app.write_text("def app(environ, start_response:\n")  # a syntax error
+        os.utime(app, (time.time() + 5, time.time() + 5))
+        server.wait_for_log("devapp.py changed; restarting worker")
+        (broken,) = server.wait_for_workers(1, exclude=[pid])
+        deadline = time.monotonic() + 10
+        while (reply := server.request())[0] != 500:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert b"SyntaxError" in reply[2] and b"devapp.py" in reply[2]
+        assert server.proc is not None and server.proc.poll() is None  # still running
+        app.write_text(good % "two")
+        os.utime(app, (time.time() + 10, time.time() + 10))
+        server.wait_for_workers(1, exclude=[pid, broken])
+        deadline = time.monotonic() + 10
+        while server.request()[2] != b"two":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 def test_print_config_shows_process_settings() -> None:
     res = subprocess.run([sys.executable, "-m", "corral", "--print-config", "-e", "A=1", "-m", "0o22",
                           APP], capture_output=True, text=True, timeout=30)

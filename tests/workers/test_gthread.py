@@ -8,6 +8,7 @@ the configuration rule for ``sync`` with threads is checked in-process.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -303,25 +304,29 @@ def test_sync_with_threads_runs_gthread(tmp_path: Path) -> None:
         assert "running 'gthread' instead, as gunicorn does" in server.log()
 
 
-def test_sync_with_threads_switches_per_pool() -> None:
+def test_a_pools_class_is_never_changed_by_threads() -> None:
     from corral.config import Config
+    from corral.errors import ConfigError
     from corral.settings import default_registry
     from corral_gthread.plugin import corral_configure
 
     cfg = Config(default_registry())
     cfg.set("threads", 4, "test")
     cfg.set("pools", {
-        "inherits": {},                                              # top-level sync, threads 4
-        "own": {"worker-class": "sync", "threads": 2},               # TOML spelling
+        "inherits": {},                                              # the deployment's class
+        "named": {"worker_class": "sync"},                           # stays sync, threads 4 or not
         "single": {"worker_class": "sync", "threads": 1},            # stays sync
         "other": {"worker_class": "gevent"},                         # not ours to change
     }, "test")
     corral_configure(config=cfg)
     classes = {name: pcfg.worker_class for name, pcfg in cfg.pool_configs()}
-    assert classes == {"inherits": "gthread", "own": "gthread", "single": "sync", "other": "gevent"}
-    assert cfg.worker_class == "gthread"
-    # One warning for the top level (which "inherits" follows), one for "own".
-    assert len(cfg.warnings) == 2 and "pool own: --threads 2" in cfg.warnings[1]
+    assert classes == {"inherits": "gthread", "named": "sync", "single": "sync", "other": "gevent"}
+    # The deployment's default class switched, as gunicorn's single class does; one warning.
+    assert cfg.worker_class == "gthread" and len(cfg.warnings) == 1
+    cfg = Config(default_registry())
+    cfg.set("pools", {"own": {"worker-class": "sync", "threads": 2}}, "test")  # TOML spelling
+    with pytest.raises(ConfigError, match="pool own: worker class 'sync' runs one request at a time"):
+        corral_configure(config=cfg)
 
 
 def test_heartbeat_beats_while_every_thread_is_busy(corral_server: Server) -> None:
@@ -379,3 +384,25 @@ def test_hup_retires_worker_with_idle_connections(corral_server: Server) -> None
         server.wait_for_workers(1, timeout=10, exclude=[old])
         assert time.monotonic() - start < 6
     assert server.request("GET", "/")[0] == 200
+
+
+def test_a_deployment_wide_threads_leaves_a_sync_pool_sync(tmp_path: Path) -> None:
+    # --threads 4 for the deployment: the gthread pool gets 4 threads, the
+    # pool that names sync stays sync and tells its app it is not threaded.
+    sock = tmp_path / "api.sock"
+    args = ["--threads", "4", "--pool", "web:sync:1@127.0.0.1:0", "--pool", f"api:gthread:1@unix:{sock}"]
+    with CorralProcess("corral.testing.apps:app", args, workdir=tmp_path, bind=(), workers=None) as server:
+        server.wait_for_workers(2)
+        host, _, port = server.addresses[0].rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/environ")
+        web = json.loads(conn.getresponse().read())
+        conn.close()
+        with socket.socket(socket.AF_UNIX) as unix:
+            unix.settimeout(10)
+            unix.connect(str(sock))
+            unix.sendall(b"GET /environ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            api = json.loads(read_until_close(unix).split(b"\r\n\r\n", 1)[1])
+        assert (web["corral.worker_class"], web["wsgi.multithread"]) == ("sync", False)
+        assert (api["corral.worker_class"], api["wsgi.multithread"]) == ("gthread", True)
+        assert "running 'gthread' instead" not in server.log()

@@ -54,7 +54,7 @@ from corral.http.parser import ParserLimits
 from corral.logs import reopen_logs
 from corral.process import drop_privileges
 from corral.serve.retirement import InFlight
-from corral.workers.reloader import start_reloader
+from corral.workers.reloader import failed_files, load_error_app, start_reloader
 from corral.workers.tls import worker_ssl_context
 from corral.wsgi.environ import EnvironContext, TrustedPeers
 
@@ -216,16 +216,23 @@ class Worker:
         self.heartbeat.beat()
         self.init_concurrency()
         self.ssl_context = worker_ssl_context(self.cfg, self.pm)
+        watch_too: list[str] = []
         if self.wsgi is None:
             try:
                 self.wsgi = load_app(self.pool.app_uri, None)
-            except Exception:
+            except Exception as exc:
                 self.log.exception("Failed to load the application %r", self.pool.app_uri)
-                sys.stderr.flush()
-                os._exit(APP_LOAD_ERROR)
+                if not self.cfg.reload:
+                    sys.stderr.flush()
+                    os._exit(APP_LOAD_ERROR)
+                # A development server (--reload) keeps serving, as gunicorn's
+                # does: every request gets the error until a saved file fixes it
+                # (the file that failed is watched too: it was never imported).
+                self.wsgi = load_error_app(exc)
+                watch_too = failed_files(exc)
         self.envs = {id(lst): self.environ_context(lst) for lst in self.listeners}
         if self.cfg.reload:
-            start_reloader(self)
+            start_reloader(self, watch_too)
         self.pm.hook.corral_post_worker_init(worker=self)
         self.booted = True
         self.signal_ready()

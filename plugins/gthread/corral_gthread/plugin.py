@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from corral.api import WorkerSpec, hookimpl
+from corral.api import ConfigError, WorkerSpec, hookimpl
 
 if TYPE_CHECKING:
     from corral.api import Config
@@ -39,17 +39,23 @@ def corral_configure(config: Config) -> None:
     # gunicorn runs its gthread worker when asked for sync with threads > 1;
     # deployments moving over keep the concurrency they asked for rather
     # than silently losing it (or failing to start).
-    if config.worker_class == "sync" and config.threads > 1:
+    # Only for what runs the deployment's class: no pools, or a pool that names none.
+    pools = config.values.get("pools") or {}
+    inherits = not pools or any("worker_class" not in o and "worker-class" not in o for o in pools.values())
+    if config.worker_class == "sync" and config.threads > 1 and inherits:
         config.set("worker_class", "gthread", "threads > 1 with sync (as gunicorn)")
         config.warnings.append(_switched("", config.threads))
-    # The same rule for every pool, on its effective settings: its own
-    # overrides over the top-level ones (which may just have switched).
-    for name, overrides in (config.values.get("pools") or {}).items():
-        pool = config.derive(overrides, f"pool {name}")
-        if pool.worker_class == "sync" and pool.threads > 1:
-            overrides.pop("worker-class", None)  # the TOML spelling
-            overrides["worker_class"] = "gthread"
-            config.warnings.append(_switched(f"pool {name}: ", pool.threads))
+    # A pool's class is never changed: a pool that names sync runs sync. A
+    # deployment-wide --threads applies to the pools whose class has threads
+    # (sync runs one request at a time, wsgi.multithread false); threads set
+    # on a sync pool itself would do nothing, which is refused, not ignored.
+    for name, overrides in pools.items():
+        own_class = overrides.get("worker_class", overrides.get("worker-class"))
+        own_threads = overrides.get("threads")
+        if own_class == "sync" and own_threads is not None and int(own_threads) > 1:
+            raise ConfigError(f"pool {name}: worker class 'sync' runs one request at a time, so "
+                              f"threads = {own_threads} would do nothing: name gthread for this "
+                              "pool, or drop its threads")
 
 
 def _switched(where: str, threads: int) -> str:

@@ -109,14 +109,18 @@ class _App:
         return self.callable
 
 
-class ArbiterView(_View):
-    """``server``: corral's Arbiter (cfg, pools, workers, pid, log, ...)."""
-
+class _WithConfig(_View):
     __slots__ = ()
 
     @property
     def cfg(self) -> ConfigView:
         return ConfigView(self._target.cfg)
+
+
+class ArbiterView(_WithConfig):
+    """``server``: corral's Arbiter (cfg, pools, workers, pid, log, ...)."""
+
+    __slots__ = ()
 
     @property
     def num_workers(self) -> int:
@@ -140,14 +144,10 @@ class ArbiterView(_View):
         return name
 
 
-class WorkerView(_View):
+class WorkerView(_WithConfig):
     """``worker``: corral's Worker in a worker process, or its WorkerHandle in the arbiter."""
 
     __slots__ = ()
-
-    @property
-    def cfg(self) -> ConfigView:
-        return ConfigView(self._target.cfg)
 
     @property
     def sockets(self) -> list[Any]:

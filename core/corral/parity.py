@@ -225,7 +225,8 @@ TREATMENT: Final[dict[str, tuple[Kind, str]]] = {
     "http2_max_frame_size": ("ignored", _HTTP2),
     "http2_max_header_list_size": ("ignored", _HTTP2),
     "strip_header_spaces": ("ignored", "corral answers whitespace before a field's colon with 400, "
-                                       "as RFC 9112 section 5.1 requires; there is no lenient mode"),
+                                       "as RFC 9112 section 5.1 requires: accepting it is a known "
+                                       "request-smuggling vector, so there is no lenient mode"),
     "permit_unconventional_http_version": ("ignored", "corral serves HTTP/1.0 and HTTP/1.1 and "
                                                       "answers other versions with 505"),
     "forwarder_headers": ("ignored", "corral takes SCRIPT_NAME from script_name, never from a "

@@ -367,6 +367,10 @@ def core_settings() -> list[Setting]:
           "Upper-case methods (they are case-sensitive, RFC 9110 9.1; with "
           "permit_unconventional_http_method, 'get' becomes GET).",
           ("--casefold-http-method",), action="store_true"),
+        S("permit_missing_host", "HTTP", boolean, False,
+          "Serve HTTP/1.1 requests without a Host field (RFC 9112 requires 400, corral's default; "
+          "gunicorn serves them): for old clients, SERVER_NAME then comes from the listener.",
+          ("--permit-missing-host",), action="store_true"),
         S("limit_request_body", "HTTP", uint, 0,
           "Largest request body in bytes (413 beyond; 0 means no limit).",
           ("--limit-request-body",), "INT"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -279,3 +280,13 @@ def test_the_log_lines_and_hooks_operators_rely_on(tmp_path: Path) -> None:
     for pid in pids:
         assert f"Booting worker with pid: {pid}" in text and f"Worker exiting (pid: {pid})" in text
     assert log.read_text().splitlines()[0] == "2 None"  # at start, as gunicorn calls it
+
+
+def test_a_request_without_host_is_served_only_when_permitted(tmp_path: Path) -> None:
+    request = b"GET /environ HTTP/1.1\r\nConnection: close\r\n\r\n"
+    with CorralProcess(APP, workdir=tmp_path) as server:
+        assert b" 400 " in server.raw(request)[:20]  # RFC 9112 section 3.2
+    with CorralProcess(APP, ["--permit-missing-host"], workdir=tmp_path) as server:
+        head, _, body = server.raw(request).partition(b"\r\n\r\n")
+        assert b" 200 " in head[:20]
+        assert json.loads(body)["SERVER_NAME"] == "127.0.0.1"  # from the listener

@@ -882,3 +882,15 @@ def test_method_policy_is_gunicorns(parse: Parse, line: bytes, limits: ParserLim
         assert out.error is not None and out.error.status == outcome
     else:
         assert parse(data, limits).heads[0].method == outcome
+
+
+def test_a_missing_host_is_400_unless_permitted(parse: Parse) -> None:
+    data = b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n"
+    out = parse(data)
+    assert out.error is not None and out.error.status == 400
+    head = parse(data, ParserLimits(permit_missing_host=True)).heads[0]
+    assert (head.host, head.path) == (None, "/")
+    # HTTP/1.0 never needed one, and a second Host stays an error either way.
+    assert parse(b"GET / HTTP/1.0\r\n\r\n").error is None
+    twice = parse(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", ParserLimits(permit_missing_host=True))
+    assert twice.error is not None and twice.error.status == 400

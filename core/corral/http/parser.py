@@ -182,6 +182,9 @@ class ParserLimits:
     permit_unconventional_http_method: bool = False
     #: Upper-case the method (only reaches lowercase ones when they are permitted).
     casefold_http_method: bool = False
+    #: Serve an HTTP/1.1 request without Host (RFC 9112 section 3.2 says 400;
+    #: gunicorn serves it), for old clients behind a trusted proxy.
+    permit_missing_host: bool = False
 
 
 @dataclass(slots=True)
@@ -597,7 +600,7 @@ class RequestParser:
         if hosts > 1:
             raise E.BadRequest("more than one Host field")
         if host is None:
-            if http11:
+            if http11 and not self.limits.permit_missing_host:
                 raise E.BadRequest("HTTP/1.1 request without Host")
         else:
             if host not in _VALID_HOSTS:

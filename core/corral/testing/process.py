@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import os
 import re
 import signal
@@ -21,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 _LISTENING = re.compile(r"Listening at http://(\S+) \(pid")
+
+
+#: Numbers the log files of the servers one test process starts.
+_SERIALS = itertools.count(1)
 
 
 class CorralProcess:
@@ -49,8 +54,11 @@ class CorralProcess:
     ) -> None:
         self.app = app
         self.workdir = Path(workdir)
-        self.log_path = self.workdir / f"corral-{id(self)}.log"
-        self.out_path = self.workdir / f"corral-{id(self)}.out"
+        # A name of its own: id(self) is reused once an earlier server is
+        # collected, and a new server then read its predecessor's log (and port).
+        serial = next(_SERIALS)
+        self.log_path = self.workdir / f"corral-{os.getpid()}-{serial}.log"
+        self.out_path = self.workdir / f"corral-{os.getpid()}-{serial}.out"
         self.timeout = timeout
         cmd = [*(command or (sys.executable, "-m", "corral")), "--error-logfile", str(self.log_path)]
         if workers is not None:

@@ -172,6 +172,7 @@ class Worker:
             header_map=cfg.header_map,
             permit_unconventional_http_method=cfg.permit_unconventional_http_method,
             casefold_http_method=cfg.casefold_http_method,
+            permit_missing_host=cfg.permit_missing_host,
             proxy_protocol=cfg.proxy_protocol,
         )
         self.proxy_peers = TrustedPeers(cfg.proxy_allow_ips)

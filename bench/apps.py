@@ -8,9 +8,12 @@ granian serve byte-for-byte the same responses from the same code:
     /file        a 1 MiB file through wsgi.file_wrapper (sendfile where the server has it)
     /upload      reads the whole request body (POST), answers its length
     /sleep?ms=N  sleeps N ms (default 10) in time.sleep, which gevent workers patch
+    /stream      32 MiB yielded in 1 MiB pieces with no Content-Length (chunked)
 
-Every response carries Content-Length: the servers then never fall back to
-chunked or close-delimited framing, which would compare framing, not speed.
+Every response but /stream carries Content-Length: the servers then never
+fall back to chunked or close-delimited framing, which would compare
+framing, not speed. /stream is there to compare exactly that: a streaming
+app (an export, a proxied download) whose length is unknown up front.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ StartResponse = Callable[..., Any]
 HELLO = b"Hello, World!"
 #: 100 KiB: bigger than one socket send on loopback, small enough to build once.
 BODY_100K = b"x" * (100 * 1024)
+#: /stream's piece and count: a generator of large pieces, framed chunked.
+STREAM_PIECE = b"s" * (1 << 20)
+STREAM_PIECES = 32
 #: 1 MiB: large enough that sendfile against read+send shows.
 FILE_SIZE = 1024 * 1024
 #: Read size for the upload route; 64 KiB is what a server recv()s at once.
@@ -102,5 +108,13 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         time.sleep(_sleep_ms(environ.get("QUERY_STRING", "")) / 1000.0)
         start_response("200 OK", [_TEXT, ("Content-Length", "13")])
         return [HELLO]
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return _stream()
     start_response("404 Not Found", [_TEXT, ("Content-Length", "9")])
     return [b"not found"]
+
+
+def _stream() -> Iterable[bytes]:
+    for _ in range(STREAM_PIECES):
+        yield STREAM_PIECE

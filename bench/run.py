@@ -121,6 +121,12 @@ WORKLOADS: Final = (
     ),
     Workload("sleep10ms", "/sleep?ms=10", "app sleeps 10 ms: concurrency"),
     Workload(
+        "stream32m",
+        "/stream",
+        "32 x 1 MiB yielded, no length (chunked): streaming write path",
+        body_length=32 << 20,
+    ),
+    Workload(
         "sleep100ms-c1000",
         "/sleep?ms=100",
         "app sleeps 100 ms at 1000 connections",
@@ -508,7 +514,26 @@ def http_get(port: int, path: str, timeout: float, post_bytes: int = 0) -> tuple
     head_end = raw.find(b"\r\n\r\n")
     if not raw.startswith(b"HTTP/1.") or head_end < 0:
         raise ValueError(f"not an HTTP response: {raw[:80]!r}")
-    return int(raw[9:12]), len(raw) - head_end - 4
+    body = raw[head_end + 4 :]
+    if b"\r\ntransfer-encoding: chunked" in raw[:head_end].lower():
+        body = dechunk(body)
+    return int(raw[9:12]), len(body)
+
+
+def dechunk(data: bytes) -> bytes:
+    """A chunked body's payload (raises ValueError if the framing is broken or cut short)."""
+    out = []
+    pos = 0
+    while True:
+        eol = data.index(b"\r\n", pos)
+        size = int(data[pos:eol].split(b";")[0], 16)
+        if not size:
+            return b"".join(out)
+        start = eol + 2
+        if data[start + size : start + size + 2] != b"\r\n":
+            raise ValueError("bad chunk framing")
+        out.append(data[start : start + size])
+        pos = start + size + 2
 
 
 def children(pid: int) -> list[int]:

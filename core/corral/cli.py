@@ -98,8 +98,8 @@ def build_argparser(registry: SettingsRegistry) -> argparse.ArgumentParser:
         # argparse %-formats help strings: keep literal percent signs literal.
         help_text = f"{setting.help} (default: {setting.default_text})".replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": setting.name, "help": help_text}
-        if setting.action == "store_true":
-            kwargs["action"] = "store_true"
+        if setting.action in ("store_true", "store_false"):
+            kwargs["action"] = setting.action
         elif setting.const is not None:
             # A bare flag (gunicorn's form) plus FLAG-version VALUE. An optional
             # value on one flag would swallow a following APP_MODULE.

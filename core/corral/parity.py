@@ -181,15 +181,11 @@ _CONTROL = ("corral has no control socket yet: steer it with signals (docs/arbit
 TREATMENT: Final[dict[str, tuple[Kind, str]]] = {
     "reload_engine": ("ignored", "corral's --reload polls the loaded files' mtimes once a second; "
                                  "there is no engine to choose"),
-    "reload_extra_files": ("ignored", "corral's --reload watches the imported Python files only; "
-                                      "restart by hand after editing other files"),
     "spew": ("ignored", "corral has no line tracer: use a debugger or py-spy"),
     "check_config": ("ignored", "a command-line flag in corral (--check-config), not read from a "
                                 "config file"),
     "print_config": ("ignored", "a command-line flag in corral (--print-config), not read from a "
                                 "config file"),
-    "sendfile": ("ignored", "corral always sends wsgi.file_wrapper files with os.sendfile (over TLS, "
-                            "read and sent); it cannot be turned off"),
     "tmp_upload_dir": ("ignored", "unused by gunicorn too: request bodies stay in the socket until "
                                   "the app reads them"),
     "disable_redirect_access_to_syslog": ("ignored", _SYSLOG),

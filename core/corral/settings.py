@@ -90,6 +90,11 @@ def optional_string(value: Any) -> str | None:
     return string(value)
 
 
+def sendfile_flag(value: Any) -> bool:
+    """gunicorn's ``sendfile = None`` (its default) means "use it"."""
+    return True if value is None else boolean(value)
+
+
 def string_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
@@ -202,7 +207,7 @@ class Setting:
     help: str
     flags: tuple[str, ...] = ()
     metavar: str | None = None
-    #: "store", "append" (repeatable flag) or "store_true".
+    #: "store", "append" (repeatable flag), "store_true" or "store_false" (a --no-X flag).
     action: str = "store"
     #: For a flag whose value is optional: what the bare flag means.
     const: Any = None
@@ -371,6 +376,10 @@ def core_settings() -> list[Setting]:
           "Serve HTTP/1.1 requests without a Host field (RFC 9112 requires 400, corral's default; "
           "gunicorn serves them): for old clients, SERVER_NAME then comes from the listener.",
           ("--permit-missing-host",), action="store_true"),
+        S("sendfile", "HTTP", sendfile_flag, True,
+          "Send wsgi.file_wrapper files with os.sendfile; --no-sendfile reads and sends them "
+          "instead (a filesystem where sendfile misbehaves, such as some network mounts).",
+          ("--no-sendfile",), action="store_false"),
         S("limit_request_body", "HTTP", uint, 0,
           "Largest request body in bytes (413 beyond; 0 means no limit).",
           ("--limit-request-body",), "INT"),
@@ -453,6 +462,9 @@ def core_settings() -> list[Setting]:
           "Restart workers when a loaded Python source file changes (development only); an app "
           "that fails to import is answered 500 with its error until a saved file fixes it.",
           ("--reload",), action="store_true"),
+        S("reload_extra_files", "Process", string_list, [],
+          "Under --reload, also restart workers when this file changes (a template, a data file); "
+          "repeatable.", ("--reload-extra-file",), "FILE", "append"),
         S("config", "Process", optional_string, None,
           "Config file: Python (*.py) or TOML (*.toml). ./corral.conf.py is read when present, "
           "else ./gunicorn.conf.py.",

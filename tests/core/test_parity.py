@@ -290,3 +290,36 @@ def test_a_request_without_host_is_served_only_when_permitted(tmp_path: Path) ->
         head, _, body = server.raw(request).partition(b"\r\n\r\n")
         assert b" 200 " in head[:20]
         assert json.loads(body)["SERVER_NAME"] == "127.0.0.1"  # from the listener
+
+
+_READ_APP = '''
+import os, tempfile
+
+class Shouting:
+    """A real file whose read() is not its bytes: which one went out says which path sent it."""
+    def __init__(self, data):
+        self.f = tempfile.TemporaryFile()
+        self.f.write(data)
+        self.f.seek(0)
+    def fileno(self):
+        return self.f.fileno()
+    def read(self, size=-1):
+        return self.f.read(size).upper()
+    def close(self):
+        self.f.close()
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](Shouting(b"quiet " * 20000), 8192)
+'''
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent", "tornado"])
+def test_no_sendfile_reads_and_sends_the_file(tmp_path: Path, worker_class: str) -> None:
+    (tmp_path / "readapp.py").write_text(_READ_APP)
+    args = ["-k", worker_class, "--chdir", str(tmp_path)]
+    for extra, want in (([], b"quiet " * 20000), (["--no-sendfile"], b"QUIET " * 20000)):
+        with CorralProcess("readapp:app", [*args, *extra], workdir=tmp_path) as server:
+            status, _, body = server.request()
+            assert status == 200
+            assert body == want, (extra, body[:30])

@@ -102,6 +102,31 @@ def test_reload_restarts_worker_when_source_changes(tmp_path: Path) -> None:
             time.sleep(0.05)
 
 
+def test_reload_extra_files_restart_workers_too(tmp_path: Path) -> None:
+    # gunicorn's --reload-extra-file: a template or data file the app reads once.
+    data = tmp_path / "greeting.txt"
+    data.write_text("hello")
+    (tmp_path / "dataapp.py").write_text(
+        "import pathlib\n"
+        "GREETING = (pathlib.Path(__file__).parent / 'greeting.txt').read_bytes()\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [GREETING]\n"
+    )
+    args = ["--reload", "--reload-extra-file", str(data), "--chdir", str(tmp_path)]
+    with CorralProcess("dataapp:app", args, workdir=tmp_path) as server:
+        (pid,) = server.wait_for_workers(1)
+        assert server.request()[2] == b"hello"
+        data.write_text("goodbye")
+        os.utime(data, (time.time() + 5, time.time() + 5))
+        server.wait_for_log("greeting.txt changed; restarting worker")
+        server.wait_for_workers(1, exclude=[pid])
+        deadline = time.monotonic() + 10
+        while server.request()[2] != b"goodbye":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 def test_reload_serves_the_error_of_a_broken_save_until_the_file_is_fixed(tmp_path: Path) -> None:
     # A development server survives a typo, as gunicorn's does: it answers
     # 500 with the error, watches the broken file, and serves again once fixed.

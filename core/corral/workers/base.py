@@ -165,6 +165,8 @@ class Worker:
         # Read per connection or per write: plain attributes, not Config lookups.
         self.header_timeout: float = cfg.header_timeout
         self.write_timeout: float = cfg.timeout
+        #: --no-sendfile: files are read and sent (HttpConnection._send_file).
+        self.sendfile: bool = cfg.sendfile
         self.limits = ParserLimits(
             **parser_limits(cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size),
             limit_request_body=cfg.limit_request_body,
@@ -233,7 +235,7 @@ class Worker:
                 watch_too = failed_files(exc)
         self.envs = {id(lst): self.environ_context(lst) for lst in self.listeners}
         if self.cfg.reload:
-            start_reloader(self, watch_too)
+            start_reloader(self, [*watch_too, *self.cfg.reload_extra_files])
         self.pm.hook.corral_post_worker_init(worker=self)
         self.booted = True
         self.signal_ready()

@@ -403,9 +403,11 @@ class HttpConnection:
             size = max(st.st_size - offset, 0)
         if resp.content_length is None and size is not None:
             resp.length_hint = size
-        if size is None or resp.head.method == "HEAD" or resp.status_code in (204, 304):
+        if (size is None or not self.worker.sendfile or resp.head.method == "HEAD"
+                or resp.status_code in (204, 304)):
             # Only a regular file can go through sendfile (a pipe or a
-            # socket behind the file-like object is read and sent).
+            # socket behind the file-like object is read and sent), and
+            # only when --no-sendfile did not turn it off.
             for data in wrapper:
                 self.write(data)
             self._finish(resp)

@@ -41,6 +41,7 @@ from corral.pidfile import Pidfile
 from corral.plugins import WorkerSpec, load_worker_class, resolve_worker
 from corral.pool import Pool, WorkerHandle
 from corral.sockets import FD_ENV, Listener
+from corral.stats import StatsTable
 from corral.systemd import sd_notify
 from corral.workers.balance import ConnectionShare
 from corral.workers.base import APP_LOAD_ERROR, WORKER_BOOT_ERROR, set_process_title
@@ -101,6 +102,16 @@ class Arbiter:
         for fd in (self._wake_r, self._wake_w, self._ready_r):
             os.set_blocking(fd, False)
         self.start_cwd = os.getcwd()
+        #: Each pool's live counters by pool name (corral.stats): kept across
+        #: reloads, so a pool's totals run on while its workers are replaced.
+        self.stats: dict[str, StatsTable] = {}
+        #: Workers replaced for a reason (max_requests, memory, ...), by
+        #: (pool name, reason): what the metrics and the control socket report.
+        self.recycles: collections.Counter[tuple[str, str]] = collections.Counter()
+        #: time.time() when this arbiter started (for uptime in status).
+        self.started_at = time.time()
+        #: File descriptors plugins watch in the main loop (add_reader).
+        self._readers: dict[int, Callable[[], None]] = {}
 
     @property
     def listeners(self) -> dict[str, Listener]:
@@ -172,6 +183,7 @@ class Arbiter:
         if not self.stopping:
             self.manage_workers()
         self.check_parent()
+        self.pm.hook.corral_arbiter_tick(server=self)
 
     # -- signals -----------------------------------------------------------------
 
@@ -193,15 +205,65 @@ class Arbiter:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b".")
 
-    def sleep(self) -> None:
+    def sleep(self, timeout: float = LOOP_INTERVAL) -> None:
         try:
-            ready, _, _ = select.select([self._wake_r, self._ready_r], [], [], LOOP_INTERVAL)
+            ready, _, _ = select.select([self._wake_r, self._ready_r, *self._readers], [], [], timeout)
         except InterruptedError:
             return
         if self._wake_r in ready:
             with contextlib.suppress(OSError):
                 while os.read(self._wake_r, 64):
                     pass
+        for fd in ready:
+            callback = self._readers.get(fd)
+            if callback is None:
+                continue
+            try:
+                callback()
+            except HaltServer:
+                raise
+            except Exception:
+                self.log.exception("A reader callback failed (fd %s)", fd)
+
+    # -- what plugins use (docs/writing-a-plugin.md) --------------------------------
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` from the main loop whenever ``fd`` is readable.
+
+        For a plugin's own socket (the control socket, the metrics endpoint):
+        the callback runs between signals and reaps, like everything the
+        arbiter does, so it must not block. It runs during a graceful stop
+        too, until the last worker has gone.
+        """
+        self._readers[fd] = callback
+
+    def remove_reader(self, fd: int) -> None:
+        self._readers.pop(fd, None)
+
+    def recycle(self, handle: WorkerHandle, reason: str) -> bool:
+        """Replace a worker with the graceful policy: its replacement first, then TERM.
+
+        False if it is already on its way out. ``reason`` is counted in
+        ``recycles`` (a label of corral_worker_recycles_total).
+        """
+        if handle.retiring or handle.recycle or handle.pid not in self.workers:
+            return False
+        handle.recycle = True
+        self.recycles[handle.pool.name, reason] += 1
+        return True
+
+    @property
+    def ready(self) -> bool:
+        """Every pool has its workers booted, and the arbiter is not stopping."""
+        if self.stopping or self.winched:
+            return False
+        for pool in self.pools:
+            booted = sum(1 for h in self.workers.values()
+                         if h.pool.name == pool.name and h.booted and not h.retiring
+                         and h.generation == self.generation)
+            if booted < pool.size:
+                return False
+        return bool(self.pools)
 
     def handle_signal(self, sig: int) -> None:
         name = _SIGNAMES.get(sig, str(sig))
@@ -303,7 +365,8 @@ class Arbiter:
             # The worker drops privileges and must still be able to beat.
             os.fchown(heartbeat.fd, -1 if uid is None else uid, -1 if gid is None else gid)
         handle = WorkerHandle(pid=0, age=self.worker_age, pool=pool, heartbeat=heartbeat,
-                              generation=self.generation, slot=self._free_slot(pool))
+                              generation=self.generation, slot=self._free_slot(pool),
+                              stats_slot=self._stats_slot(pool))
         self.pm.hook.corral_pre_fork(server=self, worker=handle)
         self._import_shared_modules(pool.spec)
         # The child's garbage collector must not walk the objects it
@@ -321,6 +384,21 @@ class Arbiter:
             self.log.info("Booting worker with pid: %s (pool %s, %s)", pid, pool.name, pool.spec.name)
             return
         self._run_worker(handle)
+
+    def _stats_slot(self, pool: Pool) -> int | None:
+        """The worker's slot in its pool's StatsTable (made at the pool's first worker)."""
+        if not pool.cfg.worker_stats:
+            return None
+        table = self.stats.get(pool.name)
+        if table is None:
+            table = self.stats[pool.name] = StatsTable(max(64, 4 * pool.size))
+        taken = {h.stats_slot for h in self.workers.values() if h.pool.name == pool.name}
+        for slot in range(table.slots):
+            if slot not in taken:
+                return slot
+        self.log.warning("Pool %s: more than %s workers at once; the new one is not counted "
+                         "in the stats", pool.name, table.slots)
+        return None
 
     def _free_slot(self, pool: Pool) -> int | None:
         """The worker's slot in its pool's connection table (None past its size: it does not balance)."""
@@ -366,6 +444,10 @@ class Arbiter:
                          app=pool.preloaded_app, ready_fd=self._ready_w, server=self)
             if pool.share is not None and handle.slot is not None:
                 worker.balance = pool.share.member(handle.slot)
+            table = self.stats.get(pool.name)
+            if table is not None and handle.stats_slot is not None:
+                worker.stats = table.member(handle.stats_slot, os.getpid(),
+                                            threaded=pool.spec.concurrency not in ("process", "greenlets"))
             self.pm.hook.corral_post_fork(server=self, worker=worker)
             worker.init_process()
         except SystemExit as exc:
@@ -412,8 +494,7 @@ class Arbiter:
             if pid > 0:
                 handle.booted = True
                 self.log.debug("Worker %s (pool %s) is ready", pid, handle.pool.name)
-            elif not handle.retiring and not handle.recycle:
-                handle.recycle = True
+            elif self.recycle(handle, "max_requests"):
                 self.log.info("Worker %s (pool %s) asked to be recycled; starting its replacement",
                               -pid, handle.pool.name)
         if not self.ready_notified and self.workers and all(h.booted for h in self.workers.values()):
@@ -441,6 +522,9 @@ class Arbiter:
             handle.heartbeat.close()
             if handle.slot is not None and handle.pool.share is not None:
                 handle.pool.share.clear(handle.slot)  # the worker may have died without leaving
+            table = self.stats.get(handle.pool.name)
+            if table is not None and handle.stats_slot is not None:
+                table.retire(handle.stats_slot)
             code = os.waitstatus_to_exitcode(status)
             if code == WORKER_BOOT_ERROR:
                 raise HaltServer("Worker failed to boot.", WORKER_BOOT_ERROR)
@@ -593,7 +677,12 @@ class Arbiter:
         while self.workers and time.monotonic() < limit:
             with contextlib.suppress(HaltServer):
                 self.reap_workers()
-            time.sleep(0.05)
+            # Not time.sleep: plugins' sockets are still answered (a health
+            # endpoint says "not ready" until the last worker is gone).
+            with contextlib.suppress(HaltServer):
+                self.sleep(0.05)
+                self.read_ready()  # else a readable ready pipe would make select spin
+                self.pm.hook.corral_arbiter_tick(server=self)
         if graceful:
             for pid in self.workers:
                 self.log.warning("Worker %s did not stop within graceful_timeout; killing", pid)

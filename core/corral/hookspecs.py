@@ -214,5 +214,17 @@ def corral_worker_timeout(server: Arbiter, worker: WorkerHandle) -> None:
 
 
 @hookspec
+def corral_arbiter_tick(server: Arbiter) -> None:
+    """Called by the arbiter at each turn of its main loop: at least once a second, and
+    more often when signals, exits or readers (``server.add_reader``) wake it; also
+    every 50 ms while a stop waits for workers.
+
+    For periodic work in the master: sampling worker memory, pushing metrics,
+    expiring a plugin's idle connections. It runs in the main loop, so it must
+    not block; keep your own clock for anything slower than the call rate.
+    """
+
+
+@hookspec
 def corral_on_exit(server: Arbiter) -> None:
     """Called in the arbiter just before it exits."""

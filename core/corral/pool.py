@@ -59,6 +59,8 @@ class WorkerHandle:
     retired_at: float | None = None
     #: The worker's slot in ``pool.share``; None if it has none.
     slot: int | None = None
+    #: The worker's slot in its pool's StatsTable (``Arbiter.stats[pool.name]``); None if uncounted.
+    stats_slot: int | None = None
 
     @property
     def worker_class(self) -> str:

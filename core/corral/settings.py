@@ -335,6 +335,10 @@ def core_settings() -> list[Setting]:
           ("--keep-alive",), "SECONDS"),
         S("max_requests", "Worker processes", uint, 0,
           "Restart a worker after this many requests (0 disables).", ("--max-requests",), "INT"),
+        S("worker_stats", "Worker processes", boolean, True,
+          "Keep live per-worker counters (requests, in flight, status classes, latency) in memory "
+          "shared with the arbiter, for `corral ctl status` and the metrics endpoint; "
+          "--no-worker-stats turns them off.", ("--no-worker-stats",), action="store_false"),
         S("max_requests_jitter", "Worker processes", uint, 0,
           "Add up to this many requests, at random, to max_requests per worker.",
           ("--max-requests-jitter",), "INT"),

@@ -92,6 +92,7 @@ class StubWorker:
         self.pre_request = None
         self.post_request: Any = None
         self.access_log = None
+        self.stats: Any = None
         self.log = logging.getLogger("test.cycle")
         self.wsgi = app
         self.done = 0
@@ -193,3 +194,36 @@ def test_post_request_and_the_in_flight_record_see_every_request() -> None:
     serve([GET % b"one" + GET % b"two"], worker=worker)
     # Still counted in flight while its post_request runs? No: the request is done by then.
     assert seen == [("/one", 200, 0), ("/two", 200, 0)]
+
+
+def test_the_live_counters_count_what_went_out() -> None:
+    # corral.stats: one slot of a real shared table, written by the serving
+    # layer. Requests that reached the app, in flight back to 0, every
+    # response by status class (corral's own 400 too), body bytes, latency.
+    from corral.stats import BUCKETS, StatsTable
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/boom":
+            raise RuntimeError("the app failed")
+        if environ["PATH_INFO"] == "/missing":
+            start_response("404 Not Found", [("Content-Length", "4")])
+            return [b"nope"]
+        start_response("200 OK", [("Content-Length", "5")])
+        return [b"hello"]
+
+    table = StatsTable(4)
+    worker = StubWorker(app)
+    worker.stats = table.member(2, 4242, threaded=False)
+    serve([GET % b"a" + GET % b"missing" + GET % b"b" + GET % b"boom"], worker=worker)
+    serve([b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"], worker=worker)
+    snap = table.read(2)
+    assert snap.pid == 4242 and snap.started > 0
+    assert snap.requests == 4 and snap.in_flight == 0
+    assert snap.status == [0, 2, 0, 2, 1]  # 200 200 / 404 and corral's 400 / the 500
+    assert snap.bytes == 5 + 4 + 5
+    assert snap.observed == 4 and snap.histogram[0] == 4  # all well under BUCKETS[0]
+    assert 0 <= snap.latency_sum < BUCKETS[0] * 4
+    assert table.read(1).requests == 0  # a neighbour's slot is untouched
+    table.retire(2)
+    assert table.read(2).requests == 0 and table.retired.requests == 4
+    assert table.retired.status == [0, 2, 0, 2, 1]

@@ -406,6 +406,9 @@ class AsyncHttpConnection:
         """Answer a protocol error (the caller then closes the connection)."""
         self.worker.log.info("%s from %s: %s", exc.status, self.peer_str(), exc.detail)
         self.send(error_response(exc))
+        stats = self.worker.stats
+        if stats is not None:
+            stats.answered(exc.status)
 
     def next_request_here(self) -> bool:
         """Bytes of a request after the current one have arrived (in the parser or the protocol)."""

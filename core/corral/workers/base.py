@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from corral.heartbeat import Heartbeat
     from corral.pool import Pool
     from corral.sockets import Listener
+    from corral.stats import WorkerStats
     from corral.workers.balance import AcceptBalance
     from corral.workers.watchdog import RequestWatchdog
 
@@ -158,6 +159,9 @@ class Worker:
         #: after construction; workers that hold connections use it to step
         #: aside for a less loaded peer (corral.workers.balance).
         self.balance: AcceptBalance | None = None
+        #: This worker's slot in its pool's live counters (corral.stats), set by
+        #: the arbiter after construction; None with --no-worker-stats.
+        self.stats: WorkerStats | None = None
         self.nr = 0
         self.max_requests = 0
         if cfg.max_requests:

@@ -250,6 +250,9 @@ class HttpConnection:
         """Answer a protocol error (the caller then closes the connection)."""
         self.worker.log.info("%s from %s: %s", exc.status, self.peer_label(), exc.detail)
         self._send(error_response(exc))
+        stats = self.worker.stats
+        if stats is not None:
+            stats.answered(exc.status)
 
     def handle(self, head: RequestHead) -> bool:
         """Run the app for one request whose head was read; True if the connection may serve another.
@@ -288,6 +291,10 @@ class HttpConnection:
         environ: dict[str, Any] = {}
         in_flight = worker.in_flight
         in_flight[self] = (head, started)
+        stats = worker.stats
+        if stats is not None:
+            stats.begin()
+        failed = 0  # the 500 corral answered for the app, if it had to
         try:
             proxied = self.parser.proxy
             environ = build_environ(head, self.env, body, self.peer,
@@ -307,13 +314,14 @@ class HttpConnection:
         except E.HTTPError as exc:
             # A framing error found while the app read the body.
             if not resp.headers_sent:
-                self.send_error(exc)
+                self.send_error(exc)  # counted there (stats.answered)
             return False
         except (ClientDisconnected, ConnectionError, ClientTimeout):
             return False
         except Exception:
             worker.log.exception("Error handling request %s %s", head.method, head.target)
             if not resp.headers_sent:
+                failed = 500
                 try:
                     self._send(internal_error_response(head))
                 except OSError:
@@ -327,6 +335,9 @@ class HttpConnection:
                     worker.log.exception("Error closing the app's response iterable")
             in_flight.pop(self, None)
             worker.request_done()
+            if stats is not None:
+                stats.end(resp.status_code if resp.headers_sent else failed, resp.bytes_sent,
+                          time.monotonic() - started)
         if worker.post_request is not None or worker.access_log is not None:
             after_response(worker, head, environ, resp, time.monotonic() - started)
         if not keeps_connection(resp.keep_alive, head, continue_sent, body.complete):

@@ -260,6 +260,10 @@ class TornadoResponder:
         request: TornadoRequest | None = None
         in_flight = worker.in_flight
         in_flight[conn] = (head, time.monotonic())
+        stats = worker.stats
+        if stats is not None:
+            stats.begin()
+        failed = 0  # the 500 corral answered for the app, if it had to
         try:
             headers = httputil.HTTPHeaders()
             for name, value in head.headers:
@@ -292,15 +296,24 @@ class TornadoResponder:
             worker.log.exception("Error handling request %s %s", head.method, head.target)
             if request is not None:
                 if not request.committed:
+                    failed = 500
                     request._fail()
                 request.connection_lost()
             else:
+                failed = 500
                 conn.send(internal_error_response(head))
             return False
         finally:
             conn.protocol.on_lost = None
             in_flight.pop(conn, None)
             worker.request_done()
+            if stats is not None:
+                resp = request.response if request is not None else None
+                if resp is not None and resp.headers_sent:
+                    stats.end(resp.status_code, resp.bytes_sent, conn.loop.time() - started)
+                else:
+                    # No head went out, or corral's own 4xx went (counted by send_error).
+                    stats.end(failed, 0, conn.loop.time() - started)
         if conn.protocol.closed or request.response is None:
             return False
         if worker.post_request is not None or worker.access_log is not None:

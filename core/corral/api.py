@@ -41,7 +41,11 @@ What is here, by what a worker does:
   the tornado plugin does): :class:`RequestParser`, :class:`ParserLimits`,
   :class:`RequestHead`, :class:`EndOfMessage`, the parser signals,
   :mod:`errors`, :func:`build_environ`, :class:`EnvironContext`,
-  :class:`Body`, :class:`Response`, :func:`error_response`.
+  :class:`Body`, :class:`Response`, :func:`error_response`;
+- operate the server from the arbiter (the operations plugins): the live
+  counters, :class:`StatsTable` (``server.stats[pool]``), :class:`Snapshot`,
+  :class:`WorkerStats` (``Worker.stats``), :data:`LATENCY_BUCKETS`, and
+  :func:`parse_address` for an address setting of a plugin's own.
 """
 
 from __future__ import annotations
@@ -118,9 +122,15 @@ _EXPORTS: dict[str, str] = {
     "before_app": "corral.serve.cycle",
     "keeps_connection": "corral.serve.cycle",
     "Listener": "corral.sockets",
+    "LATENCY_BUCKETS": "corral.stats",
+    "Snapshot": "corral.stats",
+    "StatsTable": "corral.stats",
+    "WorkerStats": "corral.stats",
+    "parse_address": "corral.addresses",
 }
 
 if TYPE_CHECKING:
+    from corral.addresses import parse_address
     from corral.config import Config
     from corral.errors import ConfigError
     from corral.http import errors
@@ -155,6 +165,7 @@ if TYPE_CHECKING:
     )
     from corral.settings import Setting, SettingsRegistry, seconds
     from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, Listener, acceptor
+    from corral.stats import LATENCY_BUCKETS, Snapshot, StatsTable, WorkerStats
     from corral.workers.asyncio_connection import (
         AsyncHttpConnection,
         Responder,
@@ -208,6 +219,7 @@ __all__ = [
     "CONTINUE_100",
     "EMPTY_BODY",
     "FIRST_REQUEST_GRACE",
+    "LATENCY_BUCKETS",
     "NEED_DATA",
     "PLUGIN_API",
     "RECV_SIZE",
@@ -244,11 +256,14 @@ __all__ = [
     "SelectorLoopWorker",
     "Setting",
     "SettingsRegistry",
+    "Snapshot",
     "SocketTransport",
+    "StatsTable",
     "ThreadBridge",
     "Transport",
     "Worker",
     "WorkerSpec",
+    "WorkerStats",
     "WsgiThreadResponder",
     "acceptor",
     "after_response",
@@ -264,5 +279,6 @@ __all__ = [
     "internal_error_response",
     "keeps_connection",
     "next_request_deadline",
+    "parse_address",
     "seconds",
 ]

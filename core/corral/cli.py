@@ -14,7 +14,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -330,7 +330,22 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(plugins_command(argv[1:]))
     if argv[:1] == ["scale"]:
         sys.exit(scale_command(argv[1:]))
+    if argv and not argv[0].startswith("-") and ":" not in argv[0]:
+        # A plugin's subcommand (corral ctl), when the word is one.
+        command = plugin_commands(argv).get(argv[0])
+        if command is not None:
+            sys.exit(command(argv[1:]))
     sys.exit(serve(argv))
+
+
+def plugin_commands(argv: Sequence[str]) -> dict[str, Callable[[list[str]], int]]:
+    """``corral NAME ...`` commands that plugins register (corral_register_commands)."""
+    pm, _, _ = _plugin_manager(argv)
+    commands: dict[str, Callable[[list[str]], int]] = {}
+    for found in pm.hook.corral_register_commands():
+        for name, fn in (found or {}).items():
+            commands.setdefault(name, fn)
+    return commands
 
 
 def serve(argv: list[str]) -> int:

@@ -214,6 +214,22 @@ def corral_worker_timeout(server: Arbiter, worker: WorkerHandle) -> None:
 
 
 @hookspec
+def corral_register_commands() -> dict[str, Callable[[list[str]], int]]:
+    """Subcommands of the ``corral`` command: ``{"ctl": main}`` makes ``corral ctl ARGS``
+    call ``main(ARGS)`` and exit with what it returns.
+
+    Runs in any process that runs ``corral``, never in the arbiter or a worker.
+
+    Called only when the first word of the command line is not an option or an
+    APP_MODULE (``module:callable``); corral's own ``plugins`` and ``scale`` win
+    over a plugin's, and the first plugin to claim a name keeps it. Import the
+    command's code inside the function it returns, not at module level: every
+    ``corral`` invocation calls this hook.
+    """
+    raise NotImplementedError  # a specification: pluggy never runs its body
+
+
+@hookspec
 def corral_arbiter_tick(server: Arbiter) -> None:
     """Called by the arbiter at each turn of its main loop: at least once a second, and
     more often when signals, exits or readers (``server.add_reader``) wake it; also

@@ -167,15 +167,12 @@ GUNICORN_SETTINGS: Final[dict[str, Gunicorn]] = {
 
 _SYSLOG = ("corral does not write to syslog: it logs to stderr (the default) or --error-logfile, "
            "for journald, the container runtime or a log shipper to collect")
-_STATSD = ("corral does not push statsd metrics; for request numbers log them "
-           "(access_log_format = 'json') and count in your log pipeline")
+_STATSD = ("corral does not measure the listen backlog; its metrics (statsd_host, metrics_bind: "
+           "docs/operations.md) count requests in flight per pool and per worker instead")
 _HTTP2 = "corral serves HTTP/1.1; terminate HTTP/2 in the proxy or load balancer in front"
 _ASGI = "corral serves WSGI apps; ASGI settings have nothing to act on"
 _DIRTY = ("gunicorn's dirty arbiters are not in corral: run that work as a pool of its own "
           "(--pool, docs/pools.md) or as its own service")
-_CONTROL = ("corral has no control socket yet: steer it with signals (docs/arbiter.md) "
-            "and `corral scale`")
-
 #: Every gunicorn setting corral does not have under the same name: (kind, what corral does).
 #: For ``renamed`` the text is the corral setting's name.
 TREATMENT: Final[dict[str, tuple[Kind, str]]] = {
@@ -197,9 +194,6 @@ TREATMENT: Final[dict[str, tuple[Kind, str]]] = {
     "syslog_facility": ("ignored", _SYSLOG),
     "enable_stdio_inheritance": ("ignored", "corral's workers keep the arbiter's stdout and stderr "
                                             "unless --daemon"),
-    "statsd_host": ("ignored", _STATSD),
-    "dogstatsd_tags": ("ignored", _STATSD),
-    "statsd_prefix": ("ignored", _STATSD),
     "enable_backlog_metric": ("ignored", _STATSD),
     "default_proc_name": ("ignored", "set proc_name (-n); the default title is corral's"),
     "paste": ("refused", "PasteDeploy apps are not supported: build the app in a Python module "
@@ -242,9 +236,6 @@ TREATMENT: Final[dict[str, tuple[Kind, str]]] = {
     "dirty_post_fork": ("ignored", _DIRTY),
     "dirty_worker_init": ("ignored", _DIRTY),
     "dirty_worker_exit": ("ignored", _DIRTY),
-    "control_socket": ("ignored", _CONTROL),
-    "control_socket_mode": ("ignored", _CONTROL),
-    "control_socket_disable": ("ignored", _CONTROL),
 }
 
 #: gunicorn's server hooks, which a Python config file may define as plain callables.
@@ -295,9 +286,13 @@ def unsupported(name: str, value: Any, source: str, warnings: list[str]) -> str 
 
 def reference() -> str:
     """docs/gunicorn-settings.md: every gunicorn setting and what corral does with it."""
+    from corral.plugins import make_plugin_manager
+    from corral.reference import collect_settings
     from corral.settings import default_registry
 
-    registry = default_registry()
+    # corral's own settings and its built-in plugins' (statsd_host is the metrics plugin's).
+    pm, _, _ = make_plugin_manager(disabled=[])
+    registry = collect_settings(pm, default_registry())
     label = {"same": "supported", "hook": "supported (hook)", "renamed": "supported as",
              "ignored": "warns, ignored", "refused": "refused"}
     lines = [

@@ -31,6 +31,8 @@ from typing import Final
 #: Latency histogram upper bounds in seconds (Prometheus's default buckets);
 #: one more bucket, +Inf, follows them.
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: The same, under its public name (corral.api).
+LATENCY_BUCKETS: Final = BUCKETS
 
 # Word offsets inside a slot.
 PID: Final = 0

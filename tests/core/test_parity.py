@@ -12,6 +12,8 @@ import pytest
 
 from corral.cli import build_argparser
 from corral.parity import GUNICORN_SETTINGS, HOOKS, TREATMENT, kind_of, reference
+from corral.plugins import make_plugin_manager
+from corral.reference import collect_settings
 from corral.settings import default_registry
 from corral.testing import CorralProcess
 
@@ -37,7 +39,9 @@ def test_the_table_is_gunicorns_own_list() -> None:
 
 
 def test_every_setting_has_a_treatment_that_holds() -> None:
-    registry = default_registry()
+    # corral's settings and its built-in plugins' (statsd_host, control_socket).
+    pm, _, _ = make_plugin_manager(disabled=[])
+    registry = collect_settings(pm, default_registry())
     flags = set(build_argparser(registry)._option_string_actions)
     for name, gunicorn in GUNICORN_SETTINGS.items():
         kind, text = kind_of(name)
@@ -63,9 +67,9 @@ def test_the_reference_page_is_current() -> None:
 
 def test_an_unsupported_flag_warns_and_leaves_the_app_module_alone() -> None:
     # It used to read "unrecognized arguments: --statsd-host corral.testing.apps:app".
-    res = corral("--statsd-host", "localhost:8125", "--spew", "--check-config", APP)
+    res = corral("--log-syslog-to", "udp://logs.example:514", "--spew", "--check-config", APP)
     assert res.returncode == 0, res.stderr
-    assert "'statsd_host' (--statsd-host) is a gunicorn setting corral does not support" in res.stderr
+    assert "'syslog_addr' (--log-syslog-to) is a gunicorn setting corral does not support" in res.stderr
     assert "'spew' (--spew) is a gunicorn setting" in res.stderr and "ignored" in res.stderr
 
 
@@ -82,11 +86,11 @@ def test_a_setting_the_app_depends_on_is_refused_with_what_to_do(args: list[str]
 
 def test_one_rule_for_a_config_file_toml_included(tmp_path: Path) -> None:
     py = tmp_path / "g.py"
-    py.write_text("statsd_host = 'localhost:8125'\nprotocol = 'http'\nroot_path = '/api'\n"
+    py.write_text("syslog_addr = 'udp://logs.example:514'\nprotocol = 'http'\nroot_path = '/api'\n"
                   "dirty_workers = 2\ndef on_dirty_starting(arbiter):\n    pass\n")
     res = corral("-c", str(py), "--print-config", APP)
     assert res.returncode == 0, res.stderr
-    assert "'statsd_host' (--statsd-host) is a gunicorn setting" in res.stderr
+    assert "'syslog_addr' (--log-syslog-to) is a gunicorn setting" in res.stderr
     assert "'dirty_workers'" in res.stderr and "'on_dirty_starting'" in res.stderr  # a hook too
     assert "protocol" not in res.stderr  # gunicorn's default: nothing to say
     assert "script_name" in res.stdout and "'/api'" in res.stdout  # root_path, renamed
@@ -108,11 +112,11 @@ def test_pythonpath_puts_directories_first(tmp_path: Path) -> None:
 
 
 def test_gunicorn_cmd_args_are_read_when_corral_has_none(tmp_path: Path) -> None:
-    res = corral("--print-config", APP, env={"GUNICORN_CMD_ARGS": "--workers 3 --statsd-host x:1"})
+    res = corral("--print-config", APP, env={"GUNICORN_CMD_ARGS": "--workers 3 --log-syslog-to udp://x:1"})
     assert res.returncode == 0, res.stderr
     assert "reading $GUNICORN_CMD_ARGS" in res.stderr
     assert "workers" in res.stdout and "3  # $GUNICORN_CMD_ARGS" in res.stdout
-    assert "$GUNICORN_CMD_ARGS: 'statsd_host'" in res.stderr
+    assert "$GUNICORN_CMD_ARGS: 'syslog_addr'" in res.stderr
     res = corral("--print-config", APP, env={"GUNICORN_CMD_ARGS": "--workers 3", "CORRAL_CMD_ARGS": ""})
     assert "3  # $GUNICORN_CMD_ARGS" not in res.stdout  # corral's own variable wins, even empty
 
@@ -147,7 +151,8 @@ loglevel = "info"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s'
 proc_name = "shop"
 raw_env = ["SHOP_MODE=prod"]
-statsd_host = "localhost:8125"   # gunicorn-only: warned, never silently dropped
+syslog_addr = "udp://logs.example:514"   # gunicorn-only: warned, never silently dropped
+statsd_host = "localhost:8125"   # pushed by corral's metrics plugin
 
 def on_starting(server):
     _note("on_starting")
@@ -184,7 +189,7 @@ def worker_exit(server, worker):
         assert server.stop() == 0  # a graceful stop: every hook has run when it returns
         text = server.log()
         assert "reading ./gunicorn.conf.py, as gunicorn would" in text
-        assert "'statsd_host' (--statsd-host) is a gunicorn setting corral does not support" in text
+        assert "'syslog_addr' (--log-syslog-to) is a gunicorn setting corral does not support" in text
     notes = log.read_text().splitlines()
     # gunicorn's attribute names on every object a hook gets (req.uri, resp.sent, ...).
     assert notes[0] == "on_starting" and "when_ready 2 1 shop gthread 1 2" in notes

@@ -12,10 +12,12 @@ import http.client
 import itertools
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -70,6 +72,14 @@ class CorralProcess:
         cmd += [*args, app]
         self.cmd = cmd
         self.env = {**os.environ, **(env or {})}
+        # The default control socket is $XDG_RUNTIME_DIR/corral.ctl: one of
+        # its own per server (short, for the 107-byte limit of a unix path),
+        # so servers run side by side never meet there. control_path is it.
+        self._runtime_dir: str | None = None
+        if not (env and "XDG_RUNTIME_DIR" in env):
+            self._runtime_dir = tempfile.mkdtemp(prefix="corral-rt-")
+            self.env["XDG_RUNTIME_DIR"] = self._runtime_dir
+        self.control_path = os.path.join(self.env.get("XDG_RUNTIME_DIR", ""), "corral.ctl")
         self.proc: subprocess.Popen[bytes] | None = None
         self.addresses: list[str] = []
 
@@ -115,6 +125,8 @@ class CorralProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             self._out.close()
+        if self._runtime_dir is not None:
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
     def send_signal(self, sig: int) -> None:
         os.kill(self.pid, sig)

@@ -19,6 +19,11 @@ which does not depend on what else the machine runs.
     python bench/ab.py --old cd1e6fc                 # the working tree against cd1e6fc
     python bench/ab.py --old cd1e6fc --new HEAD      # two commits (edit freely meanwhile)
     python bench/ab.py --old v1 --classes gthread --rounds 7 --path /100k
+    python bench/ab.py --old-args=--no-worker-stats  # one tree, a setting off against on
+
+With ``--old-args``/``--new-args`` (and no ``--old``) both sides run the
+working tree and differ only by those corral arguments: what a feature
+costs when it is on.
 """
 
 from __future__ import annotations
@@ -46,15 +51,16 @@ def tree_path(tree: Path, cls: str) -> str:
 
 
 def one_run(reaper: harness.Reaper, tree: Path, cls: str, args: argparse.Namespace,
-            workload: harness.Workload, logdir: Path) -> dict[str, Any]:
+            workload: harness.Workload, logdir: Path, extra: list[str], side: str) -> dict[str, Any]:
     s = harness.Settings(workers=1, threads=args.threads, worker_connections=1000, keep_alive=5,
                          wrk_threads=1, connections=args.connections, duration=args.duration,
                          warmup=1.0, rounds=args.rounds, server_cpus=args.server_cpus,
                          client_cpus=args.client_cpus)
     port = harness.free_port()
-    logfile = logdir / f"{tree.name}-{cls}.log"
-    server = harness.Server("corral", cls, harness.pinned(harness.corral_argv(cls, port, s, logfile),
-                                                          s.server_cpus), port, logfile)
+    logfile = logdir / f"{side}-{tree.name}-{cls}.log"
+    argv = harness.corral_argv(cls, port, s, logfile)
+    argv[-1:-1] = extra  # before APP_MODULE
+    server = harness.Server("corral", cls, harness.pinned(argv, s.server_cpus), port, logfile)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(harness.SCRUBBED_ENV_PREFIXES) and k not in harness.SCRUBBED_ENV}
     env["PYTHONPATH"] = tree_path(tree, cls)
@@ -74,7 +80,10 @@ def one_run(reaper: harness.Reaper, tree: Path, cls: str, args: argparse.Namespa
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--old", required=True, help="git revision to compare against")
+    p.add_argument("--old", default=None, help="git revision to compare against (default: the working "
+                   "tree, with --old-args)")
+    p.add_argument("--old-args", default="", help="extra corral arguments for the old side")
+    p.add_argument("--new-args", default="", help="extra corral arguments for the new side")
     p.add_argument("--new", default=None, help="git revision to measure (default: the working tree)")
     p.add_argument("--classes", default=DEFAULT_CLASSES)
     p.add_argument("--path", default="/", help="route of bench/apps.py (default: hello world)")
@@ -85,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-cpus", default="1")
     p.add_argument("--client-cpus", default="0")
     args = p.parse_args(argv)
+    if args.old is None and not (args.old_args or args.new_args):
+        p.error("give --old REVISION, or --old-args/--new-args to compare settings on one tree")
+    extra = {"old": args.old_args.split(), "new": args.new_args.split()}
     args.wrk = harness.ensure_wrk(install=False)
     workload = next((w for w in harness.WORKLOADS if w.path == args.path),
                     harness.Workload("custom", args.path, args.path))
@@ -100,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, tree in trees.items():
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
                             revs[name]], check=True)
+        trees.setdefault("old", ROOT)
         trees.setdefault("new", ROOT)
         try:
             rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for cls in args.classes.split(","):
                 for _ in range(args.rounds):
                     for name, tree in trees.items():
-                        result = one_run(reaper, tree, cls, args, workload, Path(tmp))
+                        result = one_run(reaper, tree, cls, args, workload, Path(tmp), extra[name], name)
                         if "error" in result:
                             print(f"{name} {cls}: {result['error']}", file=sys.stderr)
                             continue
@@ -119,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                 if tree != ROOT:
                     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                                    check=False)
-    print(f"\nold = {revs['old']}, new = {revs.get('new', 'working tree')}; {workload.path}, "
+    sides = {name: " ".join(filter(None, (revs.get(name, "working tree"), " ".join(extra[name]))))
+             for name in ("old", "new")}
+    print(f"\nold = {sides['old']}, new = {sides['new']}; {workload.path}, "
           f"1 worker on CPU {args.server_cpus}, "
           f"wrk -t1 -c{args.connections} on CPU {args.client_cpus}, median of {args.rounds}")
     heads = ("old req/s", "new req/s", "new/old", "old us/req", "new us/req")

@@ -254,13 +254,17 @@ class Arbiter:
 
     @property
     def ready(self) -> bool:
-        """Every pool has its workers booted, and the arbiter is not stopping."""
+        """Every pool has its workers booted, and the arbiter is not stopping.
+
+        Workers of the previous configuration count while they serve: a
+        reload or a recycle replaces workers with no moment short of them,
+        and an orchestrator should not take the server out of rotation then.
+        """
         if self.stopping or self.winched:
             return False
         for pool in self.pools:
             booted = sum(1 for h in self.workers.values()
-                         if h.pool.name == pool.name and h.booted and not h.retiring
-                         and h.generation == self.generation)
+                         if h.pool.name == pool.name and h.booted and not h.retiring)
             if booted < pool.size:
                 return False
         return bool(self.pools)

@@ -122,6 +122,15 @@ def test_readiness_booting_serving_and_stopping(tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", mport), timeout=10) as sock:
             sock.sendall(b"garbage\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 400 ")
+        # A reload replaces every worker, the new ones first: never a moment out of rotation.
+        old = set(server.worker_pids())
+        server.send_signal(1)
+        answers = set()
+        deadline = time.monotonic() + 20
+        while old & set(server.worker_pids()) or len(server.worker_pids()) != 1:
+            assert time.monotonic() < deadline
+            answers.add(get(mport, "/readyz")[0])
+        assert answers == {200}
         # A request in flight holds the stop open; meanwhile the server says it is not ready.
         reply: list[int] = []
         slow = threading.Thread(target=lambda: reply.append(get(server.port, "/sleep?t=2")[0]))

@@ -460,6 +460,9 @@ class Arbiter:
             self.log.exception("Exception in worker process")
             status = WORKER_BOOT_ERROR if worker is None or not worker.booted else 1
         finally:
+            if worker is not None and worker.stats is not None:
+                with contextlib.suppress(Exception):
+                    worker.stats.publish(0)  # the last numbers, for the pool's totals
             with contextlib.suppress(Exception):
                 for h in logging.getLogger("corral").handlers:
                     h.flush()

@@ -262,3 +262,14 @@ def test_the_socket_follows_a_usr2_upgrade(tmp_path: Path) -> None:
         assert len(workers) == 2 and not set(workers) & old_workers
         assert ask(server.control_path, {"command": "shutdown"})["ok"]
         wait_until(lambda: not os.path.exists(server.control_path))
+
+
+def test_status_without_worker_stats_says_so(tmp_path: Path) -> None:
+    with CorralProcess(APP, ["--no-worker-stats", "-w", "2"], workdir=tmp_path, workers=None) as server:
+        server.wait_for_workers(2)
+        assert server.request()[0] == 200
+        wait_until(lambda: len(serving(server, "main")) == 2)
+        (pool,) = status(server)["pools"]
+        assert pool["requests"] is None and all(w["requests"] is None for w in pool["workers"])
+        res = ctl(server, "status")
+        assert res.returncode == 0 and "requests -," in res.stdout

@@ -195,7 +195,7 @@ class Worker:
             access_log = AccessLog(cfg.accesslog, cfg.access_log_format, via_logging=custom_logging)
             self.access_logger = access_log
             self.access_log = access_log.log
-            heartbeat.on_beat = access_log.flush
+        heartbeat.on_beat = self.on_beat
         #: The read end of the wake pipe (non-blocking): readable when TERM,
         #: a stop or a recycle wants the worker's loop to look at
         #: ``self.alive``. Put it in the loop's select/poll and read it
@@ -206,6 +206,14 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} pid={self.pid} pool={self.pool.name}>"
+
+    def on_beat(self) -> None:
+        """Periodic work at each heartbeat (at most every 0.5 s): flush the access
+        log's buffer, publish the counters to the arbiter's table."""
+        if self.access_logger is not None:
+            self.access_logger.flush()
+        if self.stats is not None:
+            self.stats.publish(len(self.in_flight))
 
     def _hook_or_none(self, name: str) -> Callable[..., Any] | None:
         hook = getattr(self.pm.hook, name)

@@ -291,9 +291,6 @@ class HttpConnection:
         environ: dict[str, Any] = {}
         in_flight = worker.in_flight
         in_flight[self] = (head, started)
-        stats = worker.stats
-        if stats is not None:
-            stats.begin()
         failed = 0  # the 500 corral answered for the app, if it had to
         try:
             proxied = self.parser.proxy
@@ -335,6 +332,7 @@ class HttpConnection:
                     worker.log.exception("Error closing the app's response iterable")
             in_flight.pop(self, None)
             worker.request_done()
+            stats = worker.stats
             if stats is not None:
                 stats.end(resp.status_code if resp.headers_sent else failed, resp.bytes_sent,
                           time.monotonic() - started)

@@ -348,7 +348,9 @@ class GeventWorker(Worker):
     def _heartbeat_loop(self) -> None:
         interval = self.check_interval  # a worker that is merely busy never looks stuck
         while True:
-            self.heartbeat.beat()
+            # notify, not beat: throttled like every class's, and it runs the
+            # beat's periodic work (the access log flush, the counters' publish).
+            self.heartbeat.notify()
             if self.alive and not self.keep_serving():
                 self.alive = False
                 self.wake()

@@ -260,9 +260,6 @@ class TornadoResponder:
         request: TornadoRequest | None = None
         in_flight = worker.in_flight
         in_flight[conn] = (head, time.monotonic())
-        stats = worker.stats
-        if stats is not None:
-            stats.begin()
         failed = 0  # the 500 corral answered for the app, if it had to
         try:
             headers = httputil.HTTPHeaders()
@@ -307,6 +304,7 @@ class TornadoResponder:
             conn.protocol.on_lost = None
             in_flight.pop(conn, None)
             worker.request_done()
+            stats = worker.stats
             if stats is not None:
                 resp = request.response if request is not None else None
                 if resp is not None and resp.headers_sent:

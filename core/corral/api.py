@@ -44,8 +44,9 @@ What is here, by what a worker does:
   :class:`Body`, :class:`Response`, :func:`error_response`;
 - operate the server from the arbiter (the operations plugins): the live
   counters, :class:`StatsTable` (``server.stats[pool]``), :class:`Snapshot`,
-  :class:`WorkerStats` (``Worker.stats``), :data:`LATENCY_BUCKETS`, and
-  :func:`parse_address` for an address setting of a plugin's own.
+  :class:`WorkerStats` (``Worker.stats``), :data:`LATENCY_BUCKETS`, and for
+  settings of a plugin's own the validators :func:`parse_address`,
+  :func:`boolean` and :func:`octal_mode`.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ _EXPORTS: dict[str, str] = {
     "before_app": "corral.serve.cycle",
     "keeps_connection": "corral.serve.cycle",
     "Listener": "corral.sockets",
+    "boolean": "corral.settings",
+    "octal_mode": "corral.settings",
     "LATENCY_BUCKETS": "corral.stats",
     "Snapshot": "corral.stats",
     "StatsTable": "corral.stats",
@@ -163,7 +166,7 @@ if TYPE_CHECKING:
         first_byte_deadline,
         head_wait_timed_out,
     )
-    from corral.settings import Setting, SettingsRegistry, seconds
+    from corral.settings import Setting, SettingsRegistry, boolean, octal_mode, seconds
     from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, Listener, acceptor
     from corral.stats import LATENCY_BUCKETS, Snapshot, StatsTable, WorkerStats
     from corral.workers.asyncio_connection import (
@@ -269,6 +272,7 @@ __all__ = [
     "after_response",
     "before_app",
     "body_wait_timed_out",
+    "boolean",
     "build_environ",
     "error_response",
     "errors",
@@ -279,6 +283,7 @@ __all__ = [
     "internal_error_response",
     "keeps_connection",
     "next_request_deadline",
+    "octal_mode",
     "parse_address",
     "seconds",
 ]

@@ -79,8 +79,10 @@ class Snapshot:
 class StatsTable:
     """One pool's slots, in memory shared across fork; the arbiter's side.
 
-    Slot ``i`` belongs to the worker the arbiter gave slot ``i`` in the
-    pool's connection table (``WorkerHandle.slot``): one numbering for both.
+    Slot ``i`` belongs to the live worker of the pool whose
+    ``WorkerHandle.stats_slot`` is ``i`` (a numbering of its own: the
+    connection table is per Pool object and a reload makes new ones, while
+    this table lasts as long as the pool's name).
     """
 
     def __init__(self, slots: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from corral_ops.ctl import request
 
 from corral.testing import CorralProcess
 from corral.testing.load import KeepAliveMix
@@ -28,18 +29,14 @@ def ctl(server: CorralProcess, *args: str, path: str | None = None) -> subproces
 
 
 def ask(path: str, message: Any) -> dict[str, Any]:
-    """One raw request on the socket: what a script would send."""
+    """One request on the socket, as a script would send it (raw bytes for the malformed ones)."""
+    if isinstance(message, dict):
+        return request(path, message)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(path)
-        sock.sendall((message if isinstance(message, bytes) else json.dumps(message).encode()) + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    result: dict[str, Any] = json.loads(data)
+        sock.sendall(message + b"\n")
+        result: dict[str, Any] = json.loads(sock.makefile("rb").readline())
     return result
 
 

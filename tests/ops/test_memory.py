@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from corral_ops.ctl import request
 
 from corral.testing import CorralProcess
 from corral.testing.load import KeepAliveMix
@@ -27,17 +26,7 @@ def app(environ, start_response):
 
 
 def status(path: str) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(path)
-        sock.sendall(b'{"command": "status"}\n')
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    result: dict[str, Any] = json.loads(data)["result"]
+    result: dict[str, Any] = request(path, {"command": "status"})["result"]
     return result
 
 

@@ -29,10 +29,10 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final
 
-from corral.api import Config, ConfigError, Setting, SettingsRegistry, hookimpl
+from corral.api import Config, ConfigError, Setting, SettingsRegistry, boolean, hookimpl, octal_mode
 from corral_ops import status as st
 from corral_ops.endpoint import RequestServer, bind_unix, file_id, in_use, owns
-from corral_ops.values import file_mode, flag, optional_text
+from corral_ops.values import optional_text
 
 CORRAL_PLUGIN_API = 2
 
@@ -61,12 +61,12 @@ def corral_add_settings(settings: SettingsRegistry) -> None:
              "~/.corral/corral.ctl).", flags=("--control-socket",), metavar="PATH", owner="control",
     ))
     settings.add(Setting(
-        name="control_socket_mode", section=section, validator=file_mode, default=0o600,
+        name="control_socket_mode", section=section, validator=octal_mode, default=0o600,
         help="Permissions of the control socket (0o600: its owner only; 0o660 adds the group).",
         flags=("--control-socket-mode",), metavar="MODE", owner="control",
     ))
     settings.add(Setting(
-        name="control_socket_disable", section=section, validator=flag, default=False,
+        name="control_socket_disable", section=section, validator=boolean, default=False,
         help="Run without a control socket.", flags=("--no-control-socket",), action="store_true",
         owner="control",
     ))

@@ -9,34 +9,12 @@ _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
 _UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    words = ("1", "true", "yes", "on")
-    if isinstance(value, str) and value.strip().lower() in (*words, "0", "false", "no", "off"):
-        return value.strip().lower() in words
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
 def optional_text(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
     return value
-
-
-def file_mode(value: Any) -> int:
-    """0o600, "0600", "600" (octal, as chmod reads it) or an int."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        n = value
-    elif isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{1,4}", value.strip()):
-        n = int(value.strip().removeprefix("0o") or "0", 8)
-    else:
-        raise ValueError(f"expected an octal mode like 0o600, got {value!r}")
-    if not 0 <= n <= 0o7777:
-        raise ValueError(f"expected a mode between 0 and 0o7777, got {oct(n)}")
-    return n
 
 
 def memory_size(value: Any) -> int:

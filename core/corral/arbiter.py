@@ -225,7 +225,7 @@ class Arbiter:
             except Exception:
                 self.log.exception("A reader callback failed (fd %s)", fd)
 
-    # -- what plugins use (docs/writing-a-plugin.md) --------------------------------
+    # -- what plugins use (docs/plugins.md) ------------------------------------------
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback()`` from the main loop whenever ``fd`` is readable.

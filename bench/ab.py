@@ -117,12 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for cls in args.classes.split(","):
-                for _ in range(args.rounds):
-                    for name, tree in trees.items():
+                for i in range(args.rounds):
+                    # ABBA: old first in even rounds, new first in odd ones, so
+                    # a machine that speeds up or slows down over the run
+                    # favours neither side.
+                    order = list(trees.items())
+                    for name, tree in (order if i % 2 == 0 else order[::-1]):
                         result = one_run(reaper, tree, cls, args, workload, Path(tmp), extra[name], name)
                         if "error" in result:
                             print(f"{name} {cls}: {result['error']}", file=sys.stderr)
                             continue
+                        result["round"] = i
                         rows.setdefault((cls, name), []).append(result)
                         harness.log(f"{name} {cls}: {result['rps']:.0f} req/s, "
                                     f"{result.get('server_cpu_us', 0):.1f} us CPU/request")
@@ -136,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
              for name in ("old", "new")}
     print(f"\nold = {sides['old']}, new = {sides['new']}; {workload.path}, "
           f"1 worker on CPU {args.server_cpus}, "
-          f"wrk -t1 -c{args.connections} on CPU {args.client_cpus}, median of {args.rounds}")
-    heads = ("old req/s", "new req/s", "new/old", "old us/req", "new us/req")
+          f"wrk -t1 -c{args.connections} on CPU {args.client_cpus}, median of {args.rounds} (ABBA order)")
+    # "paired" is the median of each round's new/old ratio: rounds run a few
+    # seconds apart, so a pair shares the machine's state of the moment.
+    heads = ("old req/s", "new req/s", "new/old", "paired", "old us/req", "new us/req")
     print(f"{'class':8} " + " ".join(f"{h:>11}" for h in heads))
     for cls in args.classes.split(","):
         old, new = rows.get((cls, "old"), []), rows.get((cls, "new"), [])
@@ -148,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         n_rps = statistics.median(r["rps"] for r in new)
         o_cpu = statistics.median(r.get("server_cpu_us", 0.0) for r in old)
         n_cpu = statistics.median(r.get("server_cpu_us", 0.0) for r in new)
-        print(f"{cls:8} {o_rps:11.0f} {n_rps:11.0f} {n_rps / o_rps:11.3f} {o_cpu:11.1f} {n_cpu:11.1f}")
+        by_round = {r["round"]: r["rps"] for r in old}
+        pairs = [r["rps"] / by_round[r["round"]] for r in new if r["round"] in by_round]
+        paired = statistics.median(pairs) if pairs else float("nan")
+        print(f"{cls:8} {o_rps:11.0f} {n_rps:11.0f} {n_rps / o_rps:11.3f} {paired:11.3f} "
+              f"{o_cpu:11.1f} {n_cpu:11.1f}")
     return 0
 
 

@@ -52,8 +52,8 @@ def tree_path(tree: Path, cls: str) -> str:
 
 def one_run(reaper: harness.Reaper, tree: Path, cls: str, args: argparse.Namespace,
             workload: harness.Workload, logdir: Path, extra: list[str], side: str) -> dict[str, Any]:
-    s = harness.Settings(workers=1, threads=args.threads, worker_connections=1000, keep_alive=5,
-                         wrk_threads=1, connections=args.connections, duration=args.duration,
+    s = harness.Settings(workers=args.workers, threads=args.threads, worker_connections=1000, keep_alive=5,
+                         wrk_threads=args.wrk_threads, connections=args.connections, duration=args.duration,
                          warmup=1.0, rounds=args.rounds, server_cpus=args.server_cpus,
                          client_cpus=args.client_cpus)
     port = harness.free_port()
@@ -66,7 +66,7 @@ def one_run(reaper: harness.Reaper, tree: Path, cls: str, args: argparse.Namespa
     env["PYTHONPATH"] = tree_path(tree, cls)
     harness.start_server(reaper, server, env)
     try:
-        harness.wait_ready(server, 1, time.monotonic() + harness.START_TIMEOUT)
+        harness.wait_ready(server, args.workers, time.monotonic() + harness.START_TIMEOUT)
         assert server.proc is not None
         # Sync closes every connection; the others are compared under keep-alive.
         mode = "close" if cls == "sync" else "keepalive"
@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=6.0)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--threads", type=int, default=8, help="gthread's --threads")
-    p.add_argument("--server-cpus", default="1")
-    p.add_argument("--client-cpus", default="0")
+    p.add_argument("--server-cpus", default="1", help="taskset list for the server; '' leaves it unpinned")
+    p.add_argument("--client-cpus", default="0", help="taskset list for wrk; '' leaves it unpinned")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes (2 with --server-cpus '' --client-cpus '' --connections 64 "
+                        "--wrk-threads 2 is bench/run.py's hello cell)")
+    p.add_argument("--wrk-threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.old is None and not (args.old_args or args.new_args):
         p.error("give --old REVISION, or --old-args/--new-args to compare settings on one tree")
@@ -140,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     sides = {name: " ".join(filter(None, (revs.get(name, "working tree"), " ".join(extra[name]))))
              for name in ("old", "new")}
     print(f"\nold = {sides['old']}, new = {sides['new']}; {workload.path}, "
-          f"1 worker on CPU {args.server_cpus}, "
-          f"wrk -t1 -c{args.connections} on CPU {args.client_cpus}, median of {args.rounds} (ABBA order)")
+          f"{args.workers} worker(s) on CPU {args.server_cpus or 'any'}, "
+          f"wrk -t{args.wrk_threads} -c{args.connections} on CPU {args.client_cpus or 'any'}, "
+          f"median of {args.rounds} (ABBA order)")
     # "paired" is the median of each round's new/old ratio: rounds run a few
     # seconds apart, so a pair shares the machine's state of the moment.
     heads = ("old req/s", "new req/s", "new/old", "paired", "old us/req", "new us/req")

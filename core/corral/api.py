@@ -46,7 +46,11 @@ What is here, by what a worker does:
   counters, :class:`StatsTable` (``server.stats[pool]``), :class:`Snapshot`,
   :class:`WorkerStats` (``Worker.stats``), :data:`LATENCY_BUCKETS`, and for
   settings of a plugin's own the validators :func:`parse_address`,
-  :func:`boolean` and :func:`octal_mode`.
+  :func:`boolean`, :func:`octal_mode`, :func:`seconds`, :func:`uint` and
+  :func:`choice`;
+- serve another kind of app (the asgi plugin): :func:`is_asgi_app`, and
+  :data:`APP_LOAD_ERROR`, the exit status that makes the arbiter stop
+  instead of respawning a worker whose app cannot start.
 """
 
 from __future__ import annotations
@@ -125,6 +129,11 @@ _EXPORTS: dict[str, str] = {
     "Listener": "corral.sockets",
     "boolean": "corral.settings",
     "octal_mode": "corral.settings",
+    "uint": "corral.settings",
+    "choice": "corral.settings",
+    "is_asgi_app": "corral.app",
+    "APP_LOAD_ERROR": "corral.workers.base",
+    "format_stacks": "corral.workers.base",
     "LATENCY_BUCKETS": "corral.stats",
     "Snapshot": "corral.stats",
     "StatsTable": "corral.stats",
@@ -134,6 +143,7 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from corral.addresses import parse_address
+    from corral.app import is_asgi_app
     from corral.config import Config
     from corral.errors import ConfigError
     from corral.http import errors
@@ -166,7 +176,7 @@ if TYPE_CHECKING:
         first_byte_deadline,
         head_wait_timed_out,
     )
-    from corral.settings import Setting, SettingsRegistry, boolean, octal_mode, seconds
+    from corral.settings import Setting, SettingsRegistry, boolean, choice, octal_mode, seconds, uint
     from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, Listener, acceptor
     from corral.stats import LATENCY_BUCKETS, Snapshot, StatsTable, WorkerStats
     from corral.workers.asyncio_connection import (
@@ -177,7 +187,7 @@ if TYPE_CHECKING:
     )
     from corral.workers.asyncio_worker import AsyncioWorker
     from corral.workers.balance import AcceptBalance
-    from corral.workers.base import Worker
+    from corral.workers.base import APP_LOAD_ERROR, Worker, format_stacks
     from corral.workers.connection import HttpConnection
     from corral.workers.loop_connection import LoopConnection
     from corral.workers.memory import IdleTrim
@@ -216,6 +226,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ACCEPT_RESOURCE_ERRNOS",
+    "APP_LOAD_ERROR",
     "CLOSE_LINGER",
     "CLOSE_LINGER_BYTES",
     "CONNECTION_CLOSED",
@@ -274,16 +285,20 @@ __all__ = [
     "body_wait_timed_out",
     "boolean",
     "build_environ",
+    "choice",
     "error_response",
     "errors",
     "first_byte_deadline",
+    "format_stacks",
     "forwarded_secure",
     "head_wait_timed_out",
     "hookimpl",
     "internal_error_response",
+    "is_asgi_app",
     "keeps_connection",
     "next_request_deadline",
     "octal_mode",
     "parse_address",
     "seconds",
+    "uint",
 ]

@@ -163,7 +163,8 @@ class Arbiter:
                         addresses=list(pcfg.bind), share=ConnectionShare(max(8, 2 * size)))
             if pcfg.preload_app:
                 try:
-                    pool.preloaded_app = load_app(pcfg.wsgi_app, None)
+                    pool.preloaded_app = load_app(pcfg.wsgi_app, None, interface=spec.app_interface,
+                                                  worker_class=spec.name)
                 except Exception:
                     self.log.exception("Failed to preload the application %r (pool %s)",
                                        pcfg.wsgi_app, name)

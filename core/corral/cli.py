@@ -445,12 +445,22 @@ def serve(argv: list[str]) -> int:
 
 
 def _check_config(cfg: Config, pm: pluggy.PluginManager) -> int:
+    """--check-config: every pool's worker class imports and its app loads, of the kind the class serves."""
     from corral.app import load_app
     from corral.plugins import load_worker_class
 
+    checked: list[str] = []
     try:
-        load_worker_class(resolve_worker(pm, cfg.worker_class))
-        load_app(cfg.wsgi_app)
+        for name, pcfg in cfg.pool_configs():
+            spec = resolve_worker(pm, pcfg.worker_class)
+            cls = load_worker_class(spec)
+            interface = getattr(cls, "serves", None) or spec.app_interface
+            try:
+                load_app(pcfg.wsgi_app, interface=interface, worker_class=spec.name)
+            except AppImportError as exc:
+                raise AppImportError(f"pool {name}: {exc}" if name != "main" else str(exc)) from None
+            checked.append(f"app {pcfg.wsgi_app}, worker class {pcfg.worker_class}"
+                           + (f" (pool {name})" if name != "main" else ""))
     except (ConfigError, AppImportError) as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return 1
@@ -459,5 +469,5 @@ def _check_config(cfg: Config, pm: pluggy.PluginManager) -> int:
 
         traceback.print_exc()
         return 1
-    print(f"corral: configuration OK (app {cfg.wsgi_app}, worker class {cfg.worker_class})")
+    print(f"corral: configuration OK ({'; '.join(checked)})")
     return 0

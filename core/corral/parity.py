@@ -8,7 +8,10 @@ and its ``GUNICORN_CMD_ARGS``. Every gunicorn setting is one of:
 - ``renamed``: corral has it under another name; the value goes there;
 - ``ignored``: accepted with a one-line warning that says what corral does instead;
 - ``refused``: an error that says why and what to use (the app would not work as
-  configured without it).
+  configured without it);
+- ``plugin``: a setting of one of corral's own plugin distributions (the asgi
+  worker's ``asgi_loop``): the same meaning once it is installed, a warning
+  that says what to install while it is not.
 
 :data:`GUNICORN_SETTINGS` holds gunicorn's side (its flags, whether a flag
 takes a value, its default), so that corral recognises gunicorn's flags
@@ -28,7 +31,7 @@ from corral.errors import ConfigError
 #: The gunicorn release the table describes.
 GUNICORN_VERSION: Final = "27.0.1"
 
-Kind = Literal["same", "hook", "renamed", "ignored", "refused"]
+Kind = Literal["same", "hook", "renamed", "ignored", "refused", "plugin"]
 
 
 class Gunicorn(NamedTuple):
@@ -170,7 +173,8 @@ _SYSLOG = ("corral does not write to syslog: it logs to stderr (the default) or 
 _STATSD = ("corral does not measure the listen backlog; its metrics (statsd_host, metrics_bind: "
            "docs/operations.md) count requests in flight per pool and per worker instead")
 _HTTP2 = "corral serves HTTP/1.1; terminate HTTP/2 in the proxy or load balancer in front"
-_ASGI = "corral serves WSGI apps; ASGI settings have nothing to act on"
+#: A setting of the asgi worker (plugins/asgi, the corral-asgi distribution).
+_ASGI = "corral[asgi]"
 _DIRTY = ("gunicorn's dirty arbiters are not in corral: run that work as a pool of its own "
           "(--pool, docs/pools.md) or as its own service")
 #: Every gunicorn setting corral does not have under the same name: (kind, what corral does).
@@ -221,10 +225,10 @@ TREATMENT: Final[dict[str, tuple[Kind, str]]] = {
                                                       "answers other versions with 505"),
     "forwarder_headers": ("ignored", "corral takes SCRIPT_NAME from script_name, never from a "
                                      "request header"),
-    "asgi_loop": ("ignored", _ASGI),
-    "asgi_lifespan": ("ignored", _ASGI),
-    "asgi_disconnect_grace_period": ("ignored", _ASGI),
-    "websocket_max_message_size": ("ignored", _ASGI),
+    "asgi_loop": ("plugin", _ASGI),
+    "asgi_lifespan": ("plugin", _ASGI),
+    "asgi_disconnect_grace_period": ("plugin", _ASGI),
+    "websocket_max_message_size": ("plugin", _ASGI),
     "http_parser": ("ignored", "corral always parses with its own strict parser on llhttp"),
     "root_path": ("renamed", "script_name"),
     "dirty_apps": ("refused", _DIRTY),
@@ -272,6 +276,12 @@ def unsupported(name: str, value: Any, source: str, warnings: list[str]) -> str 
         return text
     if kind == "same":
         return None
+    if kind == "plugin":
+        flags = GUNICORN_SETTINGS[name].flags
+        named = f"{name!r} ({flags[-1]})" if flags else repr(name)
+        warnings.append(f"{source}: {named} is a setting of corral's {text[len('corral['):-1]} worker, "
+                        f"which is not installed (pip install '{text}'); ignored")
+        return None
     default = GUNICORN_SETTINGS[name].default
     if value == default and value is not None:
         return None  # spelled-out default: nothing for corral to do differently
@@ -294,7 +304,7 @@ def reference() -> str:
     pm, _, _ = make_plugin_manager(disabled=[])
     registry = collect_settings(pm, default_registry())
     label = {"same": "supported", "hook": "supported (hook)", "renamed": "supported as",
-             "ignored": "warns, ignored", "refused": "refused"}
+             "ignored": "warns, ignored", "refused": "refused", "plugin": "supported by"}
     lines = [
         f"# gunicorn {GUNICORN_VERSION}'s settings in corral",
         "",
@@ -320,6 +330,9 @@ def reference() -> str:
             text = registry[name].help if name in registry else text
         elif kind == "renamed":
             text = f"`{text}`: the same meaning under corral's name"
+        elif kind == "plugin":
+            help_text = registry[name].help if name in registry else ""
+            text = f"`{text}` (warns, ignored without it): {help_text}"
         lines.append(f"| `{name}` | {flags} | {label[kind]} | {text.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 

@@ -35,6 +35,7 @@ KNOWN_DISTRIBUTIONS = {
     "gthread": "built into corral (reinstall corral: pip install --force-reinstall corral)",
     "gevent": "pip install corral[gevent]",
     "tornado": "pip install corral[tornado]",
+    "asgi": "pip install corral[asgi]",
 }
 
 
@@ -58,6 +59,9 @@ class WorkerSpec:
     :param tls: terminates TLS itself (--certfile): it serves connections through
         :meth:`corral.workers.connection.HttpConnection.serve`, which handshakes
         in the connection's own thread of control. False refuses TLS settings at startup.
+    :param app_interface: the kind of app the class serves, ``"wsgi"`` or
+        ``"asgi"``: APP_MODULE is loaded and checked as one (an app of the
+        other kind stops the start with an error that names both).
     :param shared_modules: modules the arbiter imports before it forks a worker
         of this class, so that every worker shares them (copy-on-write) instead
         of holding its own copy. Only modules whose import has no effect beyond
@@ -74,8 +78,14 @@ class WorkerSpec:
     monkey_patches: bool = False
     preload_safe: bool = True
     tls: bool = False
+    app_interface: str = "wsgi"
     shared_modules: tuple[str, ...] = ()
     distribution: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.app_interface not in ("wsgi", "asgi"):
+            raise ValueError(f"worker class {self.name!r}: app_interface must be 'wsgi' or 'asgi', "
+                             f"not {self.app_interface!r}")
 
     @property
     def runs_requests_at_once(self) -> bool:
@@ -87,8 +97,10 @@ class WorkerSpec:
     def traits(self) -> list[str]:
         """What ``corral plugins`` prints about the class, in words."""
         out = ["keep-alive" if self.keepalive else "closes each connection", self.concurrency]
-        out.append("requests at once (wsgi.multithread)" if self.runs_requests_at_once
-                   else "one request at a time")
+        if self.app_interface != "wsgi":
+            out.append(f"{self.app_interface.upper()} apps")
+        wsgi = " (wsgi.multithread)" if self.app_interface == "wsgi" else ""
+        out.append(f"requests at once{wsgi}" if self.runs_requests_at_once else "one request at a time")
         if self.monkey_patches:
             out.append("patches the standard library")
         if self.tls:
@@ -268,6 +280,9 @@ GUNICORN_CLASSES: Final = {
     "gunicorn.workers.gthread.ThreadWorker": "gthread",
     "gunicorn.workers.ggevent.GeventWorker": "gevent",
     "gunicorn.workers.gtornado.TornadoWorker": "tornado",
+    "gunicorn.workers.gasgi.ASGIWorker": "asgi",
+    "uvicorn.workers.UvicornWorker": "asgi",
+    "uvicorn_worker.UvicornWorker": "asgi",
 }
 
 

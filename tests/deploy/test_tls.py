@@ -39,8 +39,9 @@ APP = "corral.testing.apps:app"
 INSTALLED = set(worker_registry(make_plugin_manager()[0]))
 needs_gevent = pytest.mark.skipif("gevent" not in INSTALLED, reason="corral-gevent is not installed")
 needs_tornado = pytest.mark.skipif("tornado" not in INSTALLED, reason="corral-tornado is not installed")
+needs_asgi = pytest.mark.skipif("asgi" not in INSTALLED, reason="corral-asgi is not installed")
 #: The classes that serve TLS; the others refuse --certfile at startup.
-TLS_CLASSES = {"sync", "gthread", "gevent", "tornado"}
+TLS_CLASSES = {"sync", "gthread", "gevent", "tornado", "asgi"}
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,6 +84,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[
         if "tornado" in INSTALLED:
             started["tornado"] = CorralProcess(APP, tls_args(certs, "--keep-alive", "5"),
                                                workdir=workdir, worker_class="tornado").start()
+        if "asgi" in INSTALLED:
+            # The ASGI twin of the test app: the same routes (corral.testing.asgi_apps).
+            started["asgi"] = CorralProcess("corral.testing.asgi_apps:app", tls_args(certs, "--keep-alive", "5"),
+                                            workdir=workdir, worker_class="asgi").start()
         yield started
     finally:
         for server in started.values():
@@ -90,7 +95,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[
 
 
 @pytest.mark.parametrize("worker_class", ["sync", "gthread", pytest.param("gevent", marks=needs_gevent),
-                                          pytest.param("tornado", marks=needs_tornado)])
+                                          pytest.param("tornado", marks=needs_tornado),
+                                          pytest.param("asgi", marks=needs_asgi)])
 def test_https_scheme_and_large_file(servers: dict[str, CorralProcess], certs: Certs,
                                      worker_class: str) -> None:
     server = servers[worker_class]
@@ -108,7 +114,8 @@ def test_https_scheme_and_large_file(servers: dict[str, CorralProcess], certs: C
         assert tls.selected_alpn_protocol() is None  # the client offered none
 
 
-@pytest.mark.parametrize("worker_class", ["gthread", pytest.param("gevent", marks=needs_gevent)])
+@pytest.mark.parametrize("worker_class", ["gthread", pytest.param("gevent", marks=needs_gevent),
+                                          pytest.param("asgi", marks=needs_asgi)])
 def test_keepalive_over_tls(servers: dict[str, CorralProcess], certs: Certs, worker_class: str) -> None:
     server = servers[worker_class]
     conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=certs.client_context(), timeout=10)

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_ops.ctl import request
 
 from corral.testing import CorralProcess
 from corral.testing.load import KeepAliveMix
 from corral.testing.process import free_ports
+from corral_ops.ctl import request
 
 APP = "corral.testing.apps:app"
 

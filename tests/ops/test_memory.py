@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral_ops.ctl import request
 
 from corral.testing import CorralProcess
 from corral.testing.load import KeepAliveMix
+from corral_ops.ctl import request
 
 LEAKY = '''
 from corral.testing.apps import app as base

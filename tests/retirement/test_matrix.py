@@ -21,11 +21,11 @@ import pytest
 from corral.plugins import make_plugin_manager, worker_registry
 from corral.testing import CorralProcess
 from corral.testing.load import KeepAliveMix, MixResult
+from corral.testing.plugin import default_app
 from corral.testing.process import free_ports
 
-APP = "corral.testing.apps:app"
 INSTALLED = set(worker_registry(make_plugin_manager()[0]))
-CLASSES = [c for c in ("sync", "gthread", "gevent", "tornado") if c in INSTALLED]
+CLASSES = [c for c in ("sync", "gthread", "gevent", "tornado", "asgi") if c in INSTALLED]
 SLOW = 0.5
 
 
@@ -61,7 +61,7 @@ def worker_class(request: pytest.FixtureRequest) -> str:
 
 
 def test_hup(tmp_path: Path, worker_class: str, connections: int) -> None:
-    with CorralProcess(APP, ["--worker-connections", "200"], workdir=tmp_path, workers=2,
+    with CorralProcess(default_app(worker_class), ["--worker-connections", "200"], workdir=tmp_path, workers=2,
                        worker_class=worker_class) as server:
         pids = set(server.wait_for_workers(2))
         with KeepAliveMix("127.0.0.1", server.port, connections) as load:
@@ -81,7 +81,7 @@ def test_hup(tmp_path: Path, worker_class: str, connections: int) -> None:
 
 def test_max_requests(tmp_path: Path, worker_class: str, connections: int) -> None:
     args = ["--max-requests", "150", "--max-requests-jitter", "30", "--worker-connections", "200"]
-    with CorralProcess(APP, args, workdir=tmp_path, workers=2, worker_class=worker_class) as server:
+    with CorralProcess(default_app(worker_class), args, workdir=tmp_path, workers=2, worker_class=worker_class) as server:
         server.wait_for_workers(2)
         with KeepAliveMix("127.0.0.1", server.port, connections) as load:
             slow = load.slow(2, SLOW, str(tmp_path))
@@ -96,7 +96,7 @@ def test_max_requests(tmp_path: Path, worker_class: str, connections: int) -> No
 
 
 def test_ttou(tmp_path: Path, worker_class: str, connections: int) -> None:
-    with CorralProcess(APP, ["--worker-connections", "200"], workdir=tmp_path, workers=3,
+    with CorralProcess(default_app(worker_class), ["--worker-connections", "200"], workdir=tmp_path, workers=3,
                        worker_class=worker_class) as server:
         server.wait_for_workers(3)
         with KeepAliveMix("127.0.0.1", server.port, connections) as load:
@@ -113,7 +113,7 @@ def test_ttou(tmp_path: Path, worker_class: str, connections: int) -> None:
 
 def test_usr2_then_term_of_the_old_arbiter(tmp_path: Path, worker_class: str, connections: int) -> None:
     pidfile = tmp_path / "corral.pid"
-    server = CorralProcess(APP, ["-p", str(pidfile), "--worker-connections", "200"], workdir=tmp_path,
+    server = CorralProcess(default_app(worker_class), ["-p", str(pidfile), "--worker-connections", "200"], workdir=tmp_path,
                            workers=2, worker_class=worker_class).start()
     try:
         old_master = server.pid
@@ -142,7 +142,7 @@ def test_pool_removed_on_hup(tmp_path: Path, worker_class: str, connections: int
     both = (f"pools = {{'kept': {{'worker_class': '{worker_class}', 'workers': 1, 'bind': ['127.0.0.1:{a}']}},"
             f" 'gone': {{'worker_class': '{worker_class}', 'workers': 1, 'bind': ['127.0.0.1:{b}']}}}}\n")
     conf.write_text(both)
-    with CorralProcess(APP, ["-c", str(conf)], workdir=tmp_path, workers=None, bind=()) as server:
+    with CorralProcess(default_app(worker_class), ["-c", str(conf)], workdir=tmp_path, workers=None, bind=()) as server:
         server.wait_for_workers(2)
         # On the pool that goes, the clients stop once told to close (or refused):
         # nobody serves that port afterwards.

@@ -11,6 +11,8 @@ from __future__ import annotations
 class HTTPError(Exception):
     status: int = 400
     reason: str = "Bad Request"
+    #: Header fields the answer carries besides corral's own (426's Sec-WebSocket-Version).
+    fields: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.reason)

@@ -15,7 +15,9 @@ Fixtures:
   fixtures start, e.g. ``("--threads", "4")``; empty by default. Override
   or parametrize it to run the conformance suite under several settings.
 - ``corral_server``: a factory that starts a real corral with that worker
-  class on an ephemeral port and kills it (and its workers) after the test:
+  class on an ephemeral port and kills it (and its workers) after the test
+  (the app is corral.testing.apps:app, or its ASGI twin
+  corral.testing.asgi_apps:app for a class that serves ASGI apps):
   ``server = corral_server("--threads", "4", app="myapp:app", workers=2)``.
 - ``corral_shared_server``: ``corral_shared_server(worker_class)`` gives one
   long-lived server (two workers) per module, worker class and
@@ -37,6 +39,17 @@ import pytest
 from corral.testing.process import CorralProcess
 
 DEFAULT_APP = "corral.testing.apps:app"
+#: What a class that serves ASGI apps gets instead: the same routes (corral.testing.asgi_apps).
+DEFAULT_ASGI_APP = "corral.testing.asgi_apps:app"
+
+
+def default_app(worker_class: str) -> str:
+    """The test app for ``worker_class``: the WSGI one, or its ASGI twin for an ASGI class."""
+    from corral.plugins import make_plugin_manager, worker_registry
+
+    pm, _, _ = make_plugin_manager()
+    spec = worker_registry(pm).get(worker_class)
+    return DEFAULT_ASGI_APP if spec is not None and spec.app_interface == "asgi" else DEFAULT_APP
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,8 +73,10 @@ ServerFactory = Callable[..., CorralProcess]
 
 def _factory(workdir: Path, worker_class: str, base_args: Sequence[str],
              procs: list[CorralProcess]) -> ServerFactory:
-    def start(*args: str, app: str = DEFAULT_APP, workers: int = 1, wait_ready: bool = True,
+    def start(*args: str, app: str | None = None, workers: int = 1, wait_ready: bool = True,
               **kwargs: Any) -> CorralProcess:
+        if app is None:
+            app = default_app(worker_class)
         proc = CorralProcess(app, (*base_args, *args), workdir=workdir, worker_class=worker_class,
                              workers=workers, **kwargs)
         procs.append(proc)
@@ -92,8 +107,8 @@ class _SharedServers:
         if server is None or (server.proc is not None and server.proc.poll() is not None):
             if server is not None:
                 server.kill()
-            server = CorralProcess(DEFAULT_APP, ("--timeout", "30", *args), workdir=self.workdir,
-                                   worker_class=worker_class, workers=2)
+            server = CorralProcess(default_app(worker_class), ("--timeout", "30", *args),
+                                   workdir=self.workdir, worker_class=worker_class, workers=2)
             self.servers[key] = server.start()
         return server
 

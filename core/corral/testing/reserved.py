@@ -26,6 +26,7 @@ OVERRIDABLE: Final = frozenset({
     "executor",                 # AsyncioWorker: the pool WSGI apps run in
     "accept_batch",             # AsyncioWorker: connections taken per readiness event
     "loop",                     # the loop a class runs (SelectorLoopWorker, AsyncioWorker)
+    "serves",                   # the app interface a class given by path declares ("asgi")
 })
 
 

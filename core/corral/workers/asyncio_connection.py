@@ -137,6 +137,9 @@ class ConnectionProtocol(asyncio.Protocol):
         self._gather_timer: asyncio.TimerHandle | None = None
         #: Closing gracefully (:meth:`linger_close`): input is dropped; how much more may come.
         self._discard: int | None = None
+        #: Keep the transport open after the client's EOF (a half-close); a
+        #: TLS transport cannot, and asyncio warns when asked to.
+        self.keep_half_open = True
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -174,7 +177,7 @@ class ConnectionProtocol(asyncio.Protocol):
         self._end_gather(True)
         # Keep the transport open: a client may half-close after its request
         # and still wait for the answer.
-        return True
+        return self.keep_half_open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True

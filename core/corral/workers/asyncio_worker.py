@@ -202,12 +202,16 @@ class AsyncioWorker(Worker):
                     if proxied is None:
                         client.close()
                         return
-                _, protocol = await self.loop.connect_accepted_socket(
-                    lambda: ConnectionProtocol(self.loop), client, ssl=self.ssl_context,
+                # Our protocol, not what the call returns: uvloop returns its
+                # own SSLProtocol wrapped around ours.
+                protocol = ConnectionProtocol(self.loop)
+                protocol.keep_half_open = False  # a TLS transport closes at EOF whatever we say
+                await self.loop.connect_accepted_socket(
+                    lambda: protocol, client, ssl=self.ssl_context,
                     ssl_handshake_timeout=self.cfg.ssl_handshake_timeout)
             else:
-                _, protocol = await self.loop.connect_accepted_socket(
-                    lambda: ConnectionProtocol(self.loop), client)
+                protocol = ConnectionProtocol(self.loop)
+                await self.loop.connect_accepted_socket(lambda: protocol, client)
             conn = AsyncHttpConnection(self, protocol, peer, env, self.cfg.keepalive, self.responder)
             if proxied is not None:
                 conn.parser = RequestParser(dataclasses.replace(self.limits, proxy_protocol="off"))
@@ -296,7 +300,17 @@ class AsyncioWorker(Worker):
         if not self._stopping.done():
             self._stopping.set_result(None)
 
+    def retiring(self) -> None:
+        """The graceful stop begins (on the loop): a subclass's long-lived
+        connections (WebSockets) can be asked to end; HTTP requests in hand
+        are served either way."""
+
+    async def stopped(self) -> None:
+        """The last connection is gone (or the graceful timeout passed): a
+        subclass's shutdown work (an ASGI app's lifespan shutdown)."""
+
     async def _graceful_stop(self) -> None:
+        self.retiring()
         self.retirement_started()
         self._pause_accepting()
         if self.balance is not None:
@@ -312,3 +326,4 @@ class AsyncioWorker(Worker):
                 self.log.warning("Worker %s: %s connection(s) still busy after graceful_timeout; exiting",
                                  self.pid, self._open)
                 self.in_flight.report(self.log, self.pid)
+        await self.stopped()

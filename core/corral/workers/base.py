@@ -116,6 +116,10 @@ class Worker:
     #: selector loop serving inline): TERM then arms an alarm for the graceful
     #: timeout that cuts a request still running (see :meth:`handle_exit`).
     requests_in_main_thread: ClassVar[bool] = False
+    #: The kind of app this class serves ("wsgi" or "asgi"), when the class
+    #: says so itself; else its WorkerSpec's ``app_interface`` decides (a
+    #: class given by path has no plugin to declare it).
+    serves: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -142,6 +146,7 @@ class Worker:
         self.heartbeat = heartbeat
         self.pm = pm
         self.server = server
+        #: The app (named so for history: an ASGI class keeps its ASGI app here too).
         self.wsgi: Callable[..., Any] = app  # type: ignore[assignment]
         self._ready_fd = ready_fd
         self.alive = True
@@ -207,6 +212,11 @@ class Worker:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} pid={self.pid} pool={self.pool.name}>"
 
+    @property
+    def app_interface(self) -> str:
+        """"wsgi" or "asgi": what APP_MODULE must be for this worker (see corral.app)."""
+        return self.serves or self.pool.spec.app_interface
+
     def on_beat(self) -> None:
         """Periodic work at each heartbeat (at most every 0.5 s): flush the access
         log's buffer, publish the counters to the arbiter's table."""
@@ -234,7 +244,8 @@ class Worker:
         watch_too: list[str] = []
         if self.wsgi is None:
             try:
-                self.wsgi = load_app(self.pool.app_uri, None)
+                self.wsgi = load_app(self.pool.app_uri, None, interface=self.app_interface,
+                                     worker_class=self.pool.spec.name)
             except Exception as exc:
                 self.log.exception("Failed to load the application %r", self.pool.app_uri)
                 if not self.cfg.reload:
@@ -243,9 +254,10 @@ class Worker:
                 # A development server (--reload) keeps serving, as gunicorn's
                 # does: every request gets the error until a saved file fixes it
                 # (the file that failed is watched too: it was never imported).
-                self.wsgi = load_error_app(exc)
+                self.wsgi = load_error_app(exc, self.app_interface)
                 watch_too = failed_files(exc)
         self.envs = {id(lst): self.environ_context(lst) for lst in self.listeners}
+        self.start_app()
         if self.cfg.reload:
             start_reloader(self, [*watch_too, *self.cfg.reload_extra_files])
         self.pm.hook.corral_post_worker_init(worker=self)
@@ -265,6 +277,16 @@ class Worker:
 
     def init_concurrency(self) -> None:
         """Set up the concurrency library before the app is imported (gevent patches here)."""
+
+    def start_app(self) -> None:
+        """Start the loaded app before the worker reports ready (nothing for WSGI apps).
+
+        An ASGI class runs the app's lifespan startup here, so that the
+        arbiter counts the worker as booted only once the app is ready. A
+        class whose app cannot start logs why and leaves with
+        ``os._exit(APP_LOAD_ERROR)``: the arbiter then stops, as for an app
+        that does not import, instead of respawning it forever.
+        """
 
     def run(self) -> None:
         raise NotImplementedError

@@ -86,14 +86,25 @@ def failed_files(exc: BaseException) -> list[str]:
     return files
 
 
-def load_error_app(exc: BaseException) -> WSGIApp:
-    """The app a --reload worker serves while its own does not import: 500 and the error, every request."""
+def load_error_app(exc: BaseException, interface: str = "wsgi") -> WSGIApp:
+    """The app a --reload worker serves while its own does not import: 500 and the error, every request.
+
+    Of the interface the worker class serves (an ASGI class gets an ASGI app
+    that answers HTTP requests so and refuses lifespan and websockets).
+    """
     text = "".join(traceback.format_exception(exc)).encode("utf-8", "replace")
     body = b"The application failed to load (corral --reload serves it again once a saved file fixes it):\n\n"
+    fields = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body) + len(text)))]
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        start_response("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8"),
-                                                     ("Content-Length", str(len(body) + len(text)))])
+        start_response("500 Internal Server Error", fields)
         return [body, text]
 
-    return app
+    async def asgi_app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("the application failed to load")  # lifespan: unsupported; websocket: 403
+        await send({"type": "http.response.start", "status": 500,
+                    "headers": [(k.encode(), v.encode()) for k, v in fields]})
+        await send({"type": "http.response.body", "body": body + text})
+
+    return asgi_app if interface == "asgi" else app

@@ -334,6 +334,7 @@ def error_response(exc: HTTPError, *, close: bool = True) -> bytes:
         f"Date: {http_date()}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in exc.fields)
         + ("Connection: close\r\n" if close else "")
         + "\r\n"
     )

@@ -1,0 +1,1 @@
+"""corral's ASGI worker class (``--worker-class asgi``); see corral_asgi.worker."""

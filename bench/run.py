@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -54,24 +54,32 @@ from typing import Any, Final
 BENCH_DIR: Final = Path(__file__).resolve().parent
 LUA_SCRIPT: Final = BENCH_DIR / "wrk" / "bench.lua"
 APP: Final = "apps:app"
+#: The ASGI twin (bench/asgi_apps.py), for corral's asgi class and its peers.
+ASGI_APP: Final = "asgi_apps:app"
 HOST: Final = "127.0.0.1"
 
 #: Every worker class corral ships; each is an optional plugin.
-ALL_CLASSES: Final = ("sync", "gthread", "gevent", "tornado")
+ALL_CLASSES: Final = ("sync", "gthread", "gevent", "tornado", "asgi")
+#: The workloads the ASGI app has (no /file: ASGI has no file wrapper all servers share).
+ASGI_WORKLOADS: Final = frozenset({"hello", "100k", "post1m", "sleep10ms", "stream32m"})
 #: gunicorn's sync worker closes every connection (and so does corral's): for
 #: sync the keep-alive client measures reconnects, so the close run is the
 #: comparison that means something; for the others the keep-alive run is.
 PRIMARY_MODE: Final = {"sync": "close"}
 #: Modules whose absence makes a gunicorn worker class unusable.
-GUNICORN_CLASS_NEEDS: Final = {"gevent": "gevent", "tornado": "tornado"}
+GUNICORN_CLASS_NEEDS: Final = {"gevent": "gevent", "tornado": "tornado", "asgi": "uvloop"}
 #: The Python packages the harness installs when missing: import name -> pip name.
-PIP_TOOLS: Final = {"gunicorn": "gunicorn", "gevent": "gevent", "tornado": "tornado", "granian": "granian"}
+PIP_TOOLS: Final = {"gunicorn": "gunicorn", "gevent": "gevent", "tornado": "tornado", "granian": "granian",
+                    "uvicorn": "uvicorn", "uvloop": "uvloop", "httptools": "httptools"}
 #: Distributions whose versions go into the report.
 VERSIONED: Final = (
     "corral",
     "corral-gevent",
     "corral-tornado",
+    "corral-asgi",
     "httptools",
+    "uvicorn",
+    "uvloop",
     "gunicorn",
     "gevent",
     "greenlet",
@@ -79,7 +87,7 @@ VERSIONED: Final = (
     "granian",
 )
 #: Environment variables that would silently change a server's settings.
-SCRUBBED_ENV_PREFIXES: Final = ("CORRAL_", "GUNICORN_", "GRANIAN_")
+SCRUBBED_ENV_PREFIXES: Final = ("CORRAL_", "GUNICORN_", "GRANIAN_", "UVICORN_")
 SCRUBBED_ENV: Final = ("WEB_CONCURRENCY", "PORT", "SCRIPT_NAME")
 
 #: A server must answer within this long after it was started.
@@ -413,7 +421,7 @@ def corral_argv(cls: str, port: int, s: Settings, logfile: Path) -> list[str]:
     ]
     if cls == "gthread":
         argv += ["--threads", str(s.threads)]
-    return [*argv, APP]
+    return [*argv, ASGI_APP if cls == "asgi" else APP]
 
 
 def gunicorn_argv(cls: str, port: int, s: Settings, logfile: Path) -> list[str]:
@@ -445,7 +453,17 @@ def gunicorn_argv(cls: str, port: int, s: Settings, logfile: Path) -> list[str]:
     ]
     if cls == "gthread":
         argv += ["--threads", str(s.threads)]
-    return [*argv, APP]
+    # -k asgi: gunicorn's own ASGI worker (uvloop when installed, as corral's).
+    return [*argv, ASGI_APP if cls == "asgi" else APP]
+
+
+def uvicorn_argv(cls: str, port: int, s: Settings, logfile: Path) -> list[str]:
+    """uvicorn at its fastest: httptools and uvloop, the same worker count, no access log."""
+    return [
+        sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port), "--workers", str(s.workers),
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+        "--timeout-keep-alive", str(s.keep_alive), "--app-dir", str(BENCH_DIR), ASGI_APP,
+    ]
 
 
 def granian_argv(exe: list[str], port: int, s: Settings) -> list[str]:
@@ -869,7 +887,13 @@ def bench_class(
     res: Results,
 ) -> None:
     servers = []
-    for name, build in (("corral", corral_argv), ("gunicorn", gunicorn_argv)):
+    builders: list[tuple[str, Callable[[str, int, Settings, Path], list[str]]]] = [
+        ("corral", corral_argv), ("gunicorn", gunicorn_argv)]
+    if cls == "asgi":
+        # uvicorn is the ASGI server most teams run: the third server of the class.
+        builders.append(("uvicorn", uvicorn_argv))
+        workloads = [w for w in workloads if w.name in ASGI_WORKLOADS]
+    for name, build in builders:
         port = free_port()
         logfile = tmp / f"{name}-{cls}.log"
         servers.append(Server(name, cls, pinned(build(cls, port, s, logfile), s.server_cpus), port, logfile))
@@ -879,7 +903,8 @@ def bench_class(
             start_server(reaper, sv, env)
         for sv in servers:
             try:
-                wait_ready(sv, s.workers, time.monotonic() + START_TIMEOUT)
+                # uvicorn's workers are multiprocessing children of a supervisor: readiness alone.
+                wait_ready(sv, 0 if sv.name == "uvicorn" else s.workers, time.monotonic() + START_TIMEOUT)
             except RuntimeError as exc:
                 sv.failed = str(exc)
                 log(f"{sv.label} {exc}\n{sv.log_tail()}")
@@ -1076,6 +1101,23 @@ def granian_lines(res: Results) -> list[str]:
     return lines
 
 
+def uvicorn_lines(res: Results) -> list[str]:
+    """corral's asgi class against uvicorn (httptools + uvloop), workload by workload."""
+    summary = res.summary()
+    lines = []
+    for row in summary:
+        if row["server"] != "uvicorn" or not row.get("rps"):
+            continue
+        c = _get(summary, **{"class": "asgi"}, workload=row["workload"], mode=row["mode"], server="corral")
+        text = (f"asgi {row['workload']}, {'keep-alive' if row['mode'] == 'keepalive' else 'close'}: "
+                f"uvicorn {row['rps']:,.0f} req/s, p99 {row['p99_ms']:.2f} ms")
+        if c and c.get("rps"):
+            text += (f"; corral {c['rps']:,.0f} req/s, p99 {c['p99_ms']:.2f} ms = "
+                     f"{c['rps'] / row['rps']:.2f}x uvicorn's req/s")
+        lines.append(text)
+    return lines
+
+
 def _kib(snap: dict[str, Any] | None, proc: str, key: str) -> int | None:
     if not snap or not snap.get(proc):
         return None
@@ -1158,7 +1200,7 @@ CPU_NOTE: Final = (
 def text_report(res: Results) -> str:
     rows = [table_cells(r) for r in comparison_rows(res)]
     parts = [plain_table(TABLE_HEAD, rows, 3), "", "* primary comparison. " + SYNC_NOTE, CPU_NOTE]
-    parts += ["", *granian_lines(res)]
+    parts += ["", *granian_lines(res), *uvicorn_lines(res)]
     if res.memory:
         parts += ["", plain_table(MEM_HEAD, memory_rows(res), 2)]
     if res.skipped:
@@ -1220,6 +1262,10 @@ def markdown_report(res: Results) -> str:
     g = granian_lines(res)
     if g:
         lines += ["Non-Python reference:", "", *[f"- {x}" for x in g], ""]
+    u = uvicorn_lines(res)
+    if u:
+        lines += ["ASGI: corral's asgi class against uvicorn (httptools, uvloop, same workers):", "",
+                  *[f"- {x}" for x in u], ""]
     if res.memory:
         lines += [
             "Resident memory (from /proc/PID/smaps_rollup; PSS counts pages shared after fork "
@@ -1311,6 +1357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     wrk = ensure_wrk(install=not args.no_install)
     wanted = ["gunicorn"] + [GUNICORN_CLASS_NEEDS[c] for c in classes if c in GUNICORN_CLASS_NEEDS]
+    if "asgi" in classes:
+        wanted += ["uvicorn", "httptools"]
     if not args.no_granian:
         wanted.append("granian")
     problems = ensure_pip_tools(dict.fromkeys(wanted), install=not args.no_install)

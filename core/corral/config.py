@@ -92,7 +92,7 @@ class Config:
         child.ids = self.ids
         for name, value in overrides.items():
             key = name.replace("-", "_")
-            if key in self.registry and key not in POOL_KEYS:
+            if key in self.registry and key not in POOL_KEYS and not self.registry[key].per_pool:
                 raise ConfigError(f"{source}: setting {key!r} applies to the whole deployment "
                                   "and cannot be set per pool")
             child.set(key, value, source)

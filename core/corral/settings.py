@@ -215,6 +215,9 @@ class Setting:
     owner: str = "corral"
     #: Extra documentation for the reference, beyond the one-line help.
     doc: str = ""
+    #: A pool may set it for its own workers (a worker class's setting, say);
+    #: core's own per-pool settings are corral.pool.POOL_KEYS.
+    per_pool: bool = False
 
     def convert(self, value: Any) -> Any:
         return self.validator(value)

@@ -194,3 +194,97 @@ def test_documented_example_config_runs(tmp_path: Path) -> None:
                        workers=None, bind=(), env={"EXAMPLE_BASE_PORT": str(base)}) as server:
         server.wait_for_workers(4)
         assert [_environ(base + i)["corral.worker_class"] for i in range(3)] == ["sync", "gthread", "gevent"]
+
+
+def _consecutive_free_ports(count: int) -> int:
+    base = free_ports(1)[0]
+    while True:
+        probes: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                probes.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            base = free_ports(1)[0]
+        finally:
+            for s in probes:
+                s.close()
+
+
+def _get_json(port: int, path: str, body: bytes | None = None) -> tuple[int, dict[str, object]]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST" if body is not None else "GET", path, body=body)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(not {"gthread", "asgi"} <= INSTALLED, reason="needs the gthread and asgi plugins")
+def test_django_wsgi_and_asgi_pools_example(tmp_path: Path) -> None:
+    """docs/pools.md's Django deployment: WSGI views on gthread, async views and a WebSocket on asgi.
+
+    One arbiter, one config file (examples/django-pools), and a HUP that
+    replaces both pools' workers with the requests of both still answered.
+    """
+    pytest.importorskip("django")
+    from websockets.sync.client import connect
+
+    root = Path(__file__).resolve().parents[2]
+    base = _consecutive_free_ports(2)
+    conf = root / "examples/django-pools/corral.conf.py"
+    with CorralProcess("", ["-c", str(conf)], workdir=tmp_path, workers=None, bind=(),
+                       env={"EXAMPLE_BASE_PORT": str(base)}) as server:
+        before = set(server.wait_for_workers(3))
+        status, report = _get_json(base, "/report", b"abc")
+        assert status == 200 and report["view"] == "report"
+        assert report["digest"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        assert str(report["server"]).startswith("corral")  # WSGI's SERVER_SOFTWARE: the gthread pool
+        status, feed = _get_json(base + 1, "/feed?wait=0.01")
+        assert (status, feed["view"]) == (200, "feed")
+        # The sync view also runs on the asgi pool (Django runs it in a thread), as ASGI.
+        status, report = _get_json(base + 1, "/report", b"abc")
+        assert (status, report["server"]) == (200, "asgi")
+        with connect(f"ws://127.0.0.1:{base + 1}/ws/echo", open_timeout=10) as ws:
+            ws.send("ping over asgi")
+            assert ws.recv(timeout=10) == "ping over asgi"
+        os.kill(server.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = set(server.worker_pids())
+            if len(now) == 3 and not (now & before):
+                break
+            time.sleep(0.05)
+        assert len(now) == 3 and not (now & before), (before, now)
+        assert _get_json(base, "/report", b"abc")[0] == 200
+        assert _get_json(base + 1, "/feed?wait=0.01")[0] == 200
+    assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+@pytest.mark.skipif("asgi" not in INSTALLED, reason="needs the asgi plugin")
+def test_a_pool_whose_app_is_of_the_wrong_kind_stops_the_start(tmp_path: Path) -> None:
+    """An ASGI app named for a WSGI pool is an error that names the pool, both kinds and the fix."""
+    (tmp_path / "mixed.py").write_text("async def app(scope, receive, send):\n    pass\n")
+    conf = tmp_path / "corral.conf.py"
+    conf.write_text(
+        "pools = {\n"
+        "    'web': {'worker_class': 'gthread', 'wsgi_app': 'corral.testing.apps:app'},\n"
+        "    'live': {'worker_class': 'gthread', 'wsgi_app': 'mixed:app'},\n"
+        "}\n"
+    )
+    res = subprocess.run([sys.executable, "-m", "corral", "-c", str(conf), "--chdir", str(tmp_path),
+                          "--check-config"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "pool live: APP_MODULE 'mixed:app' is an ASGI application" in res.stderr
+    assert "--worker-class asgi" in res.stderr
+    conf.write_text(conf.read_text().replace("'live': {'worker_class': 'gthread'",
+                                             "'live': {'worker_class': 'asgi'"))
+    res = subprocess.run([sys.executable, "-m", "corral", "-c", str(conf), "--chdir", str(tmp_path),
+                          "--check-config"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "worker class asgi (pool live)" in res.stdout

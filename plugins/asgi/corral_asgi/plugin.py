@@ -59,36 +59,36 @@ def loop_choice(value: Any) -> str:
 def corral_add_settings(settings: SettingsRegistry) -> None:
     settings.add(Setting(
         name="asgi_loop", section=SECTION, validator=loop_choice,
-        default="auto", flags=("--asgi-loop",), metavar="LOOP", owner="asgi",
+        default="auto", flags=("--asgi-loop",), metavar="LOOP", owner="asgi", per_pool=True,
         help="Event loop of the asgi worker: auto (uvloop when installed, else asyncio), "
              "asyncio, or uvloop (an error when it is not installed).",
     ))
     settings.add(Setting(
         name="asgi_lifespan", section=SECTION, validator=choice("auto", "on", "off"),
-        default="auto", flags=("--asgi-lifespan",), metavar="MODE", owner="asgi",
+        default="auto", flags=("--asgi-lifespan",), metavar="MODE", owner="asgi", per_pool=True,
         help="ASGI lifespan: auto (run it; an app that does not support it is served without), "
              "on (the app must support it: a failure stops the start), off (never sent).",
     ))
     settings.add(Setting(
         name="asgi_disconnect_grace_period", section=SECTION, validator=seconds, default=3.0,
-        flags=("--asgi-disconnect-grace-period",), metavar="SECONDS", owner="asgi",
+        flags=("--asgi-disconnect-grace-period",), metavar="SECONDS", owner="asgi", per_pool=True,
         help="After the client of an HTTP request disconnects, the app has this long to finish "
              "(it gets http.disconnect) before its task is cancelled; 0 cancels at once.",
     ))
     settings.add(Setting(
         name="websocket_max_message_size", section=SECTION, validator=uint, default=16 * 1024 * 1024,
-        flags=("--websocket-max-message-size",), metavar="BYTES", owner="asgi",
+        flags=("--websocket-max-message-size",), metavar="BYTES", owner="asgi", per_pool=True,
         help="Largest WebSocket message (all its fragments) the asgi worker accepts; a larger one "
              "closes the connection with 1009. 0: no limit.",
     ))
     settings.add(Setting(
         name="websocket_ping_interval", section=SECTION, validator=seconds, default=20.0,
-        flags=("--websocket-ping-interval",), metavar="SECONDS", owner="asgi",
+        flags=("--websocket-ping-interval",), metavar="SECONDS", owner="asgi", per_pool=True,
         help="Ping an idle WebSocket this often, and close it (1011) when no pong comes within "
              "--websocket-ping-timeout; 0: no pings.",
     ))
     settings.add(Setting(
         name="websocket_ping_timeout", section=SECTION, validator=seconds, default=20.0,
-        flags=("--websocket-ping-timeout",), metavar="SECONDS", owner="asgi",
+        flags=("--websocket-ping-timeout",), metavar="SECONDS", owner="asgi", per_pool=True,
         help="How long a ping may wait for its pong before the WebSocket is closed.",
     ))

@@ -208,6 +208,8 @@ class RequestHead:
     expect_continue: bool
     #: Names with "_" that were dropped under header_map=drop, for the log.
     dropped: list[str] = field(default_factory=list)
+    #: The Connection field has the "upgrade" token (RFC 9110 7.8).
+    upgrade: bool = False
     #: The request's WSGI environ, set before pre_request runs (corral.serve.cycle.before_app).
     environ: dict[str, Any] | None = None
 
@@ -644,6 +646,9 @@ class RequestParser:
                 head.keep_alive = False
             elif not http11:
                 head.keep_alive = "keep-alive" in tokens
+            # Asked to switch protocols (a WebSocket handshake): the ASGI
+            # worker looks here instead of scanning the fields again.
+            head.upgrade = "upgrade" in tokens
 
         for value in expect:
             if value.lower() == "100-continue":

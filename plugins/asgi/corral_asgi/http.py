@@ -80,6 +80,12 @@ _HOP_BY_HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection
                                 b"transfer-encoding", b"upgrade"})
 
 
+#: Field names as sent -> lowercased bytes for the scope; names repeat, so one dict lookup
+#: replaces a lower() and an encode(). Bounded, so that a client making up names cannot grow it.
+_NAMES: dict[str, bytes] = {}
+_NAMES_MAX: Final = 2048
+
+
 class ClientDisconnected(OSError):
     """The client is gone: raised by ``send`` (spec 2.4: a subclass of OSError)."""
 
@@ -130,7 +136,8 @@ class HttpCycle:
         self.lost = False
         #: A protocol error found while the app read the body, answered after it.
         self.error: E.HTTPError | None = None
-        self._done: asyncio.Future[None] = conn.loop.create_future()
+        #: Made when the app first waits for the end of the request (most never do).
+        self._done: asyncio.Future[None] | None = None
         self._body_lock: asyncio.Lock | None = None
         self._watching = False
 
@@ -149,8 +156,11 @@ class HttpCycle:
                 if not self.body_done and not self.disconnected:
                     return await self._read_body()
         if not self.disconnected and not self.complete:
+            done = self._done
+            if done is None:
+                done = self._done = self.conn.loop.create_future()
             self._watch()
-            await asyncio.shield(self._done)
+            await asyncio.shield(done)
         return {"type": "http.disconnect"}
 
     async def _read_body(self) -> dict[str, Any]:
@@ -214,8 +224,9 @@ class HttpCycle:
 
     def _disconnect(self) -> None:
         self.disconnected = True
-        if not self._done.done():
-            self._done.set_result(None)
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def connection_lost(self) -> None:
         self.lost = True
@@ -273,8 +284,9 @@ class HttpCycle:
             resp.keep_alive = False
 
     def _finish(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
     async def _flow(self) -> None:
         """Wait while the transport's buffer is full: a slow reader paces the app."""
@@ -369,8 +381,12 @@ class AsgiResponder:
         self.state = state
         cfg = worker.cfg
         self.grace = cfg.asgi_disconnect_grace_period
-        #: (field name, value that means https), from secure_scheme_headers.
-        self._secure = [(name, value.lower()) for name, value in dict(cfg.secure_scheme_headers).items()]
+        #: (lowercased field name, value that means https), from secure_scheme_headers.
+        self._secure = [(name.lower(), value.lower()) for name, value in
+                        dict(cfg.secure_scheme_headers).items()]
+        self._secure_names = frozenset(name.encode("latin-1") for name, _ in self._secure)
+        #: scope["server"] per listener (its EnvironContext), made once.
+        self._servers: dict[int, tuple[str, int | None]] = {}
         self.root_path = cfg.script_name.rstrip("/")
         self.websockets: set[WebSocketSession] = set()
         self.retiring = False
@@ -378,21 +394,38 @@ class AsgiResponder:
     # -- the scope ---------------------------------------------------------------------
 
     def scope(self, conn: AsyncHttpConnection, head: RequestHead, kind: str) -> dict[str, Any]:
+        """The request's ASGI scope (one pass over the fields; this runs for every request)."""
         env = conn.env
         peer = conn.peer
-        proxied = conn.parser.proxy
         client: tuple[str, int] | None = None
         trusted = True
-        if isinstance(peer, tuple):
+        if type(peer) is tuple:
             client = (peer[0], peer[1])
             trusted = peer[0] in env.trusted
+        proxied = conn.parser.proxy
         if proxied is not None and proxied.source is not None:
             client = (proxied.source[0], int(proxied.source[1]))
+        names = _NAMES
+        headers: list[tuple[bytes, bytes]] = []
+        append = headers.append
+        watched = self._secure_names if trusted else None
+        said: dict[str, str] | None = None
+        for name, value in head.headers:
+            lname = names.get(name)
+            if lname is None:
+                lname = name.lower().encode("latin-1")
+                if len(names) < _NAMES_MAX:
+                    names[name] = lname
+            append((lname, value.encode("latin-1")))
+            if watched is not None and lname in watched:
+                if said is None:
+                    said = {}
+                said.setdefault(lname.decode("latin-1"), value)
         secure = env.url_scheme == "https"
-        if trusted and self._secure:
-            said = forwarded_secure(self._secure, head.get)  # BadRequest when they disagree
-            if said is not None:
-                secure = said
+        if said is not None:
+            verdict = forwarded_secure(self._secure, said.get)  # BadRequest when they disagree
+            if verdict is not None:
+                secure = verdict
         if kind == "websocket":
             scheme = "wss" if secure else "ws"
         else:
@@ -403,29 +436,28 @@ class AsgiResponder:
             # A proxy that strips the mount point: the path still carries it,
             # as ASGI frameworks expect (path = root_path + the route).
             raw_path = root + raw_path
-        server: tuple[str, int | None]
-        if env.server_port.isdigit():
-            server = (env.server_name, int(env.server_port))
-        else:
-            server = (env.server_name, None)
         return {
             "type": kind,
             "asgi": ASGI_VERSION,
             "http_version": "1.1" if head.version == "HTTP/1.1" else "1.0",
             "method": head.method,
             "scheme": scheme,
-            "path": unquote(raw_path),
+            "path": unquote(raw_path) if "%" in raw_path else raw_path,
             "raw_path": raw_path.encode("latin-1"),
             "query_string": head.query.encode("latin-1"),
             "root_path": root,
-            "headers": [(name.lower().encode("latin-1"), value.encode("latin-1"))
-                        for name, value in head.headers],
+            "headers": headers,
             "client": client,
-            "server": server,
-            "state": dict(self.state),
+            "server": self._servers.get(id(env)) or self._server(env),
+            "state": self.state.copy() if self.state else {},
             "extensions": ({"websocket.http.response": {}} if kind == "websocket"
                            else {"http.response.pathsend": {}}),
         }
+
+    def _server(self, env: Any) -> tuple[str, int | None]:
+        server = (env.server_name, int(env.server_port) if env.server_port.isdigit() else None)
+        self._servers[id(env)] = server
+        return server
 
     def environ(self, conn: AsyncHttpConnection, head: RequestHead) -> dict[str, Any]:
         """A WSGI environ of the request, for pre/post_request hooks and the access log.
@@ -443,7 +475,7 @@ class AsgiResponder:
     # -- Responder ---------------------------------------------------------------------
 
     async def handle(self, conn: AsyncHttpConnection, head: RequestHead) -> bool:
-        if is_websocket_upgrade(head):
+        if head.upgrade and is_websocket_upgrade(head):
             return await self._websocket(conn, head)
         worker = self.worker
         loop = conn.loop

@@ -64,8 +64,13 @@ def _tokens(value: str | None) -> set[str]:
 
 
 def is_websocket_upgrade(head: RequestHead) -> bool:
-    """The request asks to become a WebSocket (``Upgrade: websocket``); validated by WebSocketSession."""
-    return "websocket" in _tokens(head.get("upgrade"))
+    """The request asks to become a WebSocket (``Upgrade: websocket``); validated by WebSocketSession.
+
+    A request whose Connection field lacks "upgrade" is not a handshake
+    (RFC 6455 4.2.1) and is answered as plain HTTP; the parser noted the
+    token, so ordinary requests cost one attribute read here.
+    """
+    return head.upgrade and "websocket" in _tokens(head.get("upgrade"))
 
 
 class WebSocketClosed(OSError):
@@ -159,8 +164,6 @@ class WebSocketSession:
         head = self.head
         if head.method != "GET" or head.version != "HTTP/1.1":
             return E.BadRequest("a WebSocket handshake is a GET over HTTP/1.1")
-        if "upgrade" not in _tokens(head.get("connection")):
-            return E.BadRequest("a WebSocket handshake needs Connection: upgrade")
         version = head.get("sec-websocket-version")
         if version is None or version.strip() != "13":
             return _UpgradeRequired()

@@ -16,6 +16,11 @@ What this module adds to it:
   bytes (a larger one closes with 1009 before it is all buffered);
 - invalid frames and invalid UTF-8 in a text message close with wsproto's
   code (1002, 1007), and the app gets ``websocket.disconnect`` with it;
+- flow control: once the app has :data:`INBOX_MAX_MESSAGES` messages or
+  :data:`INBOX_MAX_BYTES` bytes waiting for its ``receive``, the socket is
+  not read until it catches up (TCP then holds the client back), so a
+  client cannot fill the worker's memory with messages a slow app has not
+  read; pings, pongs and a close frame wait their turn meanwhile;
 - pings are answered; an idle connection is pinged every
   ``websocket_ping_interval`` s and closed (1011) when no pong comes within
   ``websocket_ping_timeout`` s;
@@ -57,6 +62,9 @@ ABNORMAL: Final = 1006
 TOO_BIG: Final = 1009
 INTERNAL_ERROR: Final = 1011
 SERVICE_RESTART: Final = 1012
+#: The app's unread messages (count, bytes) past which the socket is not read until it catches up.
+INBOX_MAX_MESSAGES: Final = 32
+INBOX_MAX_BYTES: Final = 1 << 20
 
 
 def _tokens(value: str | None) -> set[str]:
@@ -96,7 +104,11 @@ class WebSocketSession:
         self.state = "connecting"
         self.connect_delivered = False
         self.inbox: deque[dict[str, Any]] = deque()
+        #: Size of the messages in the inbox (characters of text, bytes of binary: a bound, not a count).
+        self._inbox_bytes = 0
         self._wake: asyncio.Event = asyncio.Event()
+        #: Set when the inbox has room again (or the WebSocket is over): the reader goes on.
+        self._drained: asyncio.Event = asyncio.Event()
         self.disconnect: dict[str, Any] | None = None
         #: The worker retires: close with 1012 as soon as the socket is open.
         self.going_away = False
@@ -185,7 +197,11 @@ class WebSocketSession:
             return {"type": "websocket.connect"}
         while True:
             if self.inbox:
-                return self.inbox.popleft()
+                message = self.inbox.popleft()
+                self._inbox_bytes -= len(message.get("text") or message.get("bytes") or "")
+                if not self._inbox_full():
+                    self._drained.set()
+                return message
             if self.disconnect is not None:
                 return self.disconnect
             self._wake.clear()
@@ -310,6 +326,13 @@ class WebSocketSession:
         try:
             self._handle_events()
             while self.disconnect is None:
+                if self._inbox_full():
+                    # The app reads slower than the client sends: read nothing more until
+                    # it catches up. The app is behind, not the client: no ping is pending.
+                    self._drained.clear()
+                    await self._drained.wait()
+                    ping_sent = None
+                    continue
                 if ping_sent is not None:
                     deadline = ping_sent + self.ping_timeout
                 elif self.ping_interval > 0 and self.state == "open":
@@ -358,9 +381,11 @@ class WebSocketSession:
                     if isinstance(event, TextMessage):
                         text = "".join(p for p in parts if isinstance(p, str))
                         self.inbox.append({"type": "websocket.receive", "text": text})
+                        self._inbox_bytes += len(text)
                     else:
                         data = b"".join(p for p in parts if isinstance(p, bytes))
                         self.inbox.append({"type": "websocket.receive", "bytes": data})
+                        self._inbox_bytes += len(data)
                     self._wake.set()
             elif isinstance(event, Ping):
                 if ws.state is ConnectionState.OPEN:
@@ -381,6 +406,9 @@ class WebSocketSession:
                     self._gone(event.code, event.reason or "")
                 self._closed_by_peer.set()
                 return
+
+    def _inbox_full(self) -> bool:
+        return len(self.inbox) >= INBOX_MAX_MESSAGES or self._inbox_bytes >= INBOX_MAX_BYTES
 
     def _close_now(self, code: int, reason: str) -> None:
         assert self.ws is not None
@@ -416,6 +444,7 @@ class WebSocketSession:
         if self.state == "open":
             self.state = "closing"
         self._wake.set()
+        self._drained.set()
 
     def _lost(self) -> None:
         self._gone(ABNORMAL, "")

@@ -30,6 +30,7 @@ every wait has a deadline (see :class:`corral.testing.CorralProcess`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ DEFAULT_APP = "corral.testing.apps:app"
 DEFAULT_ASGI_APP = "corral.testing.asgi_apps:app"
 
 
+@functools.cache
 def default_app(worker_class: str) -> str:
     """The test app for ``worker_class``: the WSGI one, or its ASGI twin for an ASGI class."""
     from corral.plugins import make_plugin_manager, worker_registry

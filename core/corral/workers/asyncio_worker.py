@@ -194,6 +194,7 @@ class AsyncioWorker(Worker):
         conn: AsyncHttpConnection | None = None
         try:
             proxied = None
+            protocol = ConnectionProtocol(self.loop)
             if self.ssl_context is not None:
                 # asyncio does the handshake, within --ssl-handshake-timeout; a
                 # PROXY header comes before the TLS records and is read first.
@@ -202,15 +203,13 @@ class AsyncioWorker(Worker):
                     if proxied is None:
                         client.close()
                         return
-                # Our protocol, not what the call returns: uvloop returns its
-                # own SSLProtocol wrapped around ours.
-                protocol = ConnectionProtocol(self.loop)
+                # Ours is kept, not what the call returns: uvloop returns its
+                # own SSLProtocol wrapped around it.
                 protocol.keep_half_open = False  # a TLS transport closes at EOF whatever we say
                 await self.loop.connect_accepted_socket(
                     lambda: protocol, client, ssl=self.ssl_context,
                     ssl_handshake_timeout=self.cfg.ssl_handshake_timeout)
             else:
-                protocol = ConnectionProtocol(self.loop)
                 await self.loop.connect_accepted_socket(lambda: protocol, client)
             conn = AsyncHttpConnection(self, protocol, peer, env, self.cfg.keepalive, self.responder)
             if proxied is not None:

@@ -35,8 +35,6 @@ Choices, where the ASGI spec leaves room:
 from __future__ import annotations
 
 import asyncio
-import functools
-import http
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -61,56 +59,25 @@ from corral.api import (
     ClientDisconnected as StreamEnded,
 )
 from corral.api import errors as E
+from corral_asgi.output import ClientDisconnected, response_fields, status_line, wait_writable
 from corral_asgi.websocket import WebSocketSession, is_websocket_upgrade
 
 if TYPE_CHECKING:
     from corral.api import AsyncHttpConnection, Worker
 
 ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.4"}
-#: Status lines by code, with the standard reason phrase ("599 Unknown" for others).
-_STATUS_LINES: Final = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
 #: Body bytes handed to the app in one http.request message at most.
 RECEIVE_MAX: Final = 1 << 20
 #: A file goes out through loop.sendfile in pieces of at most this many bytes.
 SENDFILE_PIECE: Final = 1 << 20
 #: A file sent without sendfile goes out in pieces of this size.
 FILE_PIECE: Final = 256 * 1024
-#: Fields of the response that are the server's to write.
-_HOP_BY_HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                                b"transfer-encoding", b"upgrade"})
 
 
 #: Field names as sent -> lowercased bytes for the scope; names repeat, so one dict lookup
 #: replaces a lower() and an encode(). Bounded, so that a client making up names cannot grow it.
 _NAMES: dict[str, bytes] = {}
 _NAMES_MAX: Final = 2048
-
-
-class ClientDisconnected(OSError):
-    """The client is gone: raised by ``send`` (spec 2.4: a subclass of OSError)."""
-
-
-def status_line(status: Any) -> str:
-    if type(status) is not int or not 100 <= status <= 999:
-        raise RuntimeError(f"http.response.start: invalid status {status!r}")
-    return _STATUS_LINES.get(status) or f"{status} Unknown"
-
-
-def response_fields(headers: Any) -> list[tuple[str, str]]:
-    """The app's ``[(name, value), ...]`` in bytes as Response takes them (latin-1 str)."""
-    out = []
-    for item in headers:
-        name, value = item
-        if type(name) is not bytes:
-            name = bytes(name)
-        if type(value) is not bytes:
-            value = bytes(value)
-        if name.lower() in _HOP_BY_HOP and name.lower() == b"connection":
-            if b"close" in value.lower():
-                out.append(("Connection", "close"))
-            continue  # keep-alive and friends: the server decides
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
-    return out
 
 
 class HttpCycle:
@@ -344,32 +311,6 @@ class HttpCycle:
             sent += len(piece)
             await self._flow()
         return sent
-
-
-async def wait_writable(conn: AsyncHttpConnection) -> None:
-    """Return once the transport takes more output; ClientDisconnected if it never will.
-
-    A client that reads nothing for --timeout (the worker's write timeout)
-    is dropped, as on every class: its response would otherwise hold memory
-    and a connection slot for as long as it likes.
-    """
-    protocol = conn.protocol
-    if not protocol.write_paused:
-        return
-    fut: asyncio.Future[bool] = conn.loop.create_future()
-    protocol.when_writable(functools.partial(_settle, fut))
-    try:
-        writable = await asyncio.wait_for(fut, conn.worker.write_timeout or None)
-    except TimeoutError:
-        conn.transport.abort()
-        raise ClientDisconnected("the client read nothing for --timeout") from None
-    if not writable:
-        raise ClientDisconnected("the client closed the connection")
-
-
-def _settle(fut: asyncio.Future[bool], writable: bool) -> None:
-    if not fut.done():
-        fut.set_result(writable)
 
 
 class AsgiResponder:

@@ -116,12 +116,11 @@ class Lifespan:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            if self.running or not self.required:
-                # After startup: the shutdown answer; in auto mode before it,
-                # "not supported" (logged at info by startup()).
-                if self.running:
-                    self.log.exception("The app's lifespan task raised")
-            else:
+            # Before startup in auto mode this means "not supported", which
+            # startup() logs at info; otherwise the traceback is the story.
+            if self.running:
+                self.log.exception("The app's lifespan task raised")
+            elif self.required:
                 self.log.error("The app's lifespan raised", exc_info=exc)
             await answers.put(exc)
             return

@@ -36,7 +36,7 @@ def corral_register_workers() -> list[WorkerSpec]:
             # the arbiter has no use for it.
             shared_modules=(
                 "corral.workers.asyncio_connection", "corral.workers.asyncio_worker",
-                "corral.workers.watchdog", "corral_asgi.http", "corral_asgi.websocket",
+                "corral.workers.watchdog", "corral_asgi.output", "corral_asgi.http", "corral_asgi.websocket",
                 "corral_asgi.lifespan",
             ),
         )

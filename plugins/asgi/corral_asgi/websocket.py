@@ -49,6 +49,7 @@ from wsproto.utilities import generate_accept_token
 
 from corral.api import RequestHead, Response, after_response
 from corral.api import errors as E
+from corral_asgi.output import response_fields, status_line, wait_writable
 
 if TYPE_CHECKING:
     from corral.api import AsyncHttpConnection
@@ -287,8 +288,6 @@ class WebSocketSession:
 
     async def _denial(self, kind: str, message: dict[str, Any]) -> None:
         """The websocket.http.response extension: the app answers the handshake with HTTP."""
-        from corral_asgi.http import response_fields, status_line
-
         if self.state != "connecting":
             raise RuntimeError(f"{kind} after the WebSocket was accepted")
         if kind == "websocket.http.response.start":
@@ -457,8 +456,6 @@ class WebSocketSession:
             self.conn.send(data)
 
     async def _flow(self) -> None:
-        from corral_asgi.http import wait_writable
-
         try:
             await wait_writable(self.conn)
         except OSError:

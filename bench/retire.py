@@ -8,11 +8,16 @@ this starts the server (2 workers, bench/apps.py's hello world), runs
     max-requests  --max-requests 1500 (workers recycle throughout the run)
     ttou          TTIN, then two TTOUs
     usr2          USR2, then TERM to the old arbiter once the new one serves
+    shutdown      wrk opens a new connection per request (Connection: close,
+                  as a proxy without upstream keep-alive), and the arbiter
+                  gets TERM: a graceful shutdown while connections arrive
 
 It prints wrk's request count, socket errors (connect, read, write,
 timeout) and non-2xx responses. A lost request shows as a read error: wrk
-counts a connection closed or reset under a request it sent. The numbers
-go into docs/arbiter.md.
+counts a connection closed or reset under a request it sent. In the
+shutdown cell, connect errors and timeouts are expected once the server is
+gone (nothing was sent on those); read and write errors are lost requests.
+The numbers go into docs/arbiter.md.
 
     python bench/retire.py                       # every class, both servers, c8 and c64
     python bench/retire.py --classes gthread --servers corral --connections 8
@@ -40,7 +45,7 @@ from typing import Final
 BENCH_DIR: Final = Path(__file__).resolve().parent
 #: wrk's run; the retirements happen in its first five seconds.
 DURATION: Final = 7
-SCENARIOS: Final = ("hup", "max-requests", "ttou", "usr2")
+SCENARIOS: Final = ("hup", "max-requests", "ttou", "usr2", "shutdown")
 
 
 def free_port() -> int:
@@ -87,10 +92,13 @@ def run_cell(server: str, klass: str, scenario: str, connections: int) -> dict[s
     try:
         wait_port(port)
         time.sleep(1.0)  # both workers booted (a bench, not a test: a fixed settle time is fine)
-        wrk = subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{DURATION}s",
+        close = ["-H", "Connection: close"] if scenario == "shutdown" else []
+        wrk = subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{DURATION}s", *close,
                                 f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True)
         time.sleep(1.0)
-        if scenario == "hup":
+        if scenario == "shutdown":
+            os.kill(proc.pid, signal.SIGTERM)
+        elif scenario == "hup":
             for _ in range(5):
                 os.kill(proc.pid, signal.SIGHUP)
                 time.sleep(1.0)
@@ -136,15 +144,17 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    print(f"{'server':8} {'class':8} {'scenario':13} {'c':>3} {'requests':>9} {'errors':>7} {'non2xx':>7}")
+    print(f"{'server':8} {'class':8} {'scenario':13} {'c':>3} {'requests':>9} {'errors':>7} {'non2xx':>7}"
+          "  connect/read/write/timeout")
     for klass in args.classes.split(","):
         for scenario in args.scenarios.split(","):
             for conns in (int(c) for c in args.connections.split(",")):
                 for server in args.servers.split(","):
                     c = run_cell(server, klass, scenario, conns)
                     errors = c["connect"] + c["read"] + c["write"] + c["timeout"]
+                    detail = "/".join(str(c[k]) for k in ("connect", "read", "write", "timeout"))
                     print(f"{server:8} {klass:8} {scenario:13} {conns:>3} {c['requests']:>9} {errors:>7} "
-                          f"{c['non2xx']:>7}", flush=True)
+                          f"{c['non2xx']:>7}  {detail}", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ What is here, by what a worker does:
 - wait and retire by the one policy: :mod:`corral.serve.waits`
   (:func:`first_byte_deadline`, :func:`head_wait_timed_out`,
   :func:`body_wait_timed_out`, :class:`HeadWait`, :class:`Drain`) and
-  :mod:`corral.serve.retirement` (:func:`next_request_deadline`, its constants);
+  :mod:`corral.serve.retirement` (:func:`next_request_deadline`,
+  :func:`closing_for_good` and :func:`queued_connections` for a shutdown's
+  listen queue, its constants);
 - balance accepts across a pool's workers: :class:`AcceptBalance` (as
   ``Worker.balance``);
 - speak HTTP with core's parser and response writer (for a worker with
@@ -81,7 +83,9 @@ _EXPORTS: dict[str, str] = {
     "CLOSE_LINGER_BYTES": "corral.serve.retirement",
     "FIRST_REQUEST_GRACE": "corral.serve.retirement",
     "InFlight": "corral.serve.retirement",
+    "closing_for_good": "corral.serve.retirement",
     "next_request_deadline": "corral.serve.retirement",
+    "queued_connections": "corral.serve.retirement",
     "RequestThreads": "corral.serve.threads",
     "Setting": "corral.settings",
     "SettingsRegistry": "corral.settings",
@@ -165,7 +169,9 @@ if TYPE_CHECKING:
         CLOSE_LINGER_BYTES,
         FIRST_REQUEST_GRACE,
         InFlight,
+        closing_for_good,
         next_request_deadline,
+        queued_connections,
     )
     from corral.serve.threads import RequestThreads
     from corral.serve.transport import RECV_SIZE, ClientTimeout, SocketTransport, Transport
@@ -286,6 +292,7 @@ __all__ = [
     "boolean",
     "build_environ",
     "choice",
+    "closing_for_good",
     "error_response",
     "errors",
     "first_byte_deadline",
@@ -299,6 +306,7 @@ __all__ = [
     "next_request_deadline",
     "octal_mode",
     "parse_address",
+    "queued_connections",
     "seconds",
     "uint",
 ]

@@ -673,7 +673,7 @@ class Arbiter:
         # An upgraded arbiter that inherited the sockets still uses them; only
         # unlink unix sockets when nobody else will.
         unlink = self.reexec_pid == 0 and self.parent_pid == 0
-        self.sockets.close_all(unlink=unlink)
+        self.sockets.close_all(unlink=unlink, for_good=unlink)
         for handle in self.workers.values():
             handle.retiring = True
         sig = signal.SIGTERM if graceful else signal.SIGQUIT

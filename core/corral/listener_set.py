@@ -15,7 +15,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from corral.errors import HaltServer
-from corral.sockets import Listener, bind, inherited_fds, listener_from_fd
+from corral.sockets import Listener, bind, inherited_fds, listener_from_fd, refuse_new_connections
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -44,7 +44,8 @@ class ListenerSet:
         Raises HaltServer when an address cannot be bound.
         """
         if self.inherited is None:
-            self.inherited = [listener_from_fd(fd) for fd in inherited_fds()]
+            fds, systemd = inherited_fds()
+            self.inherited = [listener_from_fd(fd, systemd=systemd) for fd in fds]
             if self.inherited:
                 self.log.info("Inherited %s listener(s): %s", len(self.inherited),
                               ", ".join(lst.name for lst in self.inherited))
@@ -62,6 +63,8 @@ class ListenerSet:
         for address, listener in list(self.by_address.items()):
             if id(listener) not in used:
                 self.log.info("No pool listens at %s any more; closing it", listener.name)
+                # Its old workers serve what is queued in it before they close theirs.
+                self.refuse_new_connections(listener)
                 listener.close()
                 del self.by_address[address]
 
@@ -84,10 +87,21 @@ class ListenerSet:
         self.log.info("Listening at http://%s (pid %s)", listener.name, self.pid)
         return listener
 
-    def close_all(self, unlink: bool) -> None:
-        """Close every listener; unix socket files are removed only with ``unlink``."""
+    def close_all(self, unlink: bool, for_good: bool) -> None:
+        """Close every listener; unix socket files are removed only with ``unlink``.
+
+        :param for_good: no other process will accept on them (no upgrade
+            in progress): they are marked first, so that the retiring
+            workers serve what is queued in them (refuse_new_connections).
+        """
         for listener in self.by_address.values():
+            if for_good:
+                self.refuse_new_connections(listener)
             listener.close(unlink=unlink)
+
+    def refuse_new_connections(self, listener: Listener) -> None:
+        if not listener.systemd:  # systemd keeps it open for the next start
+            refuse_new_connections(listener.sock)
 
 
 def canonical_name(address: str) -> str:

@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +37,9 @@ class Listener:
     sock: socket.socket
     #: True for a unix socket this process created (and must unlink on exit).
     owns_path: bool = False
+    #: Passed by systemd (socket activation), which keeps it open when corral
+    #: stops: connections queued then wait for the next start.
+    systemd: bool = False
 
     @property
     def name(self) -> str:
@@ -118,6 +122,78 @@ def acceptor(sock: socket.socket, *, nodelay: bool = True) -> Acceptor:
         return conn, peer
 
     return accept_nodelay
+
+
+#: SO_ATTACH_FILTER / SO_GET_FILTER (the same number) and SO_DETACH_FILTER, from
+#: <asm-generic/socket.h>; the socket module does not name them.
+_SO_ATTACH_FILTER: Final = 26
+_SO_DETACH_FILTER: Final = 27
+#: A classic BPF program run on every segment the listener receives: drop
+#: those with SYN set and ACK clear (a new connection's first segment), keep
+#: the rest. The filter sees the TCP header at offset 0; byte 13 holds the
+#: flags. (code, jt, jf, k) per instruction, as struct sock_filter.
+_DROP_SYN: Final = (
+    (0x30, 0, 0, 13),          # ldb [13]           the flags byte
+    (0x54, 0, 0, 0x12),        # and #0x12          SYN | ACK
+    (0x15, 0, 1, 0x02),        # jeq #0x02 ? next : skip one
+    (0x06, 0, 0, 0),           # ret #0             a bare SYN: dropped
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1            anything else: kept
+)
+
+
+def refuse_new_connections(sock: socket.socket) -> bool:
+    """Mark a TCP listener as closing for good: new connections no longer complete, queued ones stay.
+
+    Closing a listening socket resets every connection still in its
+    accept queue, and a client that connected a moment before the close has
+    usually sent its request already: the request is lost (a POST will
+    not be retried). Closing cannot be made atomic with a last accept(), so
+    the arbiter, when it shuts down for good, marks each listener first
+    with a socket filter that drops a new connection's first segment (its
+    SYN). No handshake completes after that; the client retransmits the
+    SYN a second later and by then meets a closed port (ECONNREFUSED,
+    nothing sent), the answer it would have had after the close. The
+    queue can then only shrink, and a retiring worker that sees the mark
+    (:func:`refuses_new_connections`) accepts and serves what is queued
+    before it closes its copy (corral.serve.retirement, rule 1).
+
+    The filter is on the socket, so it reaches every process holding it:
+    only for a socket nobody will accept on again (never across a USR2
+    upgrade, nor on one systemd keeps). Linux only; True if marked.
+    """
+    if sys.platform != "linux" or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    import ctypes
+
+    code = b"".join(struct.pack("=HBBI", *insn) for insn in _DROP_SYN)
+    program = ctypes.create_string_buffer(code, len(code))
+    # struct sock_fprog {unsigned short len; struct sock_filter *filter;}:
+    # the kernel copies the program during the call, so the buffer may go after it.
+    fprog = struct.pack("@HP", len(_DROP_SYN), ctypes.addressof(program))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False
+    return True
+
+
+def refuses_new_connections(sock: socket.socket) -> bool:
+    """Whether :func:`refuse_new_connections` marked this listener (by this or another process)."""
+    if sys.platform != "linux":
+        return False
+    try:
+        # SO_GET_FILTER reports the program's length in instructions; an
+        # empty answer means no filter. corral attaches none but the mark.
+        return bool(sock.getsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, 64))
+    except OSError as exc:
+        return exc.errno == errno.EINVAL  # a program longer than the buffer: a filter all the same
+
+
+def accept_new_connections(sock: socket.socket) -> None:
+    """Remove a mark left on an inherited socket (harmless when there is none)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
 
 
 def _set_nodelay(conn: socket.socket) -> None:
@@ -203,22 +279,25 @@ def bind(address: str, *, backlog: int, reuse_port: bool, unix_mode: int, log: o
     raise AssertionError("unreachable")
 
 
-def inherited_fds() -> list[int]:
-    """Listener fds handed down by a parent corral (USR2) or by systemd."""
+def inherited_fds() -> tuple[list[int], bool]:
+    """Listener fds handed down by a parent corral (USR2) or by systemd, and whether by systemd."""
     fds: list[int] = []
     value = os.environ.pop(FD_ENV, "")
     if value:
-        fds = [int(x) for x in value.split(",") if x.isdigit()]
-    elif os.environ.get("LISTEN_PID") == str(os.getpid()):
+        return [int(x) for x in value.split(",") if x.isdigit()], False
+    if os.environ.get("LISTEN_PID") == str(os.getpid()):
         count = int(os.environ.get("LISTEN_FDS", "0") or 0)
         fds = list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count))
         for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(key, None)
-    return fds
+    return fds, True
 
 
-def listener_from_fd(fd: int) -> Listener:
+def listener_from_fd(fd: int, *, systemd: bool = False) -> Listener:
     sock = socket.socket(fileno=fd)
+    # A mark a stopped server could have left (refuse_new_connections)
+    # would keep this one from ever completing a connection.
+    accept_new_connections(sock)
     name = format_sockname(sock)
     addr = parse_address(name) if sock.family != socket.AF_UNIX else Address("unix", path=name[5:])
-    return Listener(addr, sock)
+    return Listener(addr, sock, systemd=systemd)

@@ -8,7 +8,14 @@ serving before that TERM comes). From the moment ``worker.alive`` goes false:
 
 1. It stops accepting at once. Its listeners close; the arbiter and the
    other workers keep theirs, so connections still queued in the kernel
-   are taken by them.
+   are taken by them. When the server stops for good (a shutdown, a
+   listener no pool uses after a reload), nobody would: closing the last
+   copy of a listener resets every connection in its queue, whose clients
+   have mostly sent their requests. So the arbiter first marks such a
+   listener (corral.sockets.refuse_new_connections: no new handshake
+   completes, a new client is refused a second later), and a retiring
+   worker that finds the mark takes what is queued
+   (:func:`queued_connections`) and serves it before closing its copy.
 2. Every request already received is served: one in flight, ones pipelined
    behind it, ones waiting in the kernel's receive buffer of an open
    connection. A response offers keep-alive only while more input from its
@@ -46,12 +53,15 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from corral.http.parser import RequestHead
+from corral.sockets import ACCEPT_RESOURCE_ERRNOS, refuses_new_connections
 
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Callable
+    import socket
+    from collections.abc import Callable, Iterator
 
     from corral.http.parser import RequestParser
+    from corral.sockets import Acceptor, Listener
 
 #: While retiring, a fresh connection (accepted, no byte of a request yet)
 #: waits at least this long for its first request. Its client connected
@@ -69,6 +79,30 @@ CLOSE_LINGER: Final = 2.0
 CLOSE_LINGER_BYTES: Final = 1 << 20
 #: The graceful-timeout report lists at most this many requests, oldest first.
 REPORT_MAX: Final = 20
+
+
+def closing_for_good(listeners: list[Listener]) -> list[Listener]:
+    """Rule 1: the listeners the arbiter marked (a shutdown): their queues are ours to empty."""
+    return [lst for lst in listeners if refuses_new_connections(lst.sock)]
+
+
+def queued_connections(accept: Acceptor, room: int) -> Iterator[tuple[socket.socket, object]]:
+    """Rule 1: the connections queued in a marked listener, at most ``room``, accepted now.
+
+    Called by a retiring worker just before it closes the listener. The
+    mark lets no new connection in, so the queue only shrinks: what this
+    yields is all that is left, or all this worker has room for (another
+    worker takes the rest before closing its own copy).
+    """
+    for _ in range(room):
+        try:
+            yield accept()
+        except (BlockingIOError, InterruptedError):
+            return  # empty
+        except OSError as exc:
+            if exc.errno in ACCEPT_RESOURCE_ERRNOS:
+                return  # out of descriptors: what is left goes to a worker that has some
+            # This connection died in the queue (ECONNABORTED...): the next one.
 
 
 def next_request_in_hand(parser: RequestParser, input_waiting: Callable[[], bool]) -> bool:

@@ -135,14 +135,20 @@ class KeepAliveMix:
     request it received cannot pass. :meth:`slow` starts requests that sleep
     in the app, to have some in flight when a worker retires.
 
+    With ``fresh_connections`` every request asks for ``Connection: close``,
+    so each thread opens a new connection per request, as a proxy without
+    an upstream keep-alive pool does: new connections arrive all the time,
+    some of them in the listen queue when a listener closes.
+
     Bounded: every thread stops after ``max_seconds``.
     """
 
     def __init__(self, host: str, port: int, connections: int = 8, max_seconds: float = 60.0,
-                 reconnect: bool = True) -> None:
+                 reconnect: bool = True, fresh_connections: bool = False) -> None:
         self.host, self.port = host, port
         self.max_seconds = max_seconds
         self.reconnect = reconnect
+        self.headers = {"Connection": "close"} if fresh_connections else {}
         self.result = MixResult()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -216,17 +222,19 @@ class KeepAliveMix:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=15)
                 try:
                     conn.connect()
-                except ConnectionRefusedError:
+                except (ConnectionRefusedError, TimeoutError):
                     # Nothing was sent: a listener that is gone (a removed
-                    # pool) loses no request by refusing a new connection.
+                    # pool, a shutdown) loses no request by refusing a new
+                    # connection; one closing for good lets no handshake
+                    # complete until it is gone (refuse_new_connections).
                     with self._lock:
                         self.result.refused += 1
                     return
             try:
                 if post:
-                    conn.request("POST", "/echo", body=body)
+                    conn.request("POST", "/echo", body=body, headers=self.headers)
                 else:
-                    conn.request("GET", "/pid")
+                    conn.request("GET", "/pid", headers=self.headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 if resp.status != 200:

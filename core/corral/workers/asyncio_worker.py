@@ -36,6 +36,7 @@ from corral.http import errors as E
 from corral.http import proxy
 from corral.http.parser import RequestParser
 from corral.http.proxy import ProxyInfo
+from corral.serve.retirement import closing_for_good, queued_connections
 from corral.serve.threads import call
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
 from corral.workers.asyncio_connection import (
@@ -182,13 +183,17 @@ class AsyncioWorker(Worker):
                 self._pause_accepting()
                 self.loop.call_later(ACCEPT_RETRY, self._resume_accepting)
                 return
-            self._open += 1
-            if balance is not None:
-                balance.opened()
-            client.setblocking(False)
-            task = self.loop.create_task(self._serve_client(client, peer, env))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._adopt(client, peer, env)
+
+    def _adopt(self, client: socket.socket, peer: object, env: EnvironContext) -> None:
+        """Serve a connection just accepted, in a task of its own."""
+        self._open += 1
+        if self.balance is not None:
+            self.balance.opened()
+        client.setblocking(False)
+        task = self.loop.create_task(self._serve_client(client, peer, env))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _serve_client(self, client: socket.socket, peer: object, env: EnvironContext) -> None:
         conn: AsyncHttpConnection | None = None
@@ -314,6 +319,15 @@ class AsyncioWorker(Worker):
         self._pause_accepting()
         if self.balance is not None:
             self.balance.leave()
+        # A shutdown: what is queued in a listener the arbiter marked would
+        # be reset at its close; it is served first (retirement rule 1).
+        closing = closing_for_good(self.listeners)
+        for lst, accept in self._listener_fds.values():
+            if lst in closing:
+                for client, peer in queued_connections(accept, self.cfg.worker_connections - self._open):
+                    self._adopt(client, peer, self.envs[id(lst)])
+                    # Set if every connection had closed by now: these are open.
+                    self._all_closed.clear()
         self._listener_fds.clear()
         self.close_listeners()
         for conn in list(self._connections):

@@ -48,11 +48,11 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from corral.http import errors as E
 from corral.http.parser import NEED_DATA, ClientDisconnected, RequestHead
-from corral.serve.retirement import next_request_deadline
+from corral.serve.retirement import closing_for_good, next_request_deadline, queued_connections
 from corral.serve.waits import HEAD_TIMEOUT_DETAIL
 from corral.sockets import ACCEPT_RESOURCE_ERRNOS, Acceptor, acceptor
 from corral.workers.base import Worker
@@ -364,6 +364,11 @@ class SelectorLoop:
                 self.accept_backoff_until = time.monotonic() + ACCEPT_BACKOFF
                 return False
             raise
+        self.adopt(sock, peer, env)
+        return True
+
+    def adopt(self, sock: socket.socket, peer: Any, env: EnvironContext) -> None:
+        """Take a connection just accepted: serve it, or wait for its first head."""
         sock.setblocking(False)  # (TCP_NODELAY is set by the acceptor)
         conn = LoopConnection(self.worker, sock, peer, env, self.keepalive)
         self.connections += 1
@@ -376,11 +381,10 @@ class SelectorLoop:
             # to wait for its first head.
             conn.handshake_due = True
             self.to_thread(conn)
-            return True
+            return
         # Clients usually send the request with (or right after) the
         # handshake: try now rather than after another trip through select().
         self.on_readable(conn, registered=False)
-        return True
 
     # -- connections -------------------------------------------------------------
 
@@ -502,6 +506,12 @@ class SelectorLoop:
         self.stopping = True
         self.pause_accepting()
         self.peek_at = math.inf  # no peeking at listeners about to close
+        closing = {lst.sock for lst in closing_for_good(self.worker.listeners)}
+        for sock, data in self.listeners.items():
+            if sock in closing:  # a shutdown: what is queued is ours (retirement rule 1)
+                accept, env = data
+                for client, peer in queued_connections(accept, self.max_connections - self.connections):
+                    self.adopt(client, peer, env)
         self.worker.close_listeners()
         # Connections threads gave back first: with epoll a thread re-arms
         # its connection itself, and the loop must own it (take_back) before

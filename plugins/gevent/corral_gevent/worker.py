@@ -63,11 +63,14 @@ from corral.api import (
     HttpConnection,
     SocketTransport,
     Worker,
+    closing_for_good,
     next_request_deadline,
+    queued_connections,
 )
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
 
     from greenlet import greenlet as RawGreenlet
 
@@ -221,10 +224,29 @@ class GeventWorker(Worker):
         try:
             self._wait_for_stop()
             gevent.killall(accepters)
+            self._take_queued()
             self.close_listeners()
             self._drain()
         finally:
             heartbeat.kill()
+
+    def _take_queued(self) -> None:
+        """A shutdown: serve what is queued in a listener the arbiter marked (retirement rule 1).
+
+        Its close would reset those connections, whose clients have
+        mostly sent their requests already.
+        """
+        for listener in closing_for_good(self.listeners):
+            room = self.cfg.worker_connections - self._active
+            tcp = listener.sock.family in (AF_INET, AF_INET6)
+            for client, peer in queued_connections(_plain_acceptor(listener.sock), room):
+                if tcp:
+                    with contextlib.suppress(OSError):
+                        client.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
+                self._slots.acquire()  # free: room counted them
+                self._active += 1
+                self._all_done.clear()  # set if every connection had closed by now
+                gevent.spawn_raw(self._serve_loop, (client, peer, self.envs[id(listener)]))
 
     def _accept_loop(self, sock: socket.socket, name: str, env: EnvironContext) -> None:
         # The listener, made before patching, stays a plain non-blocking OS
@@ -401,3 +423,16 @@ class GeventWorker(Worker):
             if conn.idle and conn.greenlet is not None and not conn.kernel_has_input():
                 # Killed in its wait; serve()'s finally closes the socket.
                 gevent.kill(conn.greenlet)
+
+
+def _plain_acceptor(sock: socket.socket) -> Callable[[], tuple[socket.socket, Any]]:
+    """accept() on the unpatched listener, giving plain OS sockets (as _accept_loop does)."""
+    new_socket = monkey.get_original("socket", "socket")
+    family, kind, proto = int(sock.family), int(sock.type), sock.proto
+    raw_accept = sock._accept  # type: ignore[attr-defined]  # what socket.accept() calls
+
+    def accept() -> tuple[socket.socket, Any]:
+        fd, peer = raw_accept()
+        return new_socket(family, kind, proto, fd), peer
+
+    return accept

@@ -11,7 +11,7 @@ from __future__ import annotations
 import select
 import socket
 
-from corral.api import HttpConnection, Worker, acceptor
+from corral.api import HttpConnection, Worker, acceptor, closing_for_good, queued_connections
 
 
 class SyncWorker(Worker):
@@ -56,3 +56,12 @@ class SyncWorker(Worker):
                     self.notify()
             if not self.keep_serving():
                 break
+        self.retirement_started()
+        # A shutdown: the connections queued in a listener the arbiter
+        # marked would be reset when it closes; they are served first
+        # (corral.serve.retirement, rule 1), one response each as always.
+        for lst in closing_for_good(self.listeners):
+            accept, env = listeners[lst.sock]
+            for client, peer in queued_connections(accept, self.cfg.backlog):
+                HttpConnection(self, client, peer, env, keepalive=0).serve()
+                self.notify()

@@ -1,0 +1,105 @@
+"""A listener closing for good: the mark that lets no new connection in, and the queue served before the close.
+
+Real sockets on loopback. The process-level behaviour (a shutdown, a
+removed pool, under a flood of new connections) is in
+tests/retirement/test_matrix.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from corral.addresses import parse_address
+from corral.serve.retirement import closing_for_good, queued_connections
+from corral.sockets import (
+    Listener,
+    accept_new_connections,
+    acceptor,
+    listener_from_fd,
+    refuse_new_connections,
+    refuses_new_connections,
+)
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="socket filters are Linux's")
+
+
+def _tcp_listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    return sock
+
+
+def test_a_marked_listener_completes_no_new_handshake_but_keeps_its_queue() -> None:
+    sock = _tcp_listener()
+    port = sock.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))
+    queued.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert not refuses_new_connections(sock)
+    assert refuse_new_connections(sock)
+    assert refuses_new_connections(sock)
+    # The SYN is dropped: no handshake, so nothing can be sent on it.
+    with pytest.raises(TimeoutError):
+        socket.create_connection(("127.0.0.1", port), timeout=0.3)
+    # What was queued before the mark is still there, and works both ways.
+    conn, _ = sock.accept()
+    assert conn.recv(100).startswith(b"GET / ")
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert queued.recv(100).startswith(b"HTTP/1.1 200")
+    sock.close()
+    # Once closed, a new client is refused at once.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    for s in (conn, queued):
+        s.close()
+
+
+def test_the_mark_can_be_removed_and_inherited_sockets_lose_it() -> None:
+    sock = _tcp_listener()
+    port = sock.getsockname()[1]
+    assert refuse_new_connections(sock)
+    accept_new_connections(sock)
+    assert not refuses_new_connections(sock)
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    # A socket inherited with a mark on it (a server stopped without
+    # closing it, systemd's) would never take a connection: adoption removes it.
+    refuse_new_connections(sock)
+    adopted = listener_from_fd(sock.detach())
+    assert not refuses_new_connections(adopted.sock)
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    adopted.close()
+    accept_new_connections(adopted.sock)  # closed: nothing to do, no error
+
+
+def test_unix_listeners_are_not_marked(tmp_path: Path) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(tmp_path / "s"))
+    sock.listen(4)
+    assert not refuse_new_connections(sock)
+    assert not refuses_new_connections(sock)
+    sock.close()
+
+
+def test_queued_connections_takes_what_is_queued_up_to_the_room_given() -> None:
+    sock = _tcp_listener()
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    refuse_new_connections(sock)
+    listener = Listener(parse_address(f"127.0.0.1:{port}"), sock)
+    other = Listener(parse_address("127.0.0.1:1"), _tcp_listener())
+    assert closing_for_good([listener, other]) == [listener]
+    accept = acceptor(sock)
+    first = list(queued_connections(accept, 3))
+    assert len(first) == 3
+    rest = list(queued_connections(accept, 100))
+    assert len(rest) == 2  # then the queue is empty: the generator stops
+    assert list(queued_connections(accept, 100)) == []
+    for conn, _ in first + rest:
+        conn.close()
+    for s in (*clients, sock, other.sock):
+        s.close()

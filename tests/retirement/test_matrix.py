@@ -165,31 +165,14 @@ def test_pool_removed_on_hup(tmp_path: Path, worker_class: str, connections: int
         assert rg.slow_ok == 2
 
 
-def test_shutdown_under_new_connections(tmp_path: Path, worker_class: str) -> None:
-    """A graceful shutdown while new connections keep arriving (a proxy without upstream keep-alive).
-
-    Closing the last copy of a listener resets what is in its queue, and
-    those clients have sent their requests: before the listeners were
-    marked (corral.sockets.refuse_new_connections) and their queues served,
-    gthread lost 3 in 1,800 requests per shutdown here. A client refused
-    (nothing sent) is not a loss.
-    """
-    with CorralProcess(default_app(worker_class), [], workdir=tmp_path, workers=2,
-                       worker_class=worker_class) as server:
-        server.wait_for_workers(2)
-        with KeepAliveMix("127.0.0.1", server.port, 8, fresh_connections=True) as load:
-            load.wait_for_requests(300)
-            slow = load.slow(2, SLOW, str(tmp_path))
-            server.send_signal(signal.SIGTERM)
-            assert server.wait_exit(20) == 0
-            _join(slow)
-            result = load.stop()
-        _check(result, slow=2, refused_ok=True)
-        assert result.refused == 8, "every client ends refused, having sent nothing"
-
-
 def test_pool_removed_on_hup_under_new_connections(tmp_path: Path, worker_class: str) -> None:
-    """A pool removed by a reload, its port flooded with new connections: its queue is served too."""
+    """A pool removed by a reload, its port flooded with new connections: its listen queue is served.
+
+    Nobody accepts on that port afterwards, so the last close would reset
+    what is queued, as in a shutdown (the conformance suite's
+    test_shutdown_serves_the_listen_queue, which failed 29 of 30 runs on
+    every class before the listeners were marked).
+    """
     a, b = free_ports(2)
     conf = tmp_path / "pools.py"
     def pool(name: str, port: int) -> str:

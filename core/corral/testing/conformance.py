@@ -805,6 +805,29 @@ def test_retirement_under_keepalive_load(corral_server: Callable[..., CorralProc
     assert pids & result.pids
 
 
+def test_shutdown_serves_the_listen_queue(corral_server: Callable[..., CorralProcess], tmp_path: Path) -> None:
+    # A graceful shutdown while new connections keep arriving (a proxy
+    # without upstream keep-alive): the connections queued in the listener
+    # when it closes have sent their requests, and the close would reset
+    # them. A worker that does not serve what closing_for_good() marks
+    # (corral.serve.retirement, rule 1) loses some here. Refused clients
+    # sent nothing: not a loss.
+    from corral.testing.load import KeepAliveMix
+
+    server = corral_server(workers=2)
+    server.wait_for_workers(2)
+    with KeepAliveMix("127.0.0.1", server.port, connections=8, fresh_connections=True) as load:
+        load.wait_for_requests(300)
+        slow = load.slow(2, 0.5, str(tmp_path))
+        server.send_signal(signal.SIGTERM)
+        assert server.wait_exit(20) == 0
+        for t in slow:
+            t.join(30)
+        result = load.stop()
+    assert result.failures == [], result.failures[:10]
+    assert result.slow_ok == 2 and result.refused == 8
+
+
 def test_retirement_serves_a_request_sent_on_a_kept_alive_connection(
         corral_server: Callable[..., CorralProcess], corral_worker_class: str) -> None:
     # TERM with a connection kept alive: a request sent on it during the

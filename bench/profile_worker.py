@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     if args.tool == "cprofile":
         argv_ += ["-c", str(HOOKS)]
-    server = harness.Server("corral", args.worker_class, [*argv_, harness.APP], port, tmp / "corral.log")
+    app = harness.ASGI_APP if args.worker_class == "asgi" else harness.APP
+    server = harness.Server("corral", args.worker_class, [*argv_, app], port, tmp / "corral.log")
     workload = harness.Workload("profile", args.path, "profiled route")
     settings = harness.Settings(
         workers=1, threads=1, worker_connections=1000, keep_alive=5, wrk_threads=1,

@@ -15,7 +15,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from corral.errors import HaltServer
-from corral.sockets import Listener, bind, inherited_fds, listener_from_fd, refuse_new_connections
+from corral.sockets import Listener, bind, inherited_fds, listener_from_fd
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -101,7 +101,7 @@ class ListenerSet:
 
     def refuse_new_connections(self, listener: Listener) -> None:
         if not listener.systemd:  # systemd keeps it open for the next start
-            refuse_new_connections(listener.sock)
+            listener.refuse_new_connections()
 
 
 def canonical_name(address: str) -> str:

@@ -40,6 +40,9 @@ class Listener:
     #: Passed by systemd (socket activation), which keeps it open when corral
     #: stops: connections queued then wait for the next start.
     systemd: bool = False
+    #: For a unix socket this process bound: its file's (st_dev, st_ino), to
+    #: tell whether the path still names this socket.
+    path_id: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -54,8 +57,41 @@ class Listener:
         with contextlib.suppress(OSError):
             self.sock.close()
         if unlink and self.owns_path:
+            self.unlink()
+
+    def unlink(self) -> None:
+        """Remove the unix socket's file, if it is still this socket's (not a new server's)."""
+        if self.names_this_socket():
             with contextlib.suppress(OSError):
                 os.unlink(self.address.path)
+
+    def names_this_socket(self) -> bool:
+        """The unix socket's path still leads to this socket (False once removed or replaced)."""
+        try:
+            st = os.stat(self.address.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.path_id
+
+    def refuse_new_connections(self) -> bool:
+        """Closing for good: let no new connection in, keep the queued ones (True if done).
+
+        A TCP listener gets the mark of :func:`refuse_new_connections`; a
+        unix socket this process bound loses its file, so a new client
+        finds no socket (nothing sent) while the queue stays.
+        """
+        if self.address.kind == "unix" or self.sock.family == socket.AF_UNIX:
+            if not self.owns_path or not self.names_this_socket():
+                return False
+            self.unlink()
+            return True
+        return refuse_new_connections(self.sock)
+
+    def refuses_new_connections(self) -> bool:
+        """Whether :meth:`refuse_new_connections` was done (by this or another process)."""
+        if self.sock.family == socket.AF_UNIX:
+            return self.path_id is not None and not self.names_this_socket()
+        return refuses_new_connections(self.sock)
 
 
 #: Accepts one connection from a listener: (socket, peer address).
@@ -159,7 +195,8 @@ def refuse_new_connections(sock: socket.socket) -> bool:
 
     The filter is on the socket, so it reaches every process holding it:
     only for a socket nobody will accept on again (never across a USR2
-    upgrade, nor on one systemd keeps). Linux only; True if marked.
+    upgrade, nor on one systemd keeps). Linux only; True if marked. A unix
+    socket is marked by removing its file instead (Listener.refuse_new_connections).
     """
     if sys.platform != "linux" or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
@@ -269,7 +306,9 @@ def bind(address: str, *, backlog: int, reuse_port: bool, unix_mode: int, log: o
     for attempt in range(BIND_RETRIES):
         try:
             if addr.kind == "unix":
-                return Listener(addr, _bind_unix(addr, backlog, unix_mode), owns_path=True)
+                sock = _bind_unix(addr, backlog, unix_mode)
+                st = os.stat(addr.path)
+                return Listener(addr, sock, owns_path=True, path_id=(st.st_dev, st.st_ino))
             return Listener(addr, _bind_tcp(addr, backlog, reuse_port))
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or attempt == BIND_RETRIES - 1:

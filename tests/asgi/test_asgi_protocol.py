@@ -26,9 +26,12 @@ pytestmark = pytest.mark.timeout(60)
 
 RAW_APP = MARK + '''
 import asyncio
+import contextvars
 import hashlib
 import json
 from urllib.parse import parse_qs
+
+REQUEST_VAR = contextvars.ContextVar("request_var", default=None)
 
 
 def _scope_report(scope):
@@ -74,6 +77,12 @@ async def app(scope, receive, send):
         report = _scope_report(scope)
         scope["state"]["mutated"] = True  # a copy per request: the next one must not see it
         await respond(send, json.dumps(report).encode())
+    elif path == "/contextvar":
+        # What one request sets must not be seen by the next on the connection.
+        before = REQUEST_VAR.get()
+        REQUEST_VAR.set(q["n"])
+        await asyncio.sleep(float(q.get("wait", "0")))  # across a suspension too
+        await respond(send, json.dumps({"before": before, "after": REQUEST_VAR.get()}).encode())
     elif path == "/messages":
         # Every http.request message, as the app saw it.
         seen = []
@@ -375,6 +384,20 @@ def test_app_ignoring_disconnect_is_cancelled_after_the_grace_period(serve: Serv
     _reset(sock)
     assert wait_for_text(tmp_path / "cancelled") == "CancelledError"
     assert server.request("GET", "/scope")[0] == 200
+
+
+def test_each_request_has_a_context_of_its_own(serve: Serve) -> None:
+    # As a task per request would give: a contextvar the app sets is gone at the
+    # next request on the same connection, whether the app waited or not.
+    server = serve(RAW_APP)
+    with server.connect() as sock:
+        for n, wait in enumerate(("0", "0.01", "0")):
+            doc = _get_json(sock, b"GET /contextvar?n=%d&wait=%s HTTP/1.1\r\nHost: x\r\n\r\n" % (n, wait.encode()))
+            assert doc == {"before": None, "after": str(n)}
+        sock.sendall(b"".join(b"GET /contextvar?n=p%d HTTP/1.1\r\nHost: x\r\n%s\r\n"
+                              % (n, b"Connection: close\r\n" if n == 2 else b"") for n in range(3)))
+        responses = list(parse_responses(read_until_close(sock)))
+    assert [json.loads(b) for _, _, b in responses] == [{"before": None, "after": f"p{n}"} for n in range(3)]
 
 
 def test_a_pending_receive_does_not_break_keepalive(serve: Serve) -> None:

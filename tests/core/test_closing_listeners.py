@@ -19,6 +19,7 @@ from corral.sockets import (
     Listener,
     accept_new_connections,
     acceptor,
+    bind,
     listener_from_fd,
     refuse_new_connections,
     refuses_new_connections,
@@ -75,13 +76,41 @@ def test_the_mark_can_be_removed_and_inherited_sockets_lose_it() -> None:
     accept_new_connections(adopted.sock)  # closed: nothing to do, no error
 
 
-def test_unix_listeners_are_not_marked(tmp_path: Path) -> None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def test_a_unix_listener_is_marked_by_removing_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    listener = bind(f"unix:{path}", backlog=8, reuse_port=False, unix_mode=0o600, log=None)
+    queued = socket.socket(socket.AF_UNIX)
+    queued.connect(str(path))
+    queued.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert not refuse_new_connections(listener.sock)  # no socket filter for unix sockets
+    assert not listener.refuses_new_connections()
+    assert listener.refuse_new_connections()
+    assert not path.exists() and listener.refuses_new_connections()
+    with pytest.raises(FileNotFoundError):  # a new client: nothing sent
+        socket.socket(socket.AF_UNIX).connect(str(path))
+    conn, _ = listener.sock.accept()  # the queued one is still there
+    assert conn.recv(100).startswith(b"GET / ")
+    conn.close()
+    queued.close()
+    # Another server binds the path meanwhile: the old listener's close leaves its file alone.
+    newer = bind(f"unix:{path}", backlog=8, reuse_port=False, unix_mode=0o600, log=None)
+    assert listener.refuses_new_connections() and not newer.refuses_new_connections()
+    listener.close(unlink=True)
+    assert path.exists()
+    socket.socket(socket.AF_UNIX).connect(str(path))
+    newer.close(unlink=True)
+    assert not path.exists()
+
+
+def test_only_what_this_process_bound_is_marked(tmp_path: Path) -> None:
+    # A unix socket inherited (USR2, systemd) has no file this process made.
+    sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(tmp_path / "s"))
     sock.listen(4)
-    assert not refuse_new_connections(sock)
-    assert not refuses_new_connections(sock)
-    sock.close()
+    inherited = listener_from_fd(sock.detach())
+    assert not inherited.refuse_new_connections() and (tmp_path / "s").exists()
+    assert not inherited.refuses_new_connections()
+    inherited.close()
 
 
 def test_queued_connections_takes_what_is_queued_up_to_the_room_given() -> None:

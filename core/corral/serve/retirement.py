@@ -12,8 +12,9 @@ serving before that TERM comes). From the moment ``worker.alive`` goes false:
    listener no pool uses after a reload), nobody would: closing the last
    copy of a listener resets every connection in its queue, whose clients
    have mostly sent their requests. So the arbiter first marks such a
-   listener (corral.sockets.refuse_new_connections: no new handshake
-   completes, a new client is refused a second later), and a retiring
+   listener (Listener.refuse_new_connections: over TCP no new handshake
+   completes and a new client is refused a second later; a unix socket
+   loses its file, so a new client finds none), and a retiring
    worker that finds the mark takes what is queued
    (:func:`queued_connections`) and serves it before closing its copy.
 2. Every request already received is served: one in flight, ones pipelined
@@ -53,7 +54,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from corral.http.parser import RequestHead
-from corral.sockets import ACCEPT_RESOURCE_ERRNOS, refuses_new_connections
+from corral.sockets import ACCEPT_RESOURCE_ERRNOS
 
 if TYPE_CHECKING:
     import logging
@@ -83,7 +84,7 @@ REPORT_MAX: Final = 20
 
 def closing_for_good(listeners: list[Listener]) -> list[Listener]:
     """Rule 1: the listeners the arbiter marked (a shutdown): their queues are ours to empty."""
-    return [lst for lst in listeners if refuses_new_connections(lst.sock)]
+    return [lst for lst in listeners if lst.refuses_new_connections()]
 
 
 def queued_connections(accept: Acceptor, room: int) -> Iterator[tuple[socket.socket, object]]:

@@ -252,9 +252,7 @@ class GeventWorker(Worker):
         # The listener, made before patching, stays a plain non-blocking OS
         # socket, and so do the connections (see _Connection): accept() is
         # tried first, and only an empty queue waits, on the hub.
-        new_socket = monkey.get_original("socket", "socket")
-        family, kind, proto = int(sock.family), int(sock.type), sock.proto
-        raw_accept = sock._accept  # type: ignore[attr-defined]  # what socket.accept() calls
+        accept = _plain_acceptor(sock)
         hub = gevent.get_hub()
         readable = hub.loop.io(sock.fileno(), 1)
         # Responses may go out in several sends (a streamed body, the final
@@ -275,8 +273,7 @@ class GeventWorker(Worker):
             # queue until one frees up; another worker may take them meanwhile.
             slots.acquire()
             try:
-                fd, peer = raw_accept()
-                client = new_socket(family, kind, proto, fd)
+                client, peer = accept()
             except BlockingIOError:
                 slots.release()
                 hub.wait(readable)

@@ -239,7 +239,8 @@ class HttpCycle:
                 self.conn.send(out)
             if not more:
                 self._finish()
-            await self._flow()
+            if self.conn.protocol.write_paused:  # a slow reader paces the app
+                await wait_writable(self.conn)
         elif kind == "http.response.pathsend":
             await self._send_path(resp, message["path"])
         else:
@@ -254,10 +255,6 @@ class HttpCycle:
         done = self._done
         if done is not None and not done.done():
             done.set_result(None)
-
-    async def _flow(self) -> None:
-        """Wait while the transport's buffer is full: a slow reader paces the app."""
-        await wait_writable(self.conn)
 
     async def _send_path(self, resp: Response, path: str) -> None:
         conn = self.conn
@@ -309,7 +306,7 @@ class HttpCycle:
                 break
             conn.send(piece)
             sent += len(piece)
-            await self._flow()
+            await wait_writable(self.conn)
         return sent
 
 
@@ -504,7 +501,8 @@ class AsgiResponder:
             return False
         if not keeps_connection(resp.keep_alive and keep, head, cycle.continue_sent, conn.parser.done):
             return False
-        return await conn.drain()
+        # Most requests were read to their end by now: nothing to drop.
+        return conn.parser.done or await conn.drain()
 
     async def _websocket(self, conn: AsyncHttpConnection, head: RequestHead) -> bool:
         try:

@@ -40,7 +40,7 @@ from corral.logs import apply_log_config, reopen_logs, setup_error_log
 from corral.pidfile import Pidfile
 from corral.plugins import WorkerSpec, load_worker_class, resolve_worker
 from corral.pool import Pool, WorkerHandle
-from corral.sockets import FD_ENV, Listener
+from corral.sockets import Listener, export_fds
 from corral.stats import StatsTable
 from corral.systemd import sd_notify
 from corral.workers.balance import ConnectionShare
@@ -636,12 +636,7 @@ class Arbiter:
             self.log.info("Upgrade: started a new arbiter, pid %s", pid)
             return
         try:
-            fds = []
-            for listener in self.listeners.values():
-                fd = listener.fileno()
-                os.set_inheritable(fd, True)
-                fds.append(str(fd))
-            os.environ[FD_ENV] = ",".join(fds)
+            export_fds(list(self.listeners.values()))
             os.environ[PARENT_ENV] = str(self.pid)
             os.chdir(self.start_cwd)
             self.pm.hook.corral_pre_exec(server=self)

@@ -15,7 +15,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from corral.errors import HaltServer
-from corral.sockets import Listener, bind, inherited_fds, listener_from_fd
+from corral.sockets import Listener, bind, inherited_fds, inherited_paths, listener_from_fd
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -45,7 +45,8 @@ class ListenerSet:
         """
         if self.inherited is None:
             fds, systemd = inherited_fds()
-            self.inherited = [listener_from_fd(fd, systemd=systemd) for fd in fds]
+            paths = inherited_paths()
+            self.inherited = [listener_from_fd(fd, systemd=systemd, path_id=paths.get(fd)) for fd in fds]
             if self.inherited:
                 self.log.info("Inherited %s listener(s): %s", len(self.inherited),
                               ", ".join(lst.name for lst in self.inherited))

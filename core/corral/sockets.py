@@ -24,6 +24,8 @@ from corral.addresses import Address, parse_address
 
 #: Environment variable naming inherited listener fds (comma separated).
 FD_ENV: Final = "CORRAL_FD"
+#: Unix socket files a parent corral made, by inherited fd: "fd=dev:ino,...".
+PATHS_ENV: Final = "CORRAL_FD_PATHS"
 #: systemd passes sockets starting at this fd (sd_listen_fds(3)).
 SD_LISTEN_FDS_START: Final = 3
 #: A busy address is retried this many times, a second apart, before giving
@@ -320,23 +322,58 @@ def bind(address: str, *, backlog: int, reuse_port: bool, unix_mode: int, log: o
 
 def inherited_fds() -> tuple[list[int], bool]:
     """Listener fds handed down by a parent corral (USR2) or by systemd, and whether by systemd."""
-    fds: list[int] = []
     value = os.environ.pop(FD_ENV, "")
     if value:
         return [int(x) for x in value.split(",") if x.isdigit()], False
-    if os.environ.get("LISTEN_PID") == str(os.getpid()):
-        count = int(os.environ.get("LISTEN_FDS", "0") or 0)
-        fds = list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count))
-        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-            os.environ.pop(key, None)
-    return fds, True
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return [], False
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)
+    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count)), True
 
 
-def listener_from_fd(fd: int, *, systemd: bool = False) -> Listener:
+def export_fds(listeners: list[Listener]) -> None:
+    """Name the listeners' fds for the new arbiter of an upgrade (USR2), in os.environ.
+
+    Each unix socket whose file the old arbiter made is named in
+    :data:`PATHS_ENV` with the file's identity, so the new one takes over
+    the file: it removes it when it stops for good, first of all, so that
+    its workers serve the listen queue (Listener.refuse_new_connections).
+    Apart from CORRAL_FD so that an older corral, upgraded to, still reads it.
+    """
+    fds, paths = [], []
+    for listener in listeners:
+        fd = listener.fileno()
+        os.set_inheritable(fd, True)
+        fds.append(str(fd))
+        if listener.owns_path and listener.names_this_socket() and listener.path_id is not None:
+            dev, ino = listener.path_id
+            paths.append(f"{fd}={dev}:{ino}")
+    os.environ[FD_ENV] = ",".join(fds)
+    os.environ[PATHS_ENV] = ",".join(paths)
+
+
+def inherited_paths() -> dict[int, tuple[int, int]]:
+    """The unix socket files a parent corral made, by inherited fd (see :func:`export_fds`)."""
+    out: dict[int, tuple[int, int]] = {}
+    for item in os.environ.pop(PATHS_ENV, "").split(","):
+        fd, _, ident = item.partition("=")
+        dev, _, ino = ident.partition(":")
+        if fd.isdigit() and dev.isdigit() and ino.isdigit():
+            out[int(fd)] = (int(dev), int(ino))
+    return out
+
+
+def listener_from_fd(fd: int, *, systemd: bool = False, path_id: tuple[int, int] | None = None) -> Listener:
+    """A listener for an inherited fd; ``path_id``: its unix socket file, which a parent corral made."""
     sock = socket.socket(fileno=fd)
     # A mark a stopped server could have left (refuse_new_connections)
     # would keep this one from ever completing a connection.
     accept_new_connections(sock)
     name = format_sockname(sock)
     addr = parse_address(name) if sock.family != socket.AF_UNIX else Address("unix", path=name[5:])
-    return Listener(addr, sock, systemd=systemd)
+    listener = Listener(addr, sock, systemd=systemd, path_id=path_id)
+    # Still the file the parent made (not one put there since): ours to remove.
+    listener.owns_path = sock.family == socket.AF_UNIX and listener.names_this_socket()
+    return listener

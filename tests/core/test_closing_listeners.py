@@ -7,6 +7,7 @@ tests/retirement/test_matrix.py.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ from corral.sockets import (
     accept_new_connections,
     acceptor,
     bind,
+    export_fds,
+    inherited_paths,
     listener_from_fd,
     refuse_new_connections,
     refuses_new_connections,
@@ -132,3 +135,23 @@ def test_queued_connections_takes_what_is_queued_up_to_the_room_given() -> None:
         conn.close()
     for s in (*clients, sock, other.sock):
         s.close()
+
+
+def test_an_upgrade_hands_the_unix_socket_file_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s"
+    listener = bind(f"unix:{path}", backlog=8, reuse_port=False, unix_mode=0o600, log=None)
+    tcp = bind("127.0.0.1:0", backlog=8, reuse_port=False, unix_mode=0o600, log=None)
+    # Recorded so that the test leaves the environment as it found it.
+    monkeypatch.setenv("CORRAL_FD", "")
+    monkeypatch.setenv("CORRAL_FD_PATHS", "")
+    export_fds([listener, tcp])
+    assert os.environ["CORRAL_FD"] == f"{listener.fileno()},{tcp.fileno()}"
+    paths = inherited_paths()
+    assert list(paths) == [listener.fileno()] and "CORRAL_FD_PATHS" not in os.environ
+    taken = listener_from_fd(os.dup(listener.fileno()), path_id=paths[listener.fileno()])
+    assert taken.owns_path and taken.refuse_new_connections() and not path.exists()
+    # Garbage (a hand-edited environment) names nothing.
+    monkeypatch.setenv("CORRAL_FD_PATHS", "x=1:2,3=:4,5=6:,7")
+    assert inherited_paths() == {}
+    for lst in (taken, listener, tcp):
+        lst.close()

@@ -194,29 +194,33 @@ def test_pool_removed_on_hup_under_new_connections(tmp_path: Path, worker_class:
         assert result.refused == 8
 
 
-def test_shutdown_serves_a_unix_sockets_listen_queue(tmp_path: Path, worker_class: str) -> None:
-    """nginx in front over a unix socket, a new connection per request, and a graceful shutdown.
+class UnixFlood:
+    """Clients over a unix socket, a new connection per POST, every echo checked, until a connect fails."""
 
-    A unix socket's queue is reset at its last close as a TCP one's is
-    (gthread lost 15 requests in four such shutdowns); the arbiter removes
-    the socket's file first, so new clients find none, and the workers
-    serve what is queued. Each client sends POSTs and checks each echo; a
-    connect that fails (no file, refused) sent nothing.
-    """
-    path = tmp_path / "corral.sock"
-    failures: list[str] = []
-    ok = [0]
-    ended = [0]
+    def __init__(self, path: Path, clients: int = 8) -> None:
+        self.path = path
+        self.failures: list[str] = []
+        self.ok = 0
+        self.ended = 0
+        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
 
-    def client(index: int) -> None:
+    def __enter__(self) -> UnixFlood:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _join(self.threads)
+
+    def _client(self, index: int) -> None:
         for n in range(100_000):
             body = b"%d:%d;" % (index, n) * 50
             sock = socket.socket(socket.AF_UNIX)
             sock.settimeout(10)
             try:
-                sock.connect(str(path))
-            except OSError:
-                ended[0] += 1
+                sock.connect(str(self.path))
+            except OSError:  # no file, or refused: nothing was sent
+                self.ended += 1
                 sock.close()
                 return
             try:
@@ -224,24 +228,66 @@ def test_shutdown_serves_a_unix_sockets_listen_queue(tmp_path: Path, worker_clas
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 ((status, _, echoed),) = list(parse_responses(read_until_close(sock, timeout=10)))
                 if (status, echoed) != (200, body):
-                    failures.append(f"request {n} of client {index}: {status} {echoed[:30]!r}")
+                    self.failures.append(f"request {n} of client {index}: {status} {echoed[:30]!r}")
                     return
-                ok[0] += 1
+                self.ok += 1
             except Exception as exc:
-                failures.append(f"request {n} of client {index}: {exc!r}")
+                self.failures.append(f"request {n} of client {index}: {exc!r}")
                 return
             finally:
                 sock.close()
 
+
+def test_shutdown_serves_a_unix_sockets_listen_queue(tmp_path: Path, worker_class: str) -> None:
+    """nginx in front over a unix socket, a new connection per request, and a graceful shutdown.
+
+    A unix socket's queue is reset at its last close as a TCP one's is
+    (gthread lost 15 requests in four such shutdowns); the arbiter removes
+    the socket's file first, so new clients find none, and the workers
+    serve what is queued. A connect that fails (no file, refused) sent nothing.
+    """
+    path = tmp_path / "corral.sock"
     with CorralProcess(default_app(worker_class), [], workdir=tmp_path, workers=2, worker_class=worker_class,
                        bind=(f"unix:{path}",)) as server:
         server.wait_for_workers(2)
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        _wait(lambda: ok[0] >= 300, 20, "requests over the unix socket")
-        server.send_signal(signal.SIGTERM)
+        with UnixFlood(path) as flood:
+            _wait(lambda: flood.ok >= 300, 20, "requests over the unix socket")
+            server.send_signal(signal.SIGTERM)
+            assert server.wait_exit(20) == 0
+    assert flood.failures == [], flood.failures[:10]
+    assert flood.ended == 8
+    assert not path.exists()
+
+
+def test_an_upgraded_arbiter_owns_its_unix_socket(tmp_path: Path) -> None:
+    """USR2, TERM to the old arbiter, then a shutdown of the new one under the same flood.
+
+    The new arbiter did not bind the socket; the old one names its file in
+    the environment, so the new one removes it when it stops (first, so
+    its workers serve the queue), as a server that bound it would.
+    """
+    path = tmp_path / "corral.sock"
+    pidfile = tmp_path / "corral.pid"
+    server = CorralProcess(default_app("gthread"), ["-p", str(pidfile)], workdir=tmp_path, workers=2,
+                           worker_class="gthread", bind=(f"unix:{path}",)).start()
+    try:
+        old = server.pid
+        server.wait_for_workers(2)
+        server.send_signal(signal.SIGUSR2)
+        server.wait_for_log("Ready: ", count=2)
+        _wait(Path(f"{pidfile}.2").exists, 15, "PIDFILE.2")
+        os.kill(old, signal.SIGTERM)
         assert server.wait_exit(20) == 0
-        _join(threads)
-    assert failures == [], failures[:10]
-    assert ended[0] == 8
+        assert path.exists(), "the old arbiter left the file to the new one"
+        _wait(lambda: pidfile.exists() and pidfile.read_text().strip() != str(old), 15, "the new pidfile")
+        new = int(pidfile.read_text())
+        with UnixFlood(path) as flood:
+            _wait(lambda: flood.ok >= 300, 20, "requests to the new arbiter")
+            os.kill(new, signal.SIGTERM)
+            _wait(lambda: not Path(f"/proc/{new}").exists() or "zombie" in Path(f"/proc/{new}/status").read_text(),
+                  20, "the new arbiter's exit")
+    finally:
+        server.kill()
+    assert flood.failures == [], flood.failures[:10]
+    assert flood.ended == 8
+    assert not path.exists()

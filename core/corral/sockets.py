@@ -177,6 +177,7 @@ _DROP_SYN: Final = (
     (0x06, 0, 0, 0),           # ret #0             a bare SYN: dropped
     (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1            anything else: kept
 )
+_DROP_SYN_CODE: Final = b"".join(struct.pack("=HBBI", *insn) for insn in _DROP_SYN)
 
 
 def refuse_new_connections(sock: socket.socket) -> bool:
@@ -204,8 +205,7 @@ def refuse_new_connections(sock: socket.socket) -> bool:
         return False
     import ctypes
 
-    code = b"".join(struct.pack("=HBBI", *insn) for insn in _DROP_SYN)
-    program = ctypes.create_string_buffer(code, len(code))
+    program = ctypes.create_string_buffer(_DROP_SYN_CODE, len(_DROP_SYN_CODE))
     # struct sock_fprog {unsigned short len; struct sock_filter *filter;}:
     # the kernel copies the program during the call, so the buffer may go after it.
     fprog = struct.pack("@HP", len(_DROP_SYN), ctypes.addressof(program))
@@ -221,11 +221,15 @@ def refuses_new_connections(sock: socket.socket) -> bool:
     if sys.platform != "linux":
         return False
     try:
-        # SO_GET_FILTER reports the program's length in instructions; an
-        # empty answer means no filter. corral attaches none but the mark.
-        return bool(sock.getsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, 64))
-    except OSError as exc:
-        return exc.errno == errno.EINVAL  # a program longer than the buffer: a filter all the same
+        # SO_GET_FILTER copies the program out and reports its length in
+        # instructions, which Python takes for a length in bytes: what comes
+        # back is the program's first len(program) bytes (nothing without a
+        # filter). Compared with ours, so that a filter someone else put on
+        # the socket is not taken for the mark.
+        got = sock.getsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, 64)
+    except OSError:
+        return False  # closed, or a program of more than 64 instructions: not ours
+    return len(got) == len(_DROP_SYN) and got == _DROP_SYN_CODE[: len(got)]
 
 
 def accept_new_connections(sock: socket.socket) -> None:

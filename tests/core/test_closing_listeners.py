@@ -155,3 +155,17 @@ def test_an_upgrade_hands_the_unix_socket_file_over(tmp_path: Path, monkeypatch:
     assert inherited_paths() == {}
     for lst in (taken, listener, tcp):
         lst.close()
+
+
+def test_someone_elses_filter_is_not_the_mark() -> None:
+    import ctypes
+    import struct
+
+    sock = _tcp_listener()
+    keep_all = struct.pack("=HBBI", 0x06, 0, 0, 0xFFFFFFFF)  # ret #-1: a filter that drops nothing
+    program = ctypes.create_string_buffer(keep_all, len(keep_all))
+    sock.setsockopt(socket.SOL_SOCKET, 26, struct.pack("@HP", 1, ctypes.addressof(program)))
+    assert not refuses_new_connections(sock)
+    assert refuse_new_connections(sock) and refuses_new_connections(sock)  # the mark replaces it
+    sock.close()
+    assert not refuses_new_connections(sock)

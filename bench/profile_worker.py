@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    p.add_argument("--server-args", default="", help="extra corral arguments ('--access-logfile /dev/null')")
     args = p.parse_args(argv)
 
     wrk = harness.ensure_wrk(install=True)
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "--chdir", str(harness.BENCH_DIR), "--log-level", "warning",
         "--error-logfile", str(tmp / "corral.log"), "--keep-alive", "5", "--worker-tmp-dir", "/dev/shm",
     ]  # fmt: skip
+    argv_ += harness.shlex.split(args.server_args)
     if args.tool == "cprofile":
         argv_ += ["-c", str(HOOKS)]
     app = harness.ASGI_APP if args.worker_class == "asgi" else harness.APP

@@ -203,7 +203,10 @@ def refuse_new_connections(sock: socket.socket) -> bool:
     """
     if sys.platform != "linux" or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
-    import ctypes
+    try:
+        import ctypes  # for the program's address; some minimal builds lack it
+    except ImportError:
+        return False
 
     program = ctypes.create_string_buffer(_DROP_SYN_CODE, len(_DROP_SYN_CODE))
     # struct sock_fprog {unsigned short len; struct sock_filter *filter;}:

@@ -83,11 +83,13 @@ _NAMES_MAX: Final = 2048
 class HttpCycle:
     """The receive and send of one request, and what happened to it."""
 
-    __slots__ = ("_body_lock", "_done", "_watching", "body_done", "complete", "conn", "continue_sent",
-                 "disconnected", "error", "head", "keep", "lost", "requested", "response", "started")
+    __slots__ = ("_body_lock", "_done", "_watching", "body_done", "cancel", "complete", "conn",
+                 "continue_sent", "disconnected", "error", "grace", "head", "keep", "lost", "requested",
+                 "response", "started", "task")
 
-    def __init__(self, conn: AsyncHttpConnection, head: RequestHead, keep: bool) -> None:
+    def __init__(self, conn: AsyncHttpConnection, head: RequestHead, keep: bool, grace: float) -> None:
         self.conn = conn
+        self.grace = grace  # asgi_disconnect_grace_period
         self.head = head
         self.keep = keep
         self.response: Response | None = None
@@ -107,6 +109,9 @@ class HttpCycle:
         self._done: asyncio.Future[None] | None = None
         self._body_lock: asyncio.Lock | None = None
         self._watching = False
+        #: The app's task, and the timer that cancels it once its client is gone.
+        self.task: asyncio.Task[Any] | None = None
+        self.cancel: asyncio.TimerHandle | None = None
 
     # -- receive ---------------------------------------------------------------------
 
@@ -196,8 +201,12 @@ class HttpCycle:
             done.set_result(None)
 
     def connection_lost(self) -> None:
+        """The transport is gone: the app gets http.disconnect, and its grace period starts."""
         self.lost = True
         self._disconnect()
+        task = self.task
+        if task is not None and not task.done():
+            self.cancel = self.conn.loop.call_later(self.grace, task.cancel)
 
     # -- send ------------------------------------------------------------------------
 
@@ -424,27 +433,18 @@ class AsgiResponder:
         except E.HTTPError as exc:
             conn.send_error(exc)
             return False
-        cycle = HttpCycle(conn, head, keep)
+        cycle = HttpCycle(conn, head, keep, self.grace)
         in_flight = worker.in_flight
         in_flight[conn] = (head, time.monotonic())
         environ: dict[str, Any] | None = None
         failed = 0
-        task: asyncio.Task[Any] | None = None
-        cancel: asyncio.TimerHandle | None = None
-
-        def lost() -> None:
-            nonlocal cancel
-            cycle.connection_lost()
-            if task is not None and not task.done():
-                cancel = loop.call_later(self.grace, task.cancel)
-
-        conn.protocol.on_lost = lost
+        conn.protocol.on_lost = cycle.connection_lost
         try:
             if worker.pre_request is not None:
                 environ = self.environ(conn, head)
                 before_app(worker, head, environ)
-            task = loop.create_task(self.app(scope, cycle.receive, cycle.send))
-            await task
+            cycle.task = loop.create_task(self.app(scope, cycle.receive, cycle.send))
+            await cycle.task
         except asyncio.CancelledError:
             if not cycle.lost:
                 raise  # the worker is stopping
@@ -468,8 +468,8 @@ class AsgiResponder:
                 conn.send(internal_error_response(head))
             return False
         finally:
-            if cancel is not None:
-                cancel.cancel()
+            if cycle.cancel is not None:
+                cycle.cancel.cancel()
             cycle.unwatch()
             conn.protocol.on_lost = None
             in_flight.pop(conn, None)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from corral.testing import CorralProcess
+from corral.testing.clients import read_head  # noqa: F401  (re-exported for the tests here)
 
 #: The ``serve`` fixture (conftest.py): ``serve(source, *args, wait_ready=True, **kw)``.
 Serve = Callable[..., CorralProcess]
@@ -47,23 +48,6 @@ def mark(name, text):
         f.write(str(text))
     _os.replace(name + ".tmp", name)
 '''
-
-
-def read_head(sock: socket.socket, buf: bytes = b"") -> tuple[int, list[tuple[str, str]], bytes]:
-    """Read one response head: (status, [(lowercased name, value)], bytes after the head)."""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise AssertionError(f"connection closed inside a response head: {buf!r}")
-        buf += data
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    fields = []
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        fields.append((name.strip().lower(), value.strip()))
-    return status, fields, rest
 
 
 def read_exact(sock: socket.socket, n: int, buf: bytes) -> tuple[bytes, bytes]:

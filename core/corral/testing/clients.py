@@ -15,21 +15,30 @@ from collections.abc import Iterator
 import pytest
 
 
+def read_head(sock: socket.socket, buf: bytes = b"") -> tuple[int, list[tuple[str, str]], bytes]:
+    """Read one response head: (status, [(lowercased name, value)] in order, bytes after the head).
+
+    ``buf`` holds bytes already read from ``sock``; duplicate fields are kept.
+    """
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"closed before a response head: {buf!r}")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+    return int(lines[0].split()[1]), fields, rest
+
+
 def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     """One Content-Length framed response from a connection that stays open.
 
     Fails the test if the server closes early or sends more than one response.
     """
     sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"closed before a response head: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    status, fields, body = read_head(sock)
+    headers = dict(fields)
     length = int(headers["content-length"])
     while len(body) < length:
         chunk = sock.recv(65536)
@@ -37,7 +46,7 @@ def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict
             raise AssertionError("closed in the middle of a response body")
         body += chunk
     assert len(body) == length, "more bytes than one response"
-    return int(lines[0].split()[1]), headers, body
+    return status, headers, body
 
 
 def closed_by_server(sock: socket.socket, timeout: float) -> bool:

@@ -122,22 +122,34 @@ class StatsTable:
 
 
 
+#: Status codes are three digits (RFC 9110 15); a slot per code makes the
+#: class a sum at publish time instead of a division per request. A code
+#: outside 100-599 (or 0: no response went out) counts in no class.
+_CODES: Final = 1000
+
+
 class _Counts:
     """One thread's counts (one per worker in a class without request threads)."""
 
-    __slots__ = ("answered", "bytes", "histogram", "latency_sum", "status")
+    __slots__ = ("answered", "by_status", "bytes", "histogram", "latency_sum")
 
     def __init__(self) -> None:
-        #: Requests that reached the app by status // 100 (0: no response went out).
-        self.status = [0] * 6
+        #: Requests that reached the app, by status code (0: no response went out).
+        self.by_status = [0] * _CODES
         #: Responses no app made (corral's own 400s), by status // 100.
         self.answered = [0] * 6
         self.bytes = 0
         self.latency_sum = 0.0
         self.histogram = [0] * (len(BUCKETS) + 1)
 
+    def classes(self) -> list[int]:
+        """Responses by status class, 1xx to 5xx (corral's own answers included)."""
+        by = self.by_status
+        return [sum(by[k * 100 : k * 100 + 100]) + self.answered[k] for k in range(1, 6)]
+
 
 _FIRST_BUCKET: Final = BUCKETS[0]
+_bisect = bisect.bisect_left
 
 
 class WorkerStats:
@@ -146,12 +158,13 @@ class WorkerStats:
     :meth:`end` is called once per request that reached the app (``status``
     0: no response went out, or corral's own error response was counted by
     :meth:`answered`); :meth:`answered` counts a response no app made (a 400
-    for a malformed head). Both touch only Python objects of this process,
-    four or five additions (bench/ab.py measured 1.4 to 3 us a request for a
-    first version that wrote the shared slot through a memoryview on every
-    request). :meth:`publish` copies the sums into the shared slot; the
-    worker calls it from its heartbeat (at most 0.5 s apart) and as it
-    exits, so the arbiter's view is never older than a beat.
+    for a malformed head). Both touch only Python objects of this process:
+    four additions, about 0.15 us (bench/instructions.py counts what they
+    add to a request; a first version that wrote the shared slot through a
+    memoryview on every request cost 1.4 to 3 us). :meth:`publish` copies
+    the sums into the shared slot; the worker calls it from its heartbeat
+    (at most 0.5 s apart) and as it exits, so the arbiter's view is never
+    older than a beat.
     """
 
     __slots__ = ("_base", "_counts", "_words")
@@ -162,12 +175,17 @@ class WorkerStats:
         self._counts = _Counts()
 
     def end(self, status: int, sent: int, took: float) -> None:
+        """One request that reached the app: its status code (0 if none went out), body bytes, seconds."""
+        # Written for the interpreter: every operation here is paid per request.
         c = self._counts
-        c.status[status // 100 if 100 <= status < 600 else 0] += 1
+        try:
+            c.by_status[status] += 1
+        except IndexError:
+            c.by_status[0] += 1
         c.bytes += sent
         c.latency_sum += took
         # Most requests land in the first bucket: skip the search for them.
-        c.histogram[0 if took <= _FIRST_BUCKET else bisect.bisect_left(BUCKETS, took)] += 1
+        c.histogram[0 if took <= _FIRST_BUCKET else _bisect(BUCKETS, took)] += 1
 
     def answered(self, status: int) -> None:
         if 100 <= status < 600:
@@ -177,12 +195,12 @@ class WorkerStats:
         return [self._counts]
 
     def publish(self, in_flight: int) -> None:
-        status = [0] * 6
+        classes = [0] * 5
         histogram = [0] * (len(BUCKETS) + 1)
         sent = 0
         took = 0.0
         for c in self._all():
-            status = [a + b + e for a, b, e in zip(status, c.status, c.answered, strict=True)]
+            classes = [a + b for a, b in zip(classes, c.classes(), strict=True)]
             histogram = [a + b for a, b in zip(histogram, c.histogram, strict=True)]
             sent += c.bytes
             took += c.latency_sum
@@ -191,7 +209,7 @@ class WorkerStats:
         words[base + REQUESTS] = sum(histogram)  # one observation per request that reached the app
         words[base + IN_FLIGHT] = in_flight
         words[base + BYTES] = sent
-        words[base + STATUS : base + STATUS + 5] = _q(status[1:])
+        words[base + STATUS : base + STATUS + 5] = _q(classes)
         words[base + LATENCY_SUM] = int(took * 1e6)
         words[base + HISTOGRAM : base + FIELDS] = _q(histogram)
 
@@ -215,24 +233,33 @@ class ThreadedWorkerStats(WorkerStats):
         self._lock = threading.Lock()
 
     def _mine(self) -> _Counts:
-        try:
-            counts: _Counts = self._local.counts
-        except AttributeError:
-            counts = self._local.counts = _Counts()
-            with self._lock:
-                self._threads.append(counts)
+        counts = self._local.counts = _Counts()
+        with self._lock:
+            self._threads.append(counts)
         return counts
 
     def end(self, status: int, sent: int, took: float) -> None:
-        c = self._mine()
-        c.status[status // 100 if 100 <= status < 600 else 0] += 1
+        # WorkerStats.end with the thread's own counts; the thread-local
+        # lookup is inline (a call to find it cost as much as the additions).
+        try:
+            c = self._local.counts
+        except AttributeError:
+            c = self._mine()
+        try:
+            c.by_status[status] += 1
+        except IndexError:
+            c.by_status[0] += 1
         c.bytes += sent
         c.latency_sum += took
-        c.histogram[0 if took <= _FIRST_BUCKET else bisect.bisect_left(BUCKETS, took)] += 1
+        c.histogram[0 if took <= _FIRST_BUCKET else _bisect(BUCKETS, took)] += 1
 
     def answered(self, status: int) -> None:
         if 100 <= status < 600:
-            self._mine().answered[status // 100] += 1
+            try:
+                c = self._local.counts
+            except AttributeError:
+                c = self._mine()
+            c.answered[status // 100] += 1
 
     def _all(self) -> list[_Counts]:
         with self._lock:

@@ -183,22 +183,21 @@ def _namespace() -> dict[str, Any]:
     }
 
 
-def _define(source: str, names: dict[str, Any]) -> Render:
+def _define(source: str, names: dict[str, Any], name: str = "render") -> Any:
     # The format is known at startup and fixed for the worker's life, so it
     # is compiled into one function: an f-string of attribute and dict
     # lookups, no call per atom. Only expressions from the tables above and
     # repr()'d literals reach the source; names from the format (header and
     # environ variable names) are passed in as constants, never pasted in.
     exec(compile(source, "<access_log_format>", "exec"), names)
-    render: Render = names["render"]
-    return render
+    return names[name]
 
 
 def _count_unsafe(data: bytes) -> int:
     return len(data) - len(data.translate(None, _UNSAFE_BYTES))
 
 
-def _compile_json(names: dict[str, Any], encode: bool) -> Render:
+def _json_body(names: dict[str, Any], encode: bool) -> tuple[list[str], str]:
     # The fast path writes the object as a template, each string value
     # between quotes as it is; that is valid, exactly escaped JSON when the
     # line is ASCII and holds no quote, backslash or control character
@@ -221,27 +220,19 @@ def _compile_json(names: dict[str, Any], encode: bool) -> Render:
     fallback = f"_encode({{{items}}})"
     if encode:  # ensure_ascii: the text is ASCII already
         fallback = f"({fallback} + _NL).encode('ascii')"
-    return _define(
-        "def render(head, environ, resp, took, start):\n"
-        f"    line = {' '.join(template)}\n"
-        "    if line.isascii():\n"
-        "        data = line.encode('ascii')\n"
-        "        if len(data) - len(data.translate(None, _UNSAFE)) == _EXPECTED:\n"
-        f"            return {'data' if encode else 'line'}\n"
-        f"    return {fallback}\n",
-        names,
-    )
+    result = "data" if encode else "line"
+    return [
+        f"line = {' '.join(template)}",
+        "ok = line.isascii()",
+        "if ok:",
+        "    data = line.encode('ascii')",
+        "    ok = len(data) - len(data.translate(None, _UNSAFE)) == _EXPECTED",
+        "if not ok:",
+        f"    {result} = {fallback}",
+    ], result
 
 
-def compile_renderer(fmt: str, *, encode: bool = False) -> Render:
-    """Turn an access_log_format into a renderer; ValueError for unknown atoms.
-
-    With ``encode`` the renderer returns the line as UTF-8 bytes ending in a
-    newline, ready for the file (what AccessLog writes); otherwise a str.
-    """
-    names = _namespace()
-    if fmt.strip().lower() == "json":
-        return _compile_json(names, encode)
+def _text_body(fmt: str, names: dict[str, Any], encode: bool) -> tuple[list[str], str]:
     fast: list[str] = []
     safe: list[str] = []
     literals: list[str] = []
@@ -269,15 +260,78 @@ def compile_renderer(fmt: str, *, encode: bool = False) -> Render:
         result, fallback = "data", f"({escaped}).encode('utf-8', 'backslashreplace')"
     else:
         result, fallback = "line", escaped
-    return _define(
-        "def render(head, environ, resp, took, start):\n"
-        f"    line = {' '.join(fast)}\n"
-        "    data = line.encode('utf-8', 'backslashreplace')\n"
-        "    if len(data) - len(data.translate(None, _UNSAFE)) == _EXPECTED:\n"
-        f"        return {result}\n"
-        f"    return {fallback}\n",
-        names,
+    return [
+        f"line = {' '.join(fast)}",
+        "data = line.encode('utf-8', 'backslashreplace')",
+        "if len(data) - len(data.translate(None, _UNSAFE)) != _EXPECTED:",
+        f"    {result} = {fallback}",
+    ], result
+
+
+def _body(fmt: str, names: dict[str, Any], encode: bool) -> tuple[list[str], str]:
+    """The statements that render one line into a local, and that local's name."""
+    if fmt.strip().lower() == "json":
+        return _json_body(names, encode)
+    return _text_body(fmt, names, encode)
+
+
+def compile_renderer(fmt: str, *, encode: bool = False) -> Render:
+    """Turn an access_log_format into a renderer; ValueError for unknown atoms.
+
+    With ``encode`` the renderer returns the line as UTF-8 bytes ending in a
+    newline, ready for the file (what AccessLog writes); otherwise a str.
+    """
+    names = _namespace()
+    body, result = _body(fmt, names, encode)
+    source = "def render(head, environ, resp, took, start):\n"
+    source += "".join(f"    {line}\n" for line in body) + f"    return {result}\n"
+    render: Render = _define(source, names)
+    return render
+
+
+LogLine = Callable[[RequestHead, dict[str, Any], Any, float], None]
+
+
+def compile_buffered_log(fmt: str, buf: bytearray, flush: Callable[[], None], limit: int,
+                         error: Callable[[str], None]) -> LogLine:
+    """What a worker calls after each response: renders the line into ``buf``, flushes at ``limit``.
+
+    The renderer's statements inlined into the function the worker calls:
+    a Python call less per line than a writer that calls the renderer.
+    """
+    names = _namespace()
+    body, result = _body(fmt, names, True)
+    names.update(_now=time.time, _append=buf.extend, _buf=buf, _flush=flush, _LIMIT=limit, _error=error)
+    source = (
+        "def log(head, environ, resp, took):\n"
+        "    try:\n"
+        "        start = _now() - took\n"
+        + "".join(f"        {line}\n" for line in body)
+        + f"        _append({result})\n"
+        "        if len(_buf) >= _LIMIT:\n"
+        "            _flush()\n"
+        "    except Exception:\n"
+        "        _error('Failed to write the access log')\n"
     )
+    log: LogLine = _define(source, names, "log")
+    return log
+
+
+#: The environ key each atom reads (the others read the head and the response).
+_ATOM_ENVIRON: Final = {"h": "REMOTE_ADDR", "u": "HTTP_AUTHORIZATION", "U": "PATH_INFO",
+                        "f": "HTTP_REFERER", "a": "HTTP_USER_AGENT"}
+
+
+def environ_keys(fmt: str) -> frozenset[str]:
+    """The environ keys a format reads: a class with no WSGI environ of its own
+    (asgi) builds just those for the log (corral.wsgi.environ.partial_environ)."""
+    if fmt.strip().lower() == "json":
+        atoms = list(JSON_FIELDS.values())
+    else:
+        atoms = [m.group(1) for m in _ATOM.finditer(fmt)]
+    keys = {_ATOM_ENVIRON[a] for a in atoms if a in _ATOM_ENVIRON}
+    keys.update(a[1:-2] for a in atoms if a.startswith("{") and a.endswith("}e"))
+    return frozenset(keys)
 
 
 def compile_format(fmt: str) -> Callable[[Entry], str]:
@@ -314,6 +368,8 @@ class AccessLog:
         self._file: Any = None
         self._buf = bytearray()
         self._lock = threading.Lock()
+        #: The environ keys the format reads (environ_keys()).
+        self.environ_keys = environ_keys(fmt)
         #: What the worker calls after each response: log(head, environ, resp, took).
         self.log: Callable[[RequestHead, dict[str, Any], Any, float], None]
         if via_logging:
@@ -330,7 +386,7 @@ class AccessLog:
         else:
             self.render = compile_renderer(fmt, encode=True)
             self._file = self._open()
-            self.log = self._buffered_writer(self.render)
+            self.log = self._buffered_writer(fmt)
 
     def _open(self) -> Any:
         if self.target == "-":
@@ -340,25 +396,9 @@ class AccessLog:
     def __call__(self, head: RequestHead, environ: dict[str, Any], resp: Any, took: float) -> None:
         self.log(head, environ, resp, took)
 
-    def _buffered_writer(self, render: Render) -> Callable[[RequestHead, dict[str, Any], Any, float], None]:
-        # A closure rather than a method: the worker calls it for every
-        # request, and cell lookups beat attribute lookups on self.
-        buf = self._buf
-        flush = self.flush
-        limit = self.BUFFER
-        now = time.time
-        error = logging.getLogger("corral.error").exception
-
-        def log(head: RequestHead, environ: dict[str, Any], resp: Any, took: float) -> None:
-            nonlocal buf
-            try:
-                buf += render(head, environ, resp, took, now() - took)
-                if len(buf) >= limit:
-                    flush()
-            except Exception:
-                error("Failed to write the access log")
-
-        return log
+    def _buffered_writer(self, fmt: str) -> Callable[[RequestHead, dict[str, Any], Any, float], None]:
+        return compile_buffered_log(fmt, self._buf, self.flush, self.BUFFER,
+                                    logging.getLogger("corral.error").exception)
 
     def _logging_writer(self, render: Render) -> Callable[[RequestHead, dict[str, Any], Any, float], None]:
         assert self.logger is not None

@@ -43,6 +43,8 @@ What is here, by what a worker does:
   the tornado plugin does): :class:`RequestParser`, :class:`ParserLimits`,
   :class:`RequestHead`, :class:`EndOfMessage`, the parser signals,
   :mod:`errors`, :func:`build_environ`, :class:`EnvironContext`,
+  :func:`partial_environ` and :func:`builds_alone` (only the keys an
+  access log format reads, for a class with no WSGI environ of its own),
   :class:`Body`, :class:`Response`, :func:`error_response`;
 - operate the server from the arbiter (the operations plugins): the live
   counters, :class:`StatsTable` (``server.stats[pool]``), :class:`Snapshot`,
@@ -120,6 +122,8 @@ _EXPORTS: dict[str, str] = {
     "Body": "corral.wsgi.body",
     "EMPTY_BODY": "corral.wsgi.body",
     "build_environ": "corral.wsgi.environ",
+    "partial_environ": "corral.wsgi.environ",
+    "builds_alone": "corral.wsgi.environ",
     "error_response": "corral.wsgi.response",
     "AcceptBalance": "corral.workers.balance",
     "Drain": "corral.serve.waits",
@@ -200,7 +204,13 @@ if TYPE_CHECKING:
     from corral.workers.selector_loop import SelectorLoop, SelectorLoopWorker
     from corral.workers.watchdog import RequestWatchdog
     from corral.wsgi.body import EMPTY_BODY, Body
-    from corral.wsgi.environ import EnvironContext, build_environ, forwarded_secure
+    from corral.wsgi.environ import (
+        EnvironContext,
+        build_environ,
+        builds_alone,
+        forwarded_secure,
+        partial_environ,
+    )
     from corral.wsgi.response import (
         CONTINUE_100,
         Response,
@@ -291,6 +301,7 @@ __all__ = [
     "body_wait_timed_out",
     "boolean",
     "build_environ",
+    "builds_alone",
     "choice",
     "closing_for_good",
     "error_response",
@@ -306,6 +317,7 @@ __all__ = [
     "next_request_deadline",
     "octal_mode",
     "parse_address",
+    "partial_environ",
     "queued_connections",
     "seconds",
     "uint",

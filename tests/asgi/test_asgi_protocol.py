@@ -10,11 +10,13 @@ the lifespan modes, the app-interface checks at start, and the loop choice
 from __future__ import annotations
 
 import ast
+import base64
 import hashlib
 import json
 import signal
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -678,3 +680,46 @@ def test_asgi_loop_and_uvloop_stays_out_of_the_arbiter(serve: Serve, tmp_path: P
     assert json.loads(body)["loop"] == expected
     assert server.stop() == 0
 
+
+
+# -- the access log: the same lines as a WSGI class writes ---------------------------
+
+def _log_lines(path: Path, count: int) -> list[str]:
+    deadline = time.monotonic() + 10
+    while True:  # the worker writes its lines out at each heartbeat
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            return lines
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.05)
+
+
+def test_access_log_default_format(serve: Serve, tmp_path: Path) -> None:
+    # gunicorn's default format reads four environ keys, which the asgi
+    # class builds alone (corral.wsgi.environ.partial_environ).
+    access = tmp_path / "access.log"
+    server = serve(ASGI_APP, "--access-logfile", str(access))
+    user = base64.b64encode(b"ann:secret").decode()
+    with server.connect() as sock:
+        sock.sendall(b"GET /a%20b?x=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: t/1\r\nReferer: http://r/\r\n"
+                     b"Authorization: Basic " + user.encode() + b"\r\n\r\n"
+                     b"HEAD /q HTTP/1.1\r\nHost: h\r\nUser-Agent: a\"b\r\nConnection: close\r\n\r\n")
+        responses = list(parse_responses(read_until_close(sock, 10)))
+    assert [status for status, _, _ in responses] == [200, 200]
+    first, second = _log_lines(access, 2)
+    assert first.startswith("127.0.0.1 - ann [")
+    assert first.endswith('"GET /a%20b?x=1 HTTP/1.1" 200 4 "http://r/" "t/1"')
+    assert second.startswith("127.0.0.1 - - [")
+    assert second.endswith('"HEAD /q HTTP/1.1" 200 0 "-" "a\\x22b"')
+
+
+def test_access_log_format_that_reads_the_whole_environ(serve: Serve, tmp_path: Path) -> None:
+    # wsgi.url_scheme depends on the trusted proxy headers: the whole environ is built.
+    access = tmp_path / "access.log"
+    fmt = "%(h)s %(U)s %({wsgi.url_scheme}e)s %({HTTP_X_THING}e)s %({SERVER_NAME}e)s %(s)s"
+    server = serve(ASGI_APP, "--access-logfile", str(access), "--access-logformat", fmt)
+    with server.connect() as sock:
+        sock.sendall(b"GET /a%20b HTTP/1.1\r\nHost: example.org:81\r\nX-Forwarded-Proto: https\r\n"
+                     b"X-Thing: 1\r\nX-Thing: 2\r\nConnection: close\r\n\r\n")
+        assert [s for s, _, _ in parse_responses(read_until_close(sock, 10))] == [200]
+    assert _log_lines(access, 1) == ["127.0.0.1 /a b https 1,2 example.org 200"]

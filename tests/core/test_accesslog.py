@@ -13,7 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corral.accesslog import DEFAULT_FORMAT, Entry, compile_format, compile_renderer
+from corral.accesslog import (
+    DEFAULT_FORMAT,
+    Entry,
+    compile_buffered_log,
+    compile_format,
+    compile_renderer,
+)
 from corral.http.parser import RequestHead
 from corral.testing import CorralProcess
 
@@ -150,3 +156,45 @@ def test_fast_rendering_equals_escaping_every_value(
     assert record["request"] == "GET /" + target + " HTTP/1.1" and record["status"] == 201
     assert compile_renderer("json", encode=True)(head, environ, resp, 0.5, start) == (
         record_line + "\n").encode("ascii")
+
+    # What a worker calls (the renderer's statements inlined, the line
+    # appended to the buffer) writes those same bytes, but for the time
+    # (it reads the clock itself), compared without the time atom.
+    for fmt in (_FORMAT.replace("%(t)s", "-"), "json"):
+        buf = bytearray()
+        log = compile_buffered_log(fmt, buf, lambda: None, 1 << 20, _fail)
+        log(head, environ, resp, 0.5)
+        log(head, environ, resp, 0.5)
+        expected = compile_renderer(fmt, encode=True)(head, environ, resp, 0.5, start)
+        if fmt == "json":
+            want = json.loads(expected)
+            del want["time"]
+            got = [json.loads(x) for x in bytes(buf).splitlines()]
+            for g in got:
+                del g["time"]
+            assert got == [want, want]
+        else:
+            assert bytes(buf) == expected * 2
+
+
+def _fail(message: str) -> None:
+    raise AssertionError(message)
+
+
+def test_buffered_log_flushes_at_its_limit_and_reports_a_failure() -> None:
+    flushed: list[bytes] = []
+    errors: list[str] = []
+    buf = bytearray()
+
+    def flush() -> None:
+        flushed.append(bytes(buf))
+        del buf[:]
+
+    log = compile_buffered_log("%(s)s %(b)s", buf, flush, 20, errors.append)
+    resp = _Resp()
+    head = RequestHead("GET", "/", "/", "", "HTTP/1.1", [], None, None, None, False, True, False)
+    for _ in range(3):
+        log(head, {}, resp, 0.1)
+    assert flushed == [b"201 1234\n" * 3] and buf == b""
+    log(head, {}, None, 0.1)  # a response without its attributes: logged as an error, never raised
+    assert errors == ["Failed to write the access log"] and buf == b""

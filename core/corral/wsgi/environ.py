@@ -184,6 +184,72 @@ def build_environ(
     return environ
 
 
+#: Keys partial_environ() builds on their own; any other key (wsgi.url_scheme,
+#: SERVER_NAME, ...) depends on more of the request, so asking for it builds
+#: the whole environ.
+PARTIAL_KEYS = frozenset({"REMOTE_ADDR", "REMOTE_PORT", "PATH_INFO", "REQUEST_METHOD", "QUERY_STRING",
+                          "RAW_URI", "SERVER_PROTOCOL", "CONTENT_TYPE", "CONTENT_LENGTH"})
+
+
+def builds_alone(keys: Iterable[str]) -> bool:
+    """Whether partial_environ() can build these keys (HTTP_* fields and PARTIAL_KEYS)."""
+    return all(k[:5] == "HTTP_" or k in PARTIAL_KEYS for k in keys)
+
+
+def partial_environ(
+    head: RequestHead,
+    ctx: EnvironContext,
+    peer: tuple[str, int] | str | None,
+    keys: frozenset[str],
+    client: tuple[str, int] | None = None,
+) -> dict[str, Any]:
+    """Those of ``keys`` that build_environ() would set, with the same values
+    (and perhaps a neighbour: REMOTE_PORT comes with REMOTE_ADDR).
+
+    For a class that serves no WSGI app (asgi) but has an access log to
+    write: the log's format reads a few keys (gunicorn's default: four), and
+    building the whole environ for them cost 0.9 us a request. The caller
+    checks once that builds_alone(keys); the other keys depend on more of
+    the request (the scheme headers, the Host), so asking for one of them
+    means building the whole environ.
+    """
+    environ: dict[str, Any] = {}
+    wanted = keys
+    if "REMOTE_ADDR" in wanted or "REMOTE_PORT" in wanted:
+        if isinstance(peer, tuple):
+            remote = client or peer
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = remote[0], str(remote[1])
+        else:
+            environ["REMOTE_ADDR"] = client[0] if client else ""
+            environ["REMOTE_PORT"] = str(client[1]) if client else ""
+    if "PATH_INFO" in wanted:
+        path = head.path
+        if "%" in path:
+            path = unquote_to_bytes(path).decode("latin-1")
+        if ctx.script_name and path.startswith(ctx.script_name):
+            path = path[len(ctx.script_name) :]
+        environ["PATH_INFO"] = path
+    if "REQUEST_METHOD" in wanted:
+        environ["REQUEST_METHOD"] = head.method
+    if "QUERY_STRING" in wanted:
+        environ["QUERY_STRING"] = head.query
+    if "RAW_URI" in wanted:
+        environ["RAW_URI"] = head.target
+    if "SERVER_PROTOCOL" in wanted:
+        environ["SERVER_PROTOCOL"] = head.version
+    cache = _key_cache
+    for name, value in head.headers:
+        key = cache.get(name) or environ_key(name)
+        if key in wanted:
+            if key in environ and key[:5] == "HTTP_":
+                old = environ[key]
+                value = f"{old}; {value}" if key == "HTTP_COOKIE" else f"{old},{value}"
+            environ[key] = value
+    if "HTTP_HOST" in wanted and head.host is not None:
+        environ["HTTP_HOST"] = head.host
+    return environ
+
+
 def forwarded_secure(
     pairs: Iterable[tuple[str, str]], lookup: Callable[[str], str | None]
 ) -> bool | None:

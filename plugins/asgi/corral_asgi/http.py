@@ -51,9 +51,11 @@ from corral.api import (
     before_app,
     body_wait_timed_out,
     build_environ,
+    builds_alone,
     forwarded_secure,
     internal_error_response,
     keeps_connection,
+    partial_environ,
 )
 from corral.api import (
     ClientDisconnected as StreamEnded,
@@ -337,6 +339,12 @@ class AsgiResponder:
         self.root_path = cfg.script_name.rstrip("/")
         self.websockets: set[WebSocketSession] = set()
         self.retiring = False
+        #: The environ keys the access log reads, when those alone will do (no
+        #: post_request hook, which is given the whole environ).
+        logger = worker.access_logger
+        self._log_keys: frozenset[str] | None = None
+        if logger is not None and worker.post_request is None and builds_alone(logger.environ_keys):
+            self._log_keys = logger.environ_keys
 
     # -- the scope ---------------------------------------------------------------------
 
@@ -419,6 +427,15 @@ class AsgiResponder:
             return {"REQUEST_METHOD": head.method, "PATH_INFO": head.path, "QUERY_STRING": head.query,
                     "SERVER_PROTOCOL": head.version}
 
+    def log_environ(self, conn: AsyncHttpConnection, head: RequestHead) -> dict[str, Any]:
+        """The environ for after_response: only the keys the access log reads, when that will do."""
+        keys = self._log_keys
+        if keys is None:
+            return self.environ(conn, head)
+        proxied = conn.parser.proxy
+        return partial_environ(head, conn.env, conn.peer, keys,
+                               client=proxied.source if proxied is not None else None)
+
     # -- Responder ---------------------------------------------------------------------
 
     async def handle(self, conn: AsyncHttpConnection, head: RequestHead) -> bool:
@@ -496,7 +513,8 @@ class AsgiResponder:
                                  head.method, head.target)
             return False
         if worker.post_request is not None or worker.access_log is not None:
-            after_response(worker, head, environ or self.environ(conn, head), resp, loop.time() - started)
+            after_response(worker, head, environ or self.log_environ(conn, head), resp,
+                           loop.time() - started)
         if cycle.error is not None:
             return False
         if not keeps_connection(resp.keep_alive and keep, head, cycle.continue_sent, conn.parser.done):

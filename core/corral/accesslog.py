@@ -105,14 +105,17 @@ def _format_time(fmt: str, when: float) -> str:
     return cached[1]
 
 
-#: [second, its %(t)s text]: the generated code reads it inline and calls
-#: _clf_time only when the second changed (two calls per line saved).
-_CLF: list[Any] = [-1, ""]
+#: [(second, next second, the first one's %(t)s text)]: the generated code
+#: compares the request's start with the bounds and calls _clf_time only
+#: when it falls outside them (no call per line, not even int()). One
+#: tuple in one slot: a thread reads bounds and text of the same second.
+_CLF: list[tuple[float, float, str]] = [(0.0, 0.0, "")]
 
 
 def _clf_time(when: float) -> str:
     text = _format_time("[%d/%b/%Y:%H:%M:%S %z]", when)
-    _CLF[0], _CLF[1] = int(when), text
+    second = int(when)
+    _CLF[0] = (float(second), float(second + 1), text)
     return text
 
 
@@ -132,7 +135,7 @@ _ATOMS: Final[dict[str, tuple[str, bool]]] = {
     "h": ('(environ.get("REMOTE_ADDR") or "-")', True),
     "l": ('"-"', False),
     "u": ('(_user(environ) if "HTTP_AUTHORIZATION" in environ else "-")', True),
-    "t": ("(_CLF[1] if _CLF[0] == int(start) else _clf_time(start))", False),
+    "t": ("(_t[2] if (_t := _CLF[0])[0] <= start < _t[1] else _clf_time(start))", False),
     "r": ('(head.method + " " + head.target + " " + head.version)', True),
     "m": ("head.method", False),
     "U": ('environ.get("PATH_INFO", "")', True),
@@ -150,6 +153,9 @@ _ATOMS: Final[dict[str, tuple[str, bool]]] = {
     "L": ('format(took, ".6f")', False),
     "p": ("_pid()", False),
 }
+#: Atoms written as several f-string fields on the fast path rather than one
+#: concatenated value (the unescaped line needs no intermediate string).
+_FAST_PARTS: Final = {"r": "f'{head.method} {head.target} {head.version}'"}
 #: Atoms whose JSON value is a number.
 _JSON_NUMBERS: Final = frozenset("sBDp")
 #: JSON values keep their types (status and sizes are numbers).
@@ -240,8 +246,8 @@ def _text_body(fmt: str, names: dict[str, Any], encode: bool) -> tuple[list[str]
     for m in _ATOM.finditer(fmt):
         literals.append(fmt[pos : m.start()])
         expr, client = _atom_expr(m.group(1), names)
-        fast += [repr(literals[-1]), f"f'{{{expr}}}'"]
-        safe += [repr(literals[-1]), f"f'{{_escape(str({expr}))}}'" if client else fast[-1]]
+        fast += [repr(literals[-1]), _FAST_PARTS.get(m.group(1)) or f"f'{{{expr}}}'"]
+        safe += [repr(literals[-1]), f"f'{{_escape(str({expr}))}}'" if client else f"f'{{{expr}}}'"]
         pos = m.end()
     literals.append(fmt[pos:] + ("\n" if encode else ""))
     fast.append(repr(literals[-1]))

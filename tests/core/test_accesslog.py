@@ -198,3 +198,13 @@ def test_buffered_log_flushes_at_its_limit_and_reports_a_failure() -> None:
     assert flushed == [b"201 1234\n" * 3] and buf == b""
     log(head, {}, None, 0.1)  # a response without its attributes: logged as an error, never raised
     assert errors == ["Failed to write the access log"] and buf == b""
+
+
+def test_time_atom_follows_each_requests_own_second() -> None:
+    # The second's text is cached; a request that started in another second
+    # (later, or earlier: a slow one logged after a quick one) gets its own.
+    render = compile_renderer("%(t)s")
+    head = RequestHead("GET", "/", "/", "", "HTTP/1.1", [], None, None, None, False, True, False)
+    for start in (1_700_000_000.2, 1_700_000_000.9, 1_700_000_001.0, 1_699_999_999.5, 1_700_000_000.0):
+        expected = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(int(start)))
+        assert render(head, {}, _Resp(), 0.0, start) == expected

@@ -336,8 +336,10 @@ class HttpConnection:
             if stats is not None:
                 stats.end(resp.status_code if resp.headers_sent else failed, resp.bytes_sent,
                           time.monotonic() - started)
-        if worker.post_request is not None or worker.access_log is not None:
+        if worker.post_request is not None:
             after_response(worker, head, environ, resp, time.monotonic() - started)
+        elif worker.access_log is not None:  # after_response's last step, without its call
+            worker.access_log(head, environ, resp, time.monotonic() - started)
         if not keeps_connection(resp.keep_alive, head, continue_sent, body.complete):
             return False
         try:

@@ -6,7 +6,7 @@ import ipaddress
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 from corral import __version__
@@ -213,41 +213,51 @@ def partial_environ(
     the request (the scheme headers, the Host), so asking for one of them
     means building the whole environ.
     """
+    plan = _plans.get(keys) or _plan(keys)
+    remote, path_info, simple = plan
     environ: dict[str, Any] = {}
-    wanted = keys
-    if "REMOTE_ADDR" in wanted or "REMOTE_PORT" in wanted:
+    if remote:
         if isinstance(peer, tuple):
-            remote = client or peer
-            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = remote[0], str(remote[1])
+            addr = client or peer
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = addr[0], str(addr[1])
         else:
             environ["REMOTE_ADDR"] = client[0] if client else ""
             environ["REMOTE_PORT"] = str(client[1]) if client else ""
-    if "PATH_INFO" in wanted:
+    if path_info:
         path = head.path
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
         if ctx.script_name and path.startswith(ctx.script_name):
             path = path[len(ctx.script_name) :]
         environ["PATH_INFO"] = path
-    if "REQUEST_METHOD" in wanted:
-        environ["REQUEST_METHOD"] = head.method
-    if "QUERY_STRING" in wanted:
-        environ["QUERY_STRING"] = head.query
-    if "RAW_URI" in wanted:
-        environ["RAW_URI"] = head.target
-    if "SERVER_PROTOCOL" in wanted:
-        environ["SERVER_PROTOCOL"] = head.version
+    for key, attr in simple:
+        environ[key] = getattr(head, attr)
     cache = _key_cache
     for name, value in head.headers:
         key = cache.get(name) or environ_key(name)
-        if key in wanted:
+        if key in keys:
             if key in environ and key[:5] == "HTTP_":
                 old = environ[key]
                 value = f"{old}; {value}" if key == "HTTP_COOKIE" else f"{old},{value}"
             environ[key] = value
-    if "HTTP_HOST" in wanted and head.host is not None:
+    if "HTTP_HOST" in keys and head.host is not None:
         environ["HTTP_HOST"] = head.host
     return environ
+
+
+#: The head attribute behind each of the keys that is one.
+_HEAD_KEYS: Final = {"REQUEST_METHOD": "method", "QUERY_STRING": "query", "RAW_URI": "target",
+                     "SERVER_PROTOCOL": "version"}
+#: keys -> (REMOTE_* wanted, PATH_INFO wanted, [(key, head attribute)]): decided once per key set.
+_plans: dict[frozenset[str], tuple[bool, bool, list[tuple[str, str]]]] = {}
+
+
+def _plan(keys: frozenset[str]) -> tuple[bool, bool, list[tuple[str, str]]]:
+    plan = (bool(keys & {"REMOTE_ADDR", "REMOTE_PORT"}), "PATH_INFO" in keys,
+            [(k, a) for k, a in _HEAD_KEYS.items() if k in keys])
+    if len(_plans) < 64:  # a worker has one access log format, so one key set
+        _plans[keys] = plan
+    return plan
 
 
 def forwarded_secure(

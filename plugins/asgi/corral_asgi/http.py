@@ -512,9 +512,10 @@ class AsgiResponder:
                 worker.log.error("The app returned before its response to %s %s was complete",
                                  head.method, head.target)
             return False
-        if worker.post_request is not None or worker.access_log is not None:
-            after_response(worker, head, environ or self.log_environ(conn, head), resp,
-                           loop.time() - started)
+        if worker.post_request is not None:
+            after_response(worker, head, environ or self.environ(conn, head), resp, loop.time() - started)
+        elif worker.access_log is not None:  # after_response's last step, without its call
+            worker.access_log(head, environ or self.log_environ(conn, head), resp, loop.time() - started)
         if cycle.error is not None:
             return False
         if not keeps_connection(resp.keep_alive and keep, head, cycle.continue_sent, conn.parser.done):

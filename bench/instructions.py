@@ -8,7 +8,8 @@ what the worker process executes instead: the server runs under valgrind's
 callgrind (``--trace-children``, so the forked worker is counted too), a
 client sends a warm-up, the worker's counters are zeroed
 (``callgrind_control -z``), the client makes exactly ``--requests``
-keep-alive requests on 4 connections and checks every response, and the
+keep-alive requests on 4 connections (a connection per request for sync,
+which closes each) and checks every response, and the
 counters are dumped (``callgrind_control -d``). Instructions over requests
 is the figure; each server is measured ``--repeats`` times to show how
 steady it is (the heartbeat thread and the loop's idle wake-ups make it
@@ -68,6 +69,19 @@ def wait_listening(port: int, deadline: float, proc: subprocess.Popen[bytes]) ->
             if time.monotonic() > deadline:
                 raise SystemExit("the server did not start listening in time") from None
             time.sleep(0.5)
+
+
+def closing_requests(port: int, count: int) -> None:
+    """``count`` requests, a connection each (the sync class closes after every response)."""
+    request = REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    for _ in range(count):
+        with socket.create_connection((HOST, port), timeout=60) as s:
+            s.sendall(request)
+            data = b""
+            while more := s.recv(65536):
+                data += more
+        if not data.startswith(b"HTTP/1.1 200 "):
+            raise SystemExit(f"unexpected response: {data[:200]!r}")
 
 
 def requests(port: int, count: int, connections: int = 4) -> None:
@@ -153,10 +167,11 @@ def measure(cls: str, extra: list[str], args: argparse.Namespace, outdir: Path) 
         deadline = time.monotonic() + START_TIMEOUT
         wait_listening(port, deadline, proc)
         pid = worker_pid(proc.pid, deadline)
-        requests(port, args.warmup)
+        send = closing_requests if cls == "sync" else requests
+        send(port, args.warmup)
         per_request = []
         for _ in range(args.repeats):
-            took, busy = counted(pid, outdir, lambda: requests(port, args.requests))
+            took, busy = counted(pid, outdir, partial(send, port, args.requests))
             # What the worker does by the clock (heartbeats, the loop's timed
             # wake-ups) is no work of the requests, and under valgrind's
             # slowdown a request takes long enough for it to matter: the

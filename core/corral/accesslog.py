@@ -354,7 +354,8 @@ class AccessLog:
     beats at least every half second while it is alive), on USR1 and when
     the worker exits. A crash loses at most the last beat's lines. Through
     the logging module, a write per line halved the requests per second of
-    a hello-world app; this way a line costs about 2 µs (docs/logging.md).
+    a hello-world app; this way a line adds about 8% to a gthread
+    hello-world request (docs/logging.md).
 
     Appending to a bytearray is one C call, atomic under the GIL, so the
     threads of a gthread worker share the buffer without a lock; writing it

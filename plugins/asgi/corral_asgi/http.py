@@ -428,7 +428,7 @@ class AsgiResponder:
                     "SERVER_PROTOCOL": head.version}
 
     def log_environ(self, conn: AsyncHttpConnection, head: RequestHead) -> dict[str, Any]:
-        """The environ for after_response: only the keys the access log reads, when that will do."""
+        """The environ for the access log: only the keys its format reads, when those alone will do."""
         keys = self._log_keys
         if keys is None:
             return self.environ(conn, head)

@@ -17,7 +17,8 @@ default buckets). The control socket, the metrics endpoint and statsd
 numbers folded into its pool's totals (:meth:`StatsTable.retire`), so a
 pool's counters never go backwards when workers are replaced.
 
-``--no-worker-stats`` turns the writes off (bench/run.py measures both).
+``--no-worker-stats`` turns the counting off (bench/ab.py and bench/instructions.py
+measure what it saves: docs/performance.md).
 """
 
 from __future__ import annotations

@@ -24,6 +24,13 @@ which does not depend on what else the machine runs.
 With ``--old-args``/``--new-args`` (and no ``--old``) both sides run the
 working tree and differ only by those corral arguments: what a feature
 costs when it is on.
+
+With ``--together`` the two sides of a round run at the same time on the
+same server CPU, each loaded by its own wrk on the client CPU: on a VM
+whose speed drifts by more than the effect between one run and the next,
+both sides see the same drift. Read the "cpu paired" column then (the
+median of each round's new/old server CPU per request): req/s also
+depends on how the scheduler shares the CPU between the two.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -50,8 +58,8 @@ def tree_path(tree: Path, cls: str) -> str:
     return os.pathsep.join(str(tree / part) for part in ("core", f"plugins/{cls}", "plugins/sync"))
 
 
-def one_run(reaper: harness.Reaper, tree: Path, cls: str, args: argparse.Namespace,
-            workload: harness.Workload, logdir: Path, extra: list[str], side: str) -> dict[str, Any]:
+def start_side(reaper: harness.Reaper, tree: Path, cls: str, args: argparse.Namespace,
+               logdir: Path, extra: list[str], side: str) -> tuple[harness.Server, harness.Settings]:
     s = harness.Settings(workers=args.workers, threads=args.threads, worker_connections=1000, keep_alive=5,
                          wrk_threads=args.wrk_threads, connections=args.connections, duration=args.duration,
                          warmup=1.0, rounds=args.rounds, server_cpus=args.server_cpus,
@@ -65,17 +73,52 @@ def one_run(reaper: harness.Reaper, tree: Path, cls: str, args: argparse.Namespa
            if not k.startswith(harness.SCRUBBED_ENV_PREFIXES) and k not in harness.SCRUBBED_ENV}
     env["PYTHONPATH"] = tree_path(tree, cls)
     harness.start_server(reaper, server, env)
+    harness.wait_ready(server, args.workers, time.monotonic() + harness.START_TIMEOUT)
+    return server, s
+
+
+def load(reaper: harness.Reaper, server: harness.Server, s: harness.Settings, cls: str,
+         args: argparse.Namespace, workload: harness.Workload, duration: float) -> dict[str, Any]:
+    assert server.proc is not None
+    # Sync closes every connection; the others are compared under keep-alive.
+    mode = "close" if cls == "sync" else "keepalive"
+    return harness.run_wrk(reaper, harness.wrk_argv(args.wrk, server.port, workload, mode, s, duration),
+                           workload, duration, server_pid=server.proc.pid)
+
+
+def one_run(reaper: harness.Reaper, tree: Path, cls: str, args: argparse.Namespace,
+            workload: harness.Workload, logdir: Path, extra: list[str], side: str) -> dict[str, Any]:
+    server, s = start_side(reaper, tree, cls, args, logdir, extra, side)
     try:
-        harness.wait_ready(server, args.workers, time.monotonic() + harness.START_TIMEOUT)
-        assert server.proc is not None
-        # Sync closes every connection; the others are compared under keep-alive.
-        mode = "close" if cls == "sync" else "keepalive"
-        harness.run_wrk(reaper, harness.wrk_argv(args.wrk, port, workload, mode, s, 1.0), workload, 1.0)
-        return harness.run_wrk(reaper, harness.wrk_argv(args.wrk, port, workload, mode, s, s.duration),
-                               workload, s.duration, server_pid=server.proc.pid)
+        load(reaper, server, s, cls, args, workload, 1.0)
+        return load(reaper, server, s, cls, args, workload, s.duration)
     finally:
         assert server.proc is not None
         reaper.stop(server.proc)
+
+
+def together_run(reaper: harness.Reaper, trees: dict[str, Path], cls: str, args: argparse.Namespace,
+                 workload: harness.Workload, logdir: Path,
+                 extra: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """Both sides at once, on the same CPUs, each loaded by its own wrk: whatever the machine
+    does meanwhile (a neighbour, a clock change) it does to both. Compare their CPU per
+    request (the "cpu paired" column); their req/s also depends on how the scheduler
+    shares the CPU between the two."""
+    servers: dict[str, tuple[harness.Server, harness.Settings]] = {}
+    try:
+        for name, tree in trees.items():
+            servers[name] = start_side(reaper, tree, cls, args, logdir, extra[name], name)
+        results: dict[str, dict[str, Any]] = {}
+        for duration in (1.0, args.duration):  # a warm-up, then the measurement
+            with ThreadPoolExecutor(len(servers)) as pool:
+                futures = {name: pool.submit(load, reaper, server, s, cls, args, workload, duration)
+                           for name, (server, s) in servers.items()}
+                results = {name: f.result() for name, f in futures.items()}
+        return results
+    finally:
+        for server, _ in servers.values():
+            if server.proc is not None:
+                reaper.stop(server.proc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="worker processes (2 with --server-cpus '' --client-cpus '' --connections 64 "
                         "--wrk-threads 2 is bench/run.py's hello cell)")
     p.add_argument("--wrk-threads", type=int, default=1)
+    p.add_argument("--together", action="store_true",
+                   help="run both sides at once on the same CPUs, each with its own wrk (for a "
+                        "machine whose speed drifts between runs: it drifts for both alike)")
     args = p.parse_args(argv)
     if args.old is None and not (args.old_args or args.new_args):
         p.error("give --old REVISION, or --old-args/--new-args to compare settings on one tree")
@@ -126,8 +172,15 @@ def main(argv: list[str] | None = None) -> int:
                     # a machine that speeds up or slows down over the run
                     # favours neither side.
                     order = list(trees.items())
-                    for name, tree in (order if i % 2 == 0 else order[::-1]):
-                        result = one_run(reaper, tree, cls, args, workload, Path(tmp), extra[name], name)
+                    if i % 2:
+                        order.reverse()
+                    if args.together:
+                        both = together_run(reaper, dict(order), cls, args, workload, Path(tmp), extra)
+                        runs = [(name, both[name]) for name, _ in order]
+                    else:
+                        runs = [(name, one_run(reaper, tree, cls, args, workload, Path(tmp), extra[name],
+                                               name)) for name, tree in order]
+                    for name, result in runs:
                         if "error" in result:
                             print(f"{name} {cls}: {result['error']}", file=sys.stderr)
                             continue
@@ -146,10 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nold = {sides['old']}, new = {sides['new']}; {workload.path}, "
           f"{args.workers} worker(s) on CPU {args.server_cpus or 'any'}, "
           f"wrk -t{args.wrk_threads} -c{args.connections} on CPU {args.client_cpus or 'any'}, "
-          f"median of {args.rounds} (ABBA order)")
+          f"median of {args.rounds} (ABBA order{', both sides at once' if args.together else ''})")
     # "paired" is the median of each round's new/old ratio: rounds run a few
     # seconds apart, so a pair shares the machine's state of the moment.
-    heads = ("old req/s", "new req/s", "new/old", "paired", "old us/req", "new us/req")
+    # "cpu paired" likewise for the server CPU per request: with --together
+    # the figure to read (the scheduler's shares need not be exactly equal
+    # between a worker with more runnable threads and one with fewer, which
+    # moves req/s but not what a request costs).
+    heads = ("old req/s", "new req/s", "new/old", "paired", "old us/req", "new us/req", "cpu paired")
     print(f"{'class':8} " + " ".join(f"{h:>11}" for h in heads))
     for cls in args.classes.split(","):
         old, new = rows.get((cls, "old"), []), rows.get((cls, "new"), [])
@@ -163,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         by_round = {r["round"]: r["rps"] for r in old}
         pairs = [r["rps"] / by_round[r["round"]] for r in new if r["round"] in by_round]
         paired = statistics.median(pairs) if pairs else float("nan")
+        cpu_by_round = {r["round"]: r.get("server_cpu_us", 0.0) for r in old}
+        cpu_pairs = [r.get("server_cpu_us", 0.0) / cpu_by_round[r["round"]] for r in new
+                     if cpu_by_round.get(r["round"])]
+        cpu_paired = statistics.median(cpu_pairs) if cpu_pairs else float("nan")
         print(f"{cls:8} {o_rps:11.0f} {n_rps:11.0f} {n_rps / o_rps:11.3f} {paired:11.3f} "
-              f"{o_cpu:11.1f} {n_cpu:11.1f}")
+              f"{o_cpu:11.1f} {n_cpu:11.1f} {cpu_paired:11.3f}")
     return 0
 
 

@@ -124,8 +124,9 @@ class StatsTable:
 
 
 #: Status codes are three digits (RFC 9110 15); a slot per code makes the
-#: class a sum at publish time instead of a division per request. A code
-#: outside 100-599 (or 0: no response went out) counts in no class.
+#: class a sum at publish time instead of a division per request. Callers
+#: pass 0 (no response went out) or a three-digit code; 0 and 600-999 count
+#: in no class, and anything past 999 counts as 0.
 _CODES: Final = 1000
 
 

@@ -378,9 +378,8 @@ class AccessLog:
         #: The environ keys the format reads (environ_keys()).
         self.environ_keys = environ_keys(fmt)
         #: What the worker calls after each response: log(head, environ, resp, took).
-        self.log: Callable[[RequestHead, dict[str, Any], Any, float], None]
+        self.log: LogLine
         if via_logging:
-            self.render = compile_renderer(fmt)
             self.logger = logging.getLogger("corral.access")
             if not self.logger.handlers:
                 handler: logging.Handler = (logging.StreamHandler(sys.stdout) if target == "-"
@@ -389,11 +388,11 @@ class AccessLog:
                 self.logger.addHandler(handler)
                 self.logger.setLevel(logging.INFO)
                 self.logger.propagate = False
-            self.log = self._logging_writer(self.render)
+            self.log = self._logging_writer(compile_renderer(fmt))
         else:
-            self.render = compile_renderer(fmt, encode=True)
             self._file = self._open()
-            self.log = self._buffered_writer(fmt)
+            self.log = compile_buffered_log(fmt, self._buf, self.flush, self.BUFFER,
+                                            logging.getLogger("corral.error").exception)
 
     def _open(self) -> Any:
         if self.target == "-":
@@ -403,11 +402,7 @@ class AccessLog:
     def __call__(self, head: RequestHead, environ: dict[str, Any], resp: Any, took: float) -> None:
         self.log(head, environ, resp, took)
 
-    def _buffered_writer(self, fmt: str) -> Callable[[RequestHead, dict[str, Any], Any, float], None]:
-        return compile_buffered_log(fmt, self._buf, self.flush, self.BUFFER,
-                                    logging.getLogger("corral.error").exception)
-
-    def _logging_writer(self, render: Render) -> Callable[[RequestHead, dict[str, Any], Any, float], None]:
+    def _logging_writer(self, render: Render) -> LogLine:
         assert self.logger is not None
         info = self.logger.info
 

@@ -121,6 +121,11 @@ def _split_host(host: str, scheme: str) -> tuple[str, str]:
     return name, port or ("443" if scheme == "https" else "80")
 
 
+def _joined(key: str, old: str, value: str) -> str:
+    """A repeated field's values in one environ key (RFC 9110 5.3; Cookie's own separator)."""
+    return f"{old}; {value}" if key == "HTTP_COOKIE" else f"{old},{value}"
+
+
 def build_environ(
     head: RequestHead,
     ctx: EnvironContext,
@@ -152,8 +157,7 @@ def build_environ(
     for name, value in head.headers:
         key = keys.get(name) or environ_key(name)
         if key in environ and key[:5] == "HTTP_":
-            old = environ[key]
-            value = f"{old}; {value}" if key == "HTTP_COOKIE" else f"{old},{value}"
+            value = _joined(key, environ[key], value)
         environ[key] = value
     host = head.host
     if host is not None:
@@ -187,7 +191,7 @@ def build_environ(
 #: Keys partial_environ() builds on their own; any other key (wsgi.url_scheme,
 #: SERVER_NAME, ...) depends on more of the request, so asking for it builds
 #: the whole environ.
-PARTIAL_KEYS = frozenset({"REMOTE_ADDR", "REMOTE_PORT", "PATH_INFO", "REQUEST_METHOD", "QUERY_STRING",
+PARTIAL_KEYS: Final = frozenset({"REMOTE_ADDR", "REMOTE_PORT", "PATH_INFO", "REQUEST_METHOD", "QUERY_STRING",
                           "RAW_URI", "SERVER_PROTOCOL", "CONTENT_TYPE", "CONTENT_LENGTH"})
 
 
@@ -213,6 +217,9 @@ def partial_environ(
     the request (the scheme headers, the Host), so asking for one of them
     means building the whole environ.
     """
+    # The REMOTE_* and PATH_INFO steps mirror build_environ's, written out
+    # there so the WSGI hot path makes no call for them; the property test
+    # (tests/http/test_partial_environ.py) keeps the two in step.
     plan = _plans.get(keys) or _plan(keys)
     remote, path_info, simple = plan
     environ: dict[str, Any] = {}
@@ -237,8 +244,7 @@ def partial_environ(
         key = cache.get(name) or environ_key(name)
         if key in keys:
             if key in environ and key[:5] == "HTTP_":
-                old = environ[key]
-                value = f"{old}; {value}" if key == "HTTP_COOKIE" else f"{old},{value}"
+                value = _joined(key, environ[key], value)
             environ[key] = value
     if "HTTP_HOST" in keys and head.host is not None:
         environ["HTTP_HOST"] = head.host

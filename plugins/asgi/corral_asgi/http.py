@@ -339,11 +339,11 @@ class AsgiResponder:
         self.root_path = cfg.script_name.rstrip("/")
         self.websockets: set[WebSocketSession] = set()
         self.retiring = False
-        #: The environ keys the access log reads, when those alone will do (no
-        #: post_request hook, which is given the whole environ).
+        #: The environ keys the access log reads, when those alone will do
+        #: (log_environ; a post_request hook is given the whole environ).
         logger = worker.access_logger
         self._log_keys: frozenset[str] | None = None
-        if logger is not None and worker.post_request is None and builds_alone(logger.environ_keys):
+        if logger is not None and builds_alone(logger.environ_keys):
             self._log_keys = logger.environ_keys
 
     # -- the scope ---------------------------------------------------------------------

@@ -451,11 +451,7 @@ class Arbiter:
                 worker.balance = pool.share.member(handle.slot)
             table = self.stats.get(pool.name)
             if table is not None and handle.stats_slot is not None:
-                # Per-thread counts only where requests run in OS threads
-                # (greenlets and one asyncio loop never interleave a +=).
-                worker.stats = table.member(handle.stats_slot, os.getpid(),
-                                            threaded=worker.multithread
-                                            and pool.spec.concurrency not in ("process", "greenlets"))
+                worker.stats = table.member(handle.stats_slot, os.getpid())
             self.pm.hook.corral_post_fork(server=self, worker=worker)
             worker.init_process()
         except SystemExit as exc:

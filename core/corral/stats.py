@@ -6,8 +6,8 @@ same pages); each worker writes only its own slot (:class:`WorkerStats`)
 and the arbiter only reads, so no lock is needed between them: each field
 is one aligned 8-byte word, never torn. A worker counts in its own memory
 and copies the counts into its slot at each heartbeat (at most 0.5 s
-apart) and as it exits: a request costs a few additions on Python ints,
-no system call, no message, nothing the arbiter has to drain.
+apart) and as it exits: a request costs one tuple appended to a list, no
+system call, no message, nothing the arbiter has to drain.
 
 What the slot holds, per worker: its pid and start time, requests served,
 requests in flight, body bytes sent, responses by status class, and a
@@ -28,6 +28,8 @@ import bisect
 import mmap
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -93,7 +95,7 @@ class StatsTable:
         #: What the pool's exited workers served, folded in by retire().
         self.retired = Snapshot()
 
-    def member(self, slot: int, pid: int, *, threaded: bool) -> WorkerStats:
+    def member(self, slot: int, pid: int) -> WorkerStats:
         """The worker's side (called in the worker, after fork): a zeroed slot with its pid."""
         base = slot * FIELDS
         words = self.words
@@ -101,7 +103,7 @@ class StatsTable:
             words[i] = 0
         words[base + STARTED] = int(time.time() * 1000)
         words[base + PID] = pid
-        return (ThreadedWorkerStats if threaded else WorkerStats)(words, base)
+        return WorkerStats(words, base)
 
     def read(self, slot: int) -> Snapshot:
         base = slot * FIELDS
@@ -123,89 +125,113 @@ class StatsTable:
 
 
 
-#: Status codes are three digits (RFC 9110 15); a slot per code makes the
-#: class a sum at publish time instead of a division per request. Callers
-#: pass 0 (no response went out) or a three-digit code; 0 and 600-999 count
-#: in no class, and anything past 999 counts as 0.
-_CODES: Final = 1000
-
-
-class _Counts:
-    """One thread's counts (one per worker in a class without request threads)."""
-
-    __slots__ = ("answered", "by_status", "bytes", "histogram", "latency_sum")
-
-    def __init__(self) -> None:
-        #: Requests that reached the app, by status code (0: no response went out).
-        self.by_status = [0] * _CODES
-        #: Responses no app made (corral's own 400s), by status // 100.
-        self.answered = [0] * 6
-        self.bytes = 0
-        self.latency_sum = 0.0
-        self.histogram = [0] * (len(BUCKETS) + 1)
-
-    def classes(self) -> list[int]:
-        """Responses by status class, 1xx to 5xx (corral's own answers included)."""
-        by = self.by_status
-        return [sum(by[k * 100 : k * 100 + 100]) + self.answered[k] for k in range(1, 6)]
-
-
-_FIRST_BUCKET: Final = BUCKETS[0]
-_bisect = bisect.bisect_left
+#: How many requests a worker records before the request that completes
+#: them folds them (besides every heartbeat): bounds the pending records to
+#: about 100 KiB however fast the worker serves. A power of two less one:
+#: the check is ``nr & FOLD_EVERY``.
+FOLD_EVERY: Final = 1023
 
 
 class WorkerStats:
-    """A worker's counters: kept in the process, published to its slot at each heartbeat.
+    """A worker's counters: recorded in the process, folded and published to its slot at each heartbeat.
 
-    :meth:`end` is called once per request that reached the app (``status``
-    0: no response went out, or corral's own error response was counted by
-    :meth:`answered`); :meth:`answered` counts a response no app made (a 400
-    for a malformed head). Both touch only Python objects of this process:
-    four additions, about 0.15 us (bench/instructions.py counts what they
-    add to a request; a first version that wrote the shared slot through a
-    memoryview on every request cost 1.4 to 3 us). :meth:`publish` copies
-    the sums into the shared slot; the worker calls it from its heartbeat
-    (at most 0.5 s apart) and as it exits, so the arbiter's view is never
-    older than a beat.
+    A request that reached the app is one ``record((status, sent, took))``:
+    its status code (0 if no response went out, or corral's own error
+    response went and was counted by :meth:`answered`), body bytes and
+    seconds. ``record`` is a list's own ``append``: one tuple and one C
+    call, no Python frame, no lock, safe from any thread (an append is one
+    operation under the GIL, and under a free-threaded build's per-list
+    lock). :meth:`fold` turns the records into counts in C-level passes
+    (``zip``, ``Counter``, ``sorted``) under a lock of its own, and
+    :meth:`publish` copies the counts into the shared slot; the worker
+    calls it from its heartbeat (at most 0.5 s apart) and as it exits, and
+    :meth:`~corral.workers.base.Worker.request_done` folds every
+    :data:`FOLD_EVERY` + 1 requests in between.
+
+    Why a list of records rather than additions per request: the additions
+    touch half a dozen objects (the counts, their lists, the ints they
+    hold) that the rest of a request has evicted from the CPU's caches by
+    the next one, and a thread's own counts add a thread-local lookup. On
+    a hello-world request that cost 0.8 us unthreaded and 1.3 us threaded
+    with cold caches, 4-7% of gthread's CPU per request in bench/ab.py,
+    where callgrind counted only 1.1% of its instructions; an append
+    touches the end of one list (docs/performance.md).
     """
 
-    __slots__ = ("_base", "_counts", "_words")
+    __slots__ = ("_answered", "_base", "_by_status", "_bytes", "_histogram", "_latency_sum",
+                 "_lock", "_pending", "_pending_answers", "_words", "answered", "record")
 
     def __init__(self, words: memoryview, base: int) -> None:
         self._words = words
         self._base = base
-        self._counts = _Counts()
+        self._pending: list[tuple[int, int, float]] = []
+        #: Record one request that reached the app: ``record((status, sent, took))``.
+        self.record: Callable[[tuple[int, int, float]], None] = self._pending.append
+        self._pending_answers: list[int] = []
+        #: Count a response no app made (corral's own 400 for a malformed
+        #: head): ``answered(status)``.
+        self.answered: Callable[[int], None] = self._pending_answers.append
+        self._lock = threading.Lock()
+        #: Requests that reached the app, by status code (0: no response went out).
+        self._by_status: Counter[int] = Counter()
+        #: corral's own responses, by status code.
+        self._answered: Counter[int] = Counter()
+        self._bytes = 0
+        self._latency_sum = 0.0
+        self._histogram = [0] * (len(BUCKETS) + 1)
 
     def end(self, status: int, sent: int, took: float) -> None:
-        """One request that reached the app: its status code (0 if none went out), body bytes, seconds."""
-        # Written for the interpreter: every operation here is paid per request.
-        c = self._counts
-        try:
-            c.by_status[status] += 1
-        except IndexError:
-            c.by_status[0] += 1
-        c.bytes += sent
-        c.latency_sum += took
-        # Most requests land in the first bucket: skip the search for them.
-        c.histogram[0 if took <= _FIRST_BUCKET else _bisect(BUCKETS, took)] += 1
+        """``record((status, sent, took))``, as a method with three arguments."""
+        self._pending.append((status, sent, took))
 
-    def answered(self, status: int) -> None:
-        if 100 <= status < 600:
-            self._counts.answered[status // 100] += 1
+    def fold(self) -> None:
+        """Turn the records so far into counts; from any thread."""
+        with self._lock:
+            pending = self._pending
+            n = len(pending)
+            if n:
+                # Two operations, each atomic: an append from another thread
+                # between them lands past n and stays for the next fold.
+                batch = pending[:n]
+                del pending[:n]
+                statuses, sent, took = zip(*batch, strict=True)
+                self._by_status.update(statuses)
+                self._bytes += sum(sent)
+                self._latency_sum += sum(took)
+                ordered = sorted(took)
+                histogram = self._histogram
+                below = 0
+                for i, bound in enumerate(BUCKETS):  # "le": a request of exactly `bound` is in
+                    upto = bisect.bisect_right(ordered, bound, below)
+                    histogram[i] += upto - below
+                    below = upto
+                histogram[-1] += n - below
+            answers = self._pending_answers
+            n = len(answers)
+            if n:
+                self._answered.update(answers[:n])
+                del answers[:n]
 
-    def _all(self) -> list[_Counts]:
-        return [self._counts]
+    def classes(self) -> list[int]:
+        """Responses by status class, 1xx to 5xx (corral's own answers included), as folded so far.
+
+        Status codes are three digits (RFC 9110 15): 0 (no response went
+        out) and anything outside 100-599 counts in no class.
+        """
+        classes = [0] * 5
+        for counts in (self._by_status, self._answered):
+            for status, n in counts.items():
+                if 100 <= status < 600:
+                    classes[status // 100 - 1] += n
+        return classes
 
     def publish(self, in_flight: int) -> None:
-        classes = [0] * 5
-        histogram = [0] * (len(BUCKETS) + 1)
-        sent = 0
-        took = 0.0
-        for c in self._all():
-            classes = [a + b for a, b in zip(classes, c.classes(), strict=True)]
-            histogram = [a + b for a, b in zip(histogram, c.histogram, strict=True)]
-            sent += c.bytes
-            took += c.latency_sum
+        self.fold()
+        with self._lock:
+            histogram = list(self._histogram)
+            classes = self.classes()
+            sent = self._bytes
+            took = self._latency_sum
         words = self._words
         base = self._base
         words[base + REQUESTS] = sum(histogram)  # one observation per request that reached the app
@@ -218,51 +244,3 @@ class WorkerStats:
 
 def _q(values: list[int]) -> memoryview:
     return memoryview(array.array("q", values))
-
-
-class ThreadedWorkerStats(WorkerStats):
-    """For classes that run requests in threads: each thread counts in a
-    ``_Counts`` of its own (no lock per request: two threads between the read
-    and the write of one ``+=`` would lose a count), and publish() adds them
-    up. Request threads are a fixed pool, so the list stays short."""
-
-    __slots__ = ("_local", "_lock", "_threads")
-
-    def __init__(self, words: memoryview, base: int) -> None:
-        super().__init__(words, base)
-        self._local = threading.local()
-        self._threads: list[_Counts] = []
-        self._lock = threading.Lock()
-
-    def _mine(self) -> _Counts:
-        counts = self._local.counts = _Counts()
-        with self._lock:
-            self._threads.append(counts)
-        return counts
-
-    def end(self, status: int, sent: int, took: float) -> None:
-        # WorkerStats.end with the thread's own counts; the thread-local
-        # lookup is inline (a call to find it cost as much as the additions).
-        try:
-            c = self._local.counts
-        except AttributeError:
-            c = self._mine()
-        try:
-            c.by_status[status] += 1
-        except IndexError:
-            c.by_status[0] += 1
-        c.bytes += sent
-        c.latency_sum += took
-        c.histogram[0 if took <= _FIRST_BUCKET else _bisect(BUCKETS, took)] += 1
-
-    def answered(self, status: int) -> None:
-        if 100 <= status < 600:
-            try:
-                c = self._local.counts
-            except AttributeError:
-                c = self._mine()
-            c.answered[status // 100] += 1
-
-    def _all(self) -> list[_Counts]:
-        with self._lock:
-            return list(self._threads)

@@ -213,7 +213,7 @@ def test_the_live_counters_count_what_went_out() -> None:
 
     table = StatsTable(4)
     worker = StubWorker(app)
-    worker.stats = table.member(2, 4242, threaded=False)
+    worker.stats = table.member(2, 4242)
     serve([GET % b"a" + GET % b"missing" + GET % b"b" + GET % b"boom"], worker=worker)
     serve([b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"], worker=worker)
     assert table.read(2).requests == 0  # counted in the worker until its next heartbeat

@@ -54,6 +54,7 @@ from corral.http.parser import ParserLimits
 from corral.logs import reopen_logs
 from corral.process import drop_privileges
 from corral.serve.retirement import InFlight
+from corral.stats import FOLD_EVERY
 from corral.workers.reloader import failed_files, load_error_app, start_reloader
 from corral.workers.tls import worker_ssl_context
 from corral.wsgi.environ import EnvironContext, TrustedPeers
@@ -334,9 +335,12 @@ class Worker:
         return min(CHECK_INTERVAL, timeout / 4) if timeout else CHECK_INTERVAL
 
     def request_done(self) -> None:
-        self.nr += 1
-        if self.max_requests and self.nr >= self.max_requests and self.recycle_asked_at is None:
+        self.nr = nr = self.nr + 1
+        if self.max_requests and nr >= self.max_requests and self.recycle_asked_at is None:
             self.request_recycle(f"reached max_requests ({self.max_requests})")
+        if not nr & FOLD_EVERY and self.stats is not None:
+            # Between heartbeats too: keeps the records a fast worker holds short.
+            self.stats.fold()
 
     def request_recycle(self, reason: str) -> None:
         """Ask the arbiter to replace this worker; it keeps serving until the TERM comes.

@@ -334,8 +334,8 @@ class HttpConnection:
             worker.request_done()
             stats = worker.stats
             if stats is not None:
-                stats.end(resp.status_code if resp.headers_sent else failed, resp.bytes_sent,
-                          time.monotonic() - started)
+                stats.record((resp.status_code if resp.headers_sent else failed, resp.bytes_sent,
+                              time.monotonic() - started))
         if worker.post_request is not None:
             after_response(worker, head, environ, resp, time.monotonic() - started)
         elif worker.access_log is not None:  # after_response's last step, without its call

@@ -495,9 +495,9 @@ class AsgiResponder:
             if stats is not None:
                 resp = cycle.response
                 if resp is not None and resp.headers_sent:
-                    stats.end(resp.status_code, resp.bytes_sent, loop.time() - started)
+                    stats.record((resp.status_code, resp.bytes_sent, loop.time() - started))
                 else:
-                    stats.end(failed, 0, loop.time() - started)
+                    stats.record((failed, 0, loop.time() - started))
         resp = cycle.response
         if cycle.lost or conn.protocol.closed:
             return False

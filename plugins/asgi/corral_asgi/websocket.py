@@ -162,7 +162,7 @@ class WebSocketSession:
         worker = self.worker
         took = self.conn.loop.time() - started
         if worker.stats is not None:
-            worker.stats.end(self._status, self._sent, took)
+            worker.stats.record((self._status, self._sent, took))
         if worker.access_log is not None or worker.post_request is not None:
             resp = self._http_response
             if resp is None:

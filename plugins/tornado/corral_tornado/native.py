@@ -308,10 +308,10 @@ class TornadoResponder:
             if stats is not None:
                 resp = request.response if request is not None else None
                 if resp is not None and resp.headers_sent:
-                    stats.end(resp.status_code, resp.bytes_sent, conn.loop.time() - started)
+                    stats.record((resp.status_code, resp.bytes_sent, conn.loop.time() - started))
                 else:
                     # No head went out, or corral's own 4xx went (counted by send_error).
-                    stats.end(failed, 0, conn.loop.time() - started)
+                    stats.record((failed, 0, conn.loop.time() - started))
         if conn.protocol.closed or request.response is None:
             return False
         if worker.post_request is not None or worker.access_log is not None:

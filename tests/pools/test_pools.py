@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -176,20 +177,7 @@ def test_hup_resizes_and_changes_class_under_load(tmp_path: Path) -> None:
 @pytest.mark.skipif(not {"gthread", "gevent"} <= INSTALLED, reason="needs the gthread and gevent plugins")
 def test_documented_example_config_runs(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    base = free_ports(1)[0]
-    while True:  # three consecutive free ports
-        try:
-            probes = []
-            for port in (base, base + 1, base + 2):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                probes.append(s)
-            break
-        except OSError:
-            base = free_ports(1)[0]
-        finally:
-            for s in probes:
-                s.close()
+    base = _consecutive_free_ports(3)
     with CorralProcess("", ["-c", str(root / "examples/pools/corral.conf.py")], workdir=tmp_path,
                        workers=None, bind=(), env={"EXAMPLE_BASE_PORT": str(base)}) as server:
         server.wait_for_workers(4)
@@ -197,8 +185,17 @@ def test_documented_example_config_runs(tmp_path: Path) -> None:
 
 
 def _consecutive_free_ports(count: int) -> int:
-    base = free_ports(1)[0]
+    """The first of ``count`` consecutive ports free now, below the ephemeral range.
+
+    Below it because the ports are probed, closed, and bound again by the
+    server a moment later: a port from the ephemeral range (where port 0
+    binds and outgoing connections take theirs) can be taken meanwhile by
+    any of the suite's parallel tests, and was (a flaky "in use").
+    """
+    low, _high = _ephemeral_range()
+    rng = random.Random()
     while True:
+        base = rng.randrange(10000, max(10001, low - count))
         probes: list[socket.socket] = []
         try:
             for port in range(base, base + count):
@@ -207,10 +204,18 @@ def _consecutive_free_ports(count: int) -> int:
                 s.bind(("127.0.0.1", port))
             return base
         except OSError:
-            base = free_ports(1)[0]
+            continue
         finally:
             for s in probes:
                 s.close()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; BSDs and macOS use 49152 and up
 
 
 def _get_json(port: int, path: str, body: bytes | None = None) -> tuple[int, dict[str, object]]:

@@ -127,9 +127,11 @@ class StatsTable:
 
 #: How many requests a worker records before the request that completes
 #: them folds them (besides every heartbeat): bounds the pending records to
-#: about 100 KiB however fast the worker serves. A power of two less one:
-#: the check is ``nr & FOLD_EVERY``.
-FOLD_EVERY: Final = 1023
+#: about 25 KiB however fast the worker serves, small enough to stay in the
+#: CPU's caches between folds (256 records fold faster per record than 1024
+#: too: 0.08 against 0.10 us). A power of two less one: the check is
+#: ``nr & FOLD_EVERY``.
+FOLD_EVERY: Final = 255
 
 
 class WorkerStats:

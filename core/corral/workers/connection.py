@@ -332,14 +332,15 @@ class HttpConnection:
                     worker.log.exception("Error closing the app's response iterable")
             in_flight.pop(self, None)
             worker.request_done()
+            # One clock reading for the counters and the access log alike.
+            took = time.monotonic() - started
             stats = worker.stats
             if stats is not None:
-                stats.record((resp.status_code if resp.headers_sent else failed, resp.bytes_sent,
-                              time.monotonic() - started))
+                stats.record((resp.status_code if resp.headers_sent else failed, resp.bytes_sent, took))
         if worker.post_request is not None:
-            after_response(worker, head, environ, resp, time.monotonic() - started)
+            after_response(worker, head, environ, resp, took)
         elif worker.access_log is not None:  # after_response's last step, without its call
-            worker.access_log(head, environ, resp, time.monotonic() - started)
+            worker.access_log(head, environ, resp, took)
         if not keeps_connection(resp.keep_alive, head, continue_sent, body.complete):
             return False
         try:

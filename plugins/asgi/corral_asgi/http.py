@@ -491,13 +491,15 @@ class AsgiResponder:
             conn.protocol.on_lost = None
             in_flight.pop(conn, None)
             worker.request_done()
+            # One clock reading for the counters and the access log alike.
+            took = loop.time() - started
             stats = worker.stats
             if stats is not None:
                 resp = cycle.response
                 if resp is not None and resp.headers_sent:
-                    stats.record((resp.status_code, resp.bytes_sent, loop.time() - started))
+                    stats.record((resp.status_code, resp.bytes_sent, took))
                 else:
-                    stats.record((failed, 0, loop.time() - started))
+                    stats.record((failed, 0, took))
         resp = cycle.response
         if cycle.lost or conn.protocol.closed:
             return False
@@ -513,9 +515,9 @@ class AsgiResponder:
                                  head.method, head.target)
             return False
         if worker.post_request is not None:
-            after_response(worker, head, environ or self.environ(conn, head), resp, loop.time() - started)
+            after_response(worker, head, environ or self.environ(conn, head), resp, took)
         elif worker.access_log is not None:  # after_response's last step, without its call
-            worker.access_log(head, environ or self.log_environ(conn, head), resp, loop.time() - started)
+            worker.access_log(head, environ or self.log_environ(conn, head), resp, took)
         if cycle.error is not None:
             return False
         if not keeps_connection(resp.keep_alive and keep, head, cycle.continue_sent, conn.parser.done):

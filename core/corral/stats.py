@@ -174,7 +174,9 @@ class WorkerStats:
         self._base = base
         #: Three items per request, flat: status, sent, took.
         self._pending: list[float] = []
-        #: Record one request that reached the app: ``record((status, sent, took))``.
+        #: Record one request that reached the app: ``record((status, sent, took))``,
+        #: a tuple of exactly those three (the list is flat; :meth:`end` checks nothing
+        #: either, but cannot be given two or four).
         self.record: Callable[[tuple[int, int, float]], None] = self._pending.extend
         self._pending_answers: list[int] = []
         #: Count a response no app made (corral's own 400 for a malformed

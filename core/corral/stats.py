@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 #: Latency histogram upper bounds in seconds (Prometheus's default buckets);
 #: one more bucket, +Inf, follows them.
@@ -206,7 +206,9 @@ class WorkerStats:
                 # extend is atomic too, so n is a multiple of three).
                 batch = pending[:n]
                 del pending[:n]
-                statuses, sent, took = batch[0::3], batch[1::3], batch[2::3]
+                statuses = cast("list[int]", batch[0::3])
+                sent = cast("list[int]", batch[1::3])
+                took = batch[2::3]
                 n //= 3
                 # Fast paths for a batch of one status and one latency bucket
                 # (most batches of a busy worker): a C-level count and

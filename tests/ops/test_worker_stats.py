@@ -1,10 +1,11 @@
 """corral.stats' worker side: records folded into counts, from many threads at once.
 
 The serving layer records each request as one tuple (``WorkerStats.record``,
-kept as three items of a flat list) and folds the records in C-level passes; these tests hold the fold to the
-per-request arithmetic it replaced (a bucket search per request, a class
-per status code), and show that records appended from many threads while
-others fold and publish are each counted exactly once.
+kept as three items of a flat list) and folds the records in C-level
+passes; these tests hold the fold to the per-request arithmetic it
+replaced (a bucket search per request, a class per status code), and show
+that records made from many threads while others fold and publish are
+each counted exactly once.
 """
 
 from __future__ import annotations
